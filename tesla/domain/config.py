@@ -1,0 +1,264 @@
+"""Frozen, validated run configurations.
+
+Every knob of a run lives in one of these attrs classes. They are frozen (change them
+with ``attrs.evolve``), checked on construction, and serialise to plain JSON so a run
+directory can record exactly what made it. A bad value raises :class:`ConfigError`
+whose message names the field, the value and what is allowed, so the CLI can print it
+as one line and exit 2 before any work starts.
+
+The domain keeps no framework imports: these classes are plain data.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import attrs
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the fix."""
+
+
+# --- small validators that name the field -------------------------------------------
+
+def _positive(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{attr.name} must be a number > 0 (got {value!r})")
+
+
+def _int_at_least(lo: int):
+    def check(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise ConfigError(f"{attr.name} must be an integer >= {lo} (got {value!r})")
+
+    return check
+
+
+def _non_negative(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"{attr.name} must be a number >= 0 (got {value!r})")
+
+
+def _one_of(*choices: Any):
+    def check(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+        if value not in choices:
+            allowed = ", ".join(repr(c) for c in choices)
+            raise ConfigError(f"{attr.name} must be one of {allowed} (got {value!r})")
+
+    return check
+
+
+def _as_tuple(value: Any) -> tuple:
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
+ARCHS = ("convnet", "resnet18", "vit")
+DATASETS = ("cifar10", "cifar100", "demo", "imagenet64", "imagefolder", "tiny-imagenet", "prepared")
+ENGINES = ("tesla", "exact", "unrolled")
+LABELS = ("hard", "teacher-target", "teacher-last", "teacher-epoch", "learned")
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain-JSON form of a config (tuples become lists)."""
+    return attrs.asdict(cfg, retain_collection_types=False)
+
+
+def from_dict(cls: type, data: dict) -> Any:
+    """Build ``cls`` from :func:`to_dict` output, refusing unknown keys by name."""
+    names = {a.name for a in attrs.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown field(s) for {cls.__name__}: {', '.join(unknown)}")
+    return cls(**data)
+
+
+@attrs.frozen
+class ModelConfig:
+    """The network: a ConvNet of the DC/MTT/TESLA family or a cross-architecture model.
+
+    Fields:
+        arch: ``convnet`` | ``resnet18`` | ``vit``.
+        depth: ConvNet blocks; 3 for 32 px (CIFAR), 4 for 64 px (``ConvNetD4``).
+        width: filters per conv (128 in the paper).
+        norm: ``instancenorm`` (GroupNorm(C, C)), ``batchnorm``, ``layernorm``,
+            ``groupnorm`` or ``none``. ResNet-18 takes instance or batch norm.
+        channels, image_size: input shape (C, S, S); any square size divisible by 2**depth.
+        num_classes: classifier outputs.
+    """
+
+    arch: str = attrs.field(default="convnet", validator=_one_of(*ARCHS))
+    depth: int = attrs.field(default=3, validator=_int_at_least(1))
+    width: int = attrs.field(default=128, validator=_int_at_least(1))
+    norm: str = attrs.field(default="instancenorm", validator=_one_of(*NORMS))
+    channels: int = attrs.field(default=3, validator=_int_at_least(1))
+    image_size: int = attrs.field(default=32, validator=_int_at_least(1))
+    num_classes: int = attrs.field(default=10, validator=_int_at_least(2))
+
+    def __attrs_post_init__(self) -> None:
+        if self.arch == "convnet" and self.image_size % (2**self.depth) != 0:
+            raise ConfigError(
+                f"image_size {self.image_size} is not divisible by 2**depth = {2**self.depth}:"
+                " use depth 3 for 32 px, 4 for 64 px"
+            )
+        if self.arch == "resnet18" and self.norm not in ("instancenorm", "batchnorm"):
+            raise ConfigError(f"norm for resnet18 must be 'instancenorm' or 'batchnorm' (got {self.norm!r})")
+        if self.arch == "vit" and self.image_size % 4 != 0:
+            raise ConfigError(f"image_size {self.image_size} must be divisible by the ViT patch 4")
+
+    @property
+    def name(self) -> str:
+        if self.arch == "convnet":
+            return "ConvNet" if self.depth == 3 else f"ConvNetD{self.depth}"
+        return {"resnet18": "ResNet18", "vit": "ViT"}[self.arch]
+
+
+@attrs.frozen
+class DataConfig:
+    """Where the real images come from.
+
+    Fields:
+        name: ``cifar10``, ``cifar100``, ``demo`` (embedded, no download), ``imagenet64``,
+            ``imagefolder``, ``tiny-imagenet`` or ``prepared`` (an array store made by
+            ``tesla data prepare``).
+        root: folder or URL of the data; not needed for ``demo``.
+        zca: ZCA-whiten (kornia, eps 0.1) after scaling to [0, 1] instead of mean/std.
+        image_size: side the images are used at (resized where the source differs).
+    """
+
+    name: str = attrs.field(default="cifar10", validator=_one_of(*DATASETS))
+    root: Optional[str] = None
+    zca: bool = False
+    image_size: Optional[int] = attrs.field(default=None, validator=_int_at_least(1))
+
+    def __attrs_post_init__(self) -> None:
+        if self.name != "demo" and not self.root:
+            raise ConfigError(f"root is required for dataset {self.name!r}: pass --data PATH")
+
+
+@attrs.frozen
+class ExpertConfig:
+    """Expert (teacher) training: the published recipe of NOTES §4 by default.
+
+    Fields:
+        num_experts: trajectories to train.
+        epochs: epochs per expert; epochs + 1 snapshots are saved (after init and each epoch).
+        lr, momentum, weight_decay, batch_size: SGD on the real training set.
+        dsa: DSA augmentation on every batch.
+        seed: expert ``i`` uses ``seed + i``; the run is deterministic for a seed on CPU.
+        eval_every: test accuracy every k epochs (0: only at the end).
+    """
+
+    num_experts: int = attrs.field(default=10, validator=_int_at_least(1))
+    epochs: int = attrs.field(default=50, validator=_int_at_least(1))
+    lr: float = attrs.field(default=0.01, validator=_positive)
+    momentum: float = attrs.field(default=0.0, validator=_non_negative)
+    weight_decay: float = attrs.field(default=0.0, validator=_non_negative)
+    batch_size: int = attrs.field(default=256, validator=_int_at_least(1))
+    dsa: bool = True
+    seed: int = attrs.field(default=0, validator=_int_at_least(0))
+    eval_every: int = attrs.field(default=1, validator=_int_at_least(0))
+
+
+@attrs.frozen
+class DistillConfig:
+    """One distillation run (NOTES §1, §9).
+
+    Fields:
+        ipc: synthetic images per class.
+        syn_steps: student steps N per iteration.
+        expert_epochs: M; the target is the expert M epochs after the start.
+        max_start_epoch: start epochs are drawn uniformly from [0, max_start_epoch).
+        batch_syn: synthetic images per student step (None: all of them).
+        iterations: distillation iterations.
+        lr_img, lr_lr: SGD learning rates of the images and of the learned student lr.
+        lr_label: SGD learning rate of the label logits (``labels='learned'``).
+        lr_init: initial student lr alpha.
+        momentum: SGD momentum of the images, the lr and the labels (0.5 in MTT/TESLA).
+        engine: gradient engine, ``tesla`` (first order, constant memory), ``exact``
+            (adjoint, constant activation memory) or ``unrolled`` (MTT, memory grows with N).
+        labels: ``hard``, ``teacher-target`` (TESLA's SLA), ``teacher-last``,
+            ``teacher-epoch`` (with ``label_epoch``) or ``learned``.
+        init: ``real`` (random real images of each class) or ``noise``.
+        dsa: replayed DSA augmentation in the student steps.
+        seed: seeds every random choice of the run.
+        checkpoint_every: iterations between checkpoints (and one on stop).
+        soft_label_chunk: images per teacher forward when making soft labels.
+        min_lr: the learned lr is clamped to at least this (kept positive).
+        max_grad_norm: None, or clip the image gradient to this norm.
+    """
+
+    ipc: int = attrs.field(default=10, validator=_int_at_least(1))
+    syn_steps: int = attrs.field(default=30, validator=_int_at_least(1))
+    expert_epochs: int = attrs.field(default=2, validator=_int_at_least(1))
+    max_start_epoch: int = attrs.field(default=20, validator=_int_at_least(1))
+    batch_syn: Optional[int] = attrs.field(default=None, validator=_int_at_least(1))
+    iterations: int = attrs.field(default=5000, validator=_int_at_least(1))
+    lr_img: float = attrs.field(default=1000.0, validator=_positive)
+    lr_lr: float = attrs.field(default=1e-5, validator=_non_negative)
+    lr_label: float = attrs.field(default=10.0, validator=_non_negative)
+    lr_init: float = attrs.field(default=0.01, validator=_positive)
+    momentum: float = attrs.field(default=0.5, validator=_non_negative)
+    engine: str = attrs.field(default="tesla", validator=_one_of(*ENGINES))
+    labels: str = attrs.field(default="hard", validator=_one_of(*LABELS))
+    label_epoch: Optional[int] = attrs.field(default=None, validator=_int_at_least(0))
+    init: str = attrs.field(default="real", validator=_one_of("real", "noise"))
+    dsa: bool = True
+    seed: int = attrs.field(default=0, validator=_int_at_least(0))
+    checkpoint_every: int = attrs.field(default=100, validator=_int_at_least(1))
+    soft_label_chunk: int = attrs.field(default=1000, validator=_int_at_least(1))
+    min_lr: float = attrs.field(default=1e-6, validator=_positive)
+    max_grad_norm: Optional[float] = attrs.field(default=None, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.labels == "teacher-epoch" and self.label_epoch is None:
+            raise ConfigError("label_epoch is required when labels is 'teacher-epoch': pass --label-epoch E")
+        if self.min_lr >= self.lr_init:
+            raise ConfigError(f"min_lr ({self.min_lr}) must be below lr_init ({self.lr_init})")
+
+    @property
+    def last_epoch_needed(self) -> int:
+        """Highest expert epoch an iteration can read (start + M); stores must hold it."""
+        needed = self.max_start_epoch - 1 + self.expert_epochs
+        if self.labels == "teacher-epoch" and self.label_epoch is not None:
+            needed = max(needed, self.label_epoch)
+        return needed
+
+
+@attrs.frozen
+class EvalConfig:
+    """The field's evaluation protocol (NOTES §8).
+
+    Fields:
+        models: architectures to train on the synthetic set (``convnet``, ``resnet18``, ``vit``).
+        num_models: fresh networks per architecture; results are mean +- std over them.
+        epochs: training epochs; the lr drops x0.1 at ``epochs // 2``.
+        lr: student lr, or None to use the synthetic set's learned lr.
+        momentum, weight_decay, batch_size: SGD settings.
+        dsa: DSA augmentation on every batch.
+        seed: network ``i`` of each model uses ``seed + i``.
+    """
+
+    models: tuple = attrs.field(default=("convnet",), converter=_as_tuple)
+    num_models: int = attrs.field(default=5, validator=_int_at_least(1))
+    epochs: int = attrs.field(default=1000, validator=_int_at_least(1))
+    lr: Optional[float] = attrs.field(default=None, validator=_positive)
+    momentum: float = attrs.field(default=0.9, validator=_non_negative)
+    weight_decay: float = attrs.field(default=5e-4, validator=_non_negative)
+    batch_size: int = attrs.field(default=256, validator=_int_at_least(1))
+    dsa: bool = True
+    seed: int = attrs.field(default=0, validator=_int_at_least(0))
+
+    def __attrs_post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError("models must name at least one architecture")
+        for m in self.models:
+            if m not in ARCHS:
+                raise ConfigError(f"models entry {m!r} is unknown: use one of {', '.join(ARCHS)}")

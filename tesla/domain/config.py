@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import attr
 import attrs
 
 
@@ -68,7 +69,7 @@ LABELS = ("hard", "teacher-target", "teacher-last", "teacher-epoch", "learned")
 
 def to_dict(cfg: Any) -> dict:
     """Plain-JSON form of a config (tuples become lists)."""
-    return attrs.asdict(cfg, retain_collection_types=False)
+    return attr.asdict(cfg, retain_collection_types=False)
 
 
 def from_dict(cls: type, data: dict) -> Any:

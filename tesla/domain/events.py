@@ -13,6 +13,7 @@ from __future__ import annotations
 import time as _time
 from typing import Any, Optional
 
+import attr
 import attrs
 
 SCHEMA = 1
@@ -172,7 +173,7 @@ EVENT_TYPES: dict[str, type] = {
 
 def to_json(event: Any) -> dict:
     """JSON-ready dict of an event, with the schema version."""
-    data = attrs.asdict(event, retain_collection_types=False)
+    data = attr.asdict(event, retain_collection_types=False)
     data["schema"] = SCHEMA
     return data
 

@@ -1,0 +1,158 @@
+"""The trajectory-matching objective and three ways to differentiate it.
+
+One iteration (NOTES §1): starting at an expert's snapshot ``start`` the student takes N
+SGD steps on synthetic batches, ``w_{i+1} = w_i - alpha * g_i``, and the loss is
+
+    L = ||w_N - target||^2 / D,      D = ||start - target||^2.
+
+We need dL/dX (the synthetic data: images and, where learned, label logits) and
+dL/dalpha. The three engines below differ only in how they get them:
+
+``unrolled``
+    MTT's reference: autograd through all N steps. Exact; the compute keeps every
+    step's graph alive, so memory grows linearly in N. Supplied whole by the compute
+    port (it is the oracle the others are tested against).
+
+``first_order`` (``tesla``)
+    What TESLA's code computes (the paper's Eq. 6). Writing ``w_N = start - alpha G``
+    with ``G = sum g_i`` and holding every ``w_i`` fixed, each g_i depends on X only
+    through its own batch, so
+
+        dL/dX += vjp_X(g_i at w_i, v),   v = (2/D) (alpha (target - start) + alpha^2 G)
+        dL/dalpha = (2/D) (w_N - target) . (-G)
+
+    Pass 1 runs the steps with plain gradients (no double-backward graph) and keeps the
+    w_i; pass 2 recomputes one step's graph at a time. Activation memory is constant in
+    N. Unlike the published code the image gradient keeps its factor 2. It drops the
+    Hessian chain (X[b_i] moving w_j for j > i), so it is not the exact gradient.
+
+``exact``
+    Reverse-mode adjoint over the stored w_i (not in any published code):
+    lambda_N = (2/D)(w_N - target); for i = N-1 .. 0, one VJP of (lambda_{i+1} . g_i)
+    at w_i gives the data gradient (times -alpha), the Hessian-vector product
+    H_i lambda_{i+1}, and the scalar lambda_{i+1} . g_i:
+
+        dL/dX     += -alpha * d(lambda_{i+1} . g_i)/dX
+        dL/dalpha += -(lambda_{i+1} . g_i)
+        lambda_i   = lambda_{i+1} - alpha * H_i lambda_{i+1}
+
+    Equal to ``unrolled`` up to rounding, at the activation memory of ``first_order``
+    plus N stored parameter vectors.
+
+Everything here works on opaque vectors through :class:`~tesla.domain.ports.Compute`;
+the data gradient is accumulated inside the compute (``accumulate``/``data_grad``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import attrs
+
+from tesla.domain.ports import Compute, Step, Vec
+
+ENGINES = ("tesla", "exact", "unrolled")
+
+
+@attrs.frozen
+class Matched:
+    """Scalars of one iteration; the data gradient stays in the compute.
+
+    Attributes:
+        loss: ||w_N - target||^2 / ||start - target||^2.
+        lr_grad: dL/dalpha.
+        distance: D = ||start - target||^2.
+        final: w_N (opaque vector), for diagnostics and the next stage.
+    """
+
+    loss: float
+    lr_grad: float
+    distance: float
+    final: Optional[Vec] = None
+
+
+def _distance(compute: Compute, start: Vec, target: Vec) -> float:
+    diff = start - target
+    d = compute.dot(diff, diff)
+    if not d > 0.0:
+        raise ValueError("start and target parameters are identical (||start - target|| = 0): "
+                         "use expert_epochs >= 1 and a trajectory whose snapshots differ")
+    return d
+
+
+def _forward(compute: Compute, start: Vec, alpha: float, steps: Sequence[Step]) -> tuple[list[Vec], Vec]:
+    """Pass 1: the student steps with plain gradients. Returns [w_0 .. w_N] and G."""
+    ws = [start]
+    total = None
+    for step in steps:
+        g = compute.grad(ws[-1], step)
+        ws.append(ws[-1] - alpha * g)
+        total = g if total is None else total + g
+    return ws, total
+
+
+def first_order(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequence[Step],
+                *, shard: tuple[int, int] = (0, 1)) -> Matched:
+    """TESLA's first-order gradient (module docstring) with the correct factor 2.
+
+    Args:
+        shard: (rank, world): this process accumulates the data gradient of the steps
+            with ``index % world == rank`` only (distributed pass 2; the caller sums the
+            data gradients over ranks). Loss and lr gradient are the same on every rank.
+    """
+    rank, world = shard
+    distance = _distance(compute, start, target)
+    ws, total = _forward(compute, start, alpha, steps)
+    final = ws[-1]
+    residual = final - target
+    loss = compute.dot(residual, residual) / distance
+    lr_grad = -(2.0 / distance) * compute.dot(residual, total)
+    # v = (2/D)(alpha (target - start) + alpha^2 G) = -alpha * (2/D)(w_N - target)
+    v = (2.0 / distance) * (alpha * (target - start) + (alpha * alpha) * total)
+    for w, step in zip(ws[:-1], steps):
+        if step.index % world != rank:
+            continue
+        out = compute.vjp(w, step, v, wrt_weights=False)
+        compute.accumulate(step, out.data, 1.0)
+    return Matched(loss=loss, lr_grad=lr_grad, distance=distance, final=final)
+
+
+def exact(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequence[Step]) -> Matched:
+    """The exact gradient by the reverse-mode adjoint (module docstring)."""
+    distance = _distance(compute, start, target)
+    ws, _ = _forward(compute, start, alpha, steps)
+    final = ws[-1]
+    residual = final - target
+    loss = compute.dot(residual, residual) / distance
+    lam = (2.0 / distance) * residual
+    lr_grad = 0.0
+    for i in range(len(steps) - 1, -1, -1):
+        out = compute.vjp(ws[i], steps[i], lam, wrt_weights=True)
+        compute.accumulate(steps[i], out.data, -alpha)
+        lr_grad -= out.dot
+        lam = lam - alpha * out.hvp
+        ws[i + 1] = None  # w_{i+1} is no longer needed: free it as we go
+    return Matched(loss=loss, lr_grad=lr_grad, distance=distance, final=final)
+
+
+def unrolled(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequence[Step]) -> Matched:
+    """MTT's reference: autograd through every step, supplied whole by the compute."""
+    distance = _distance(compute, start, target)
+    loss, lr_grad = compute.unrolled(start, target, alpha, steps)
+    return Matched(loss=loss, lr_grad=lr_grad, distance=distance, final=None)
+
+
+def match(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequence[Step], engine: str = "tesla",
+          **kwargs) -> Matched:
+    """Run one engine by name (``tesla`` | ``exact`` | ``unrolled``)."""
+    if not steps:
+        raise ValueError("at least one student step is needed (steps >= 1)")
+    if not alpha > 0.0:
+        raise ValueError(f"the student lr must be > 0 (got {alpha})")
+    if engine == "tesla":
+        return first_order(compute, start, target, alpha, steps, **kwargs)
+    if engine == "exact":
+        return exact(compute, start, target, alpha, steps)
+    if engine == "unrolled":
+        return unrolled(compute, start, target, alpha, steps)
+    raise ValueError(f"engine must be one of {', '.join(ENGINES)} (got {engine!r})")

@@ -1,0 +1,102 @@
+"""The engines' protocol on a fake student whose exact gradient is known in closed form."""
+
+import random
+
+import pytest
+
+from tesla.domain import matching, sampling
+from tesla.domain.ports import Step
+from tests.unit.fakes import QuadraticCompute, V
+
+
+def _setup(n_images=6, dim=3, steps=5, batch=2, seed=0):
+    rng = random.Random(seed)
+    images = [V(rng.uniform(-1, 1) for _ in range(dim)) for _ in range(n_images)]
+    start = V(rng.uniform(-1, 1) for _ in range(dim))
+    target = V(rng.uniform(-1, 1) for _ in range(dim))
+    plan = sampling.make_steps(n_images, steps, batch, rng, augment=False)
+    return images, start, target, plan
+
+
+def _run(engine, alpha=0.3, **kw):
+    images, start, target, plan = _setup(**kw)
+    compute = QuadraticCompute(images)
+    out = matching.match(compute, start, target, alpha, plan, engine)
+    return out, compute.data_grad()[0], compute
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.3, 0.9])
+def test_exact_equals_closed_form_unrolled(alpha):
+    ex, gx, _ = _run("exact", alpha)
+    un, gu, _ = _run("unrolled", alpha)
+    assert ex.loss == pytest.approx(un.loss, rel=1e-12)
+    assert ex.lr_grad == pytest.approx(un.lr_grad, rel=1e-10)
+    for a, b in zip(gx, gu):
+        assert list(a) == pytest.approx(list(b), rel=1e-10, abs=1e-14)
+
+
+def test_first_order_is_its_formula_and_not_exact():
+    alpha = 0.3
+    images, start, target, plan = _setup()
+    fo, g_fo, _ = _run("tesla", alpha)
+    # first-order: each image of step i gets a * lambda_N / |b_i| (no (1-a)^k chain)
+    w = start
+    for s in plan:
+        m = V([0.0] * 3)
+        for j in s.batch:
+            m = m + images[j]
+        w = w * (1 - alpha) + m * (alpha / len(s.batch))
+    D = (start - target).dot(start - target)
+    lam = (w - target) * (2.0 / D)
+    expected = [V([0.0] * 3) for _ in images]
+    for s in plan:
+        for j in s.batch:
+            expected[j] = expected[j] + lam * (alpha / len(s.batch))
+    for a, b in zip(g_fo, expected):
+        assert list(a) == pytest.approx(list(b), rel=1e-10, abs=1e-14)
+    _, g_ex, _ = _run("exact", alpha)
+    assert max(abs(x - y) for a, b in zip(g_fo, g_ex) for x, y in zip(a, b)) > 1e-3
+
+
+def test_three_engines_agree_at_one_step():
+    outs = {e: _run(e, 0.4, steps=1) for e in matching.ENGINES}
+    ref_loss, ref_lr = outs["unrolled"][0].loss, outs["unrolled"][0].lr_grad
+    for e, (m, g, _) in outs.items():
+        assert m.loss == pytest.approx(ref_loss, rel=1e-12)
+        assert m.lr_grad == pytest.approx(ref_lr, rel=1e-10)
+        for a, b in zip(g, outs["unrolled"][1]):
+            assert list(a) == pytest.approx(list(b), rel=1e-10, abs=1e-14)
+
+
+def test_second_pass_uses_one_vjp_per_step_and_no_unrolled_graph():
+    for engine in ("tesla", "exact"):
+        _, _, compute = _run(engine, steps=7)
+        assert compute.calls == {"grad": 7, "vjp": 7, "unrolled": 0}
+
+
+def test_shards_of_the_second_pass_sum_to_the_whole():
+    alpha = 0.2
+    images, start, target, plan = _setup(steps=6)
+    whole = QuadraticCompute(images)
+    matching.first_order(whole, start, target, alpha, plan)
+    parts = []
+    for rank in range(3):
+        c = QuadraticCompute(images)
+        matching.first_order(c, start, target, alpha, plan, shard=(rank, 3))
+        parts.append(c.grads)
+    summed = [parts[0][j] + parts[1][j] + parts[2][j] for j in range(len(images))]
+    for a, b in zip(summed, whole.grads):
+        assert list(a) == pytest.approx(list(b), rel=1e-12, abs=1e-15)
+
+
+def test_bad_inputs_are_refused_by_name():
+    images, start, target, plan = _setup()
+    c = QuadraticCompute(images)
+    with pytest.raises(ValueError, match="engine"):
+        matching.match(c, start, target, 0.1, plan, "magic")
+    with pytest.raises(ValueError, match="lr"):
+        matching.match(c, start, target, -0.1, plan, "tesla")
+    with pytest.raises(ValueError, match="identical"):
+        matching.match(c, start, start, 0.1, plan, "exact")
+    with pytest.raises(ValueError, match="step"):
+        matching.match(c, start, target, 0.1, [], "tesla")

@@ -1,0 +1,1 @@
+"""Event sinks and readers: the JSON-lines run log, rich progress and TensorBoard."""

@@ -1,0 +1,181 @@
+"""The small storage abstraction under both stores: groups, attributes and arrays by path.
+
+The trajectory and synthetic stores hold one schema in two formats: HDF5 (one file,
+good for a laptop or a shared POSIX filesystem) and Zarr v3 (a directory of chunk
+objects, good for object stores and for several writers at once). Their logic is
+written once, against :class:`Backend`; :mod:`.hdf5` and :mod:`.zarr_store` only map
+these few operations onto h5py and zarr. Paths are ``/``-separated and relative to the
+root (``""`` is the root group).
+
+Attributes are plain JSON values in both formats (numbers, strings, booleans, None,
+lists, dicts): :func:`plain` converts numpy scalars and tuples on the way in, so a value
+reads back the same whichever format stored it.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from .errors import StoreError
+
+
+def is_hdf5_url(url: str) -> bool:
+    """True when ``url`` names an HDF5 file (``.h5`` / ``.hdf5`` suffix); Zarr otherwise."""
+    return str(url).lower().rstrip("/").endswith((".h5", ".hdf5"))
+
+
+def plain(value: Any, key: str = "value") -> Any:
+    """``value`` as plain JSON data (numpy scalars -> Python, tuples -> lists).
+
+    NaN and infinities become None: JSON has no spelling for them and a missing
+    measurement (e.g. test accuracy) is what they mean in our attributes.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist(), key)
+    if isinstance(value, Mapping):
+        return {str(k): plain(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v, key) for v in value]
+    raise StoreError(
+        f"attribute {key!r} has a value of type {type(value).__name__} that a store cannot hold;"
+        " pass plain JSON values (numbers, strings, lists, dicts)"
+    )
+
+
+def plain_attrs(attrs: Mapping[str, Any]) -> dict:
+    """Every value of ``attrs`` through :func:`plain`."""
+    return {str(k): plain(v, str(k)) for k, v in attrs.items()}
+
+
+def as_numpy(x: Any, dtype: Any = None) -> np.ndarray:
+    """A CPU numpy copy-or-view of ``x`` (numpy array, torch tensor or sequence)."""
+    if hasattr(x, "detach"):  # a torch tensor: no torch import needed here
+        x = x.detach().cpu().numpy()
+    arr = np.asarray(x)
+    return arr.astype(dtype, copy=False) if dtype is not None else arr
+
+
+class Backend(abc.ABC):
+    """Groups, attributes and arrays of one store, addressed by ``/``-separated path."""
+
+    url: str
+    read_only: bool
+
+    @abc.abstractmethod
+    def attrs(self, path: str = "") -> dict:
+        """Attributes of the group or array at ``path`` as plain JSON values."""
+
+    @abc.abstractmethod
+    def update_attrs(self, path: str, values: Mapping[str, Any]) -> None:
+        """Set (merge) attributes of the node at ``path``."""
+
+    @abc.abstractmethod
+    def exists(self, path: str) -> bool:
+        """Whether a group or array exists at ``path``."""
+
+    @abc.abstractmethod
+    def groups(self, path: str = "") -> list[str]:
+        """Names of the child groups of ``path`` (empty when it does not exist)."""
+
+    @abc.abstractmethod
+    def arrays(self, path: str = "") -> list[str]:
+        """Names of the child arrays of ``path`` (empty when it does not exist)."""
+
+    @abc.abstractmethod
+    def create_group(self, path: str) -> None:
+        """Create the group at ``path`` and its parents (no-op when it exists)."""
+
+    @abc.abstractmethod
+    def delete(self, path: str) -> None:
+        """Remove the group or array at ``path`` with everything under it."""
+
+    @abc.abstractmethod
+    def create_array(
+        self, path: str, shape: tuple, dtype: Any, chunks: Optional[tuple] = None, data: Optional[np.ndarray] = None
+    ) -> None:
+        """Create (replacing any) array at ``path``; fill it with ``data`` when given."""
+
+    @abc.abstractmethod
+    def write(self, path: str, index: Any, value: np.ndarray) -> None:
+        """``array[index] = value`` for the array at ``path``."""
+
+    @abc.abstractmethod
+    def read(self, path: str, index: Any = Ellipsis) -> np.ndarray:
+        """``array[index]`` of the array at ``path`` as numpy."""
+
+    @abc.abstractmethod
+    def shape(self, path: str) -> tuple:
+        """Shape of the array at ``path``."""
+
+    @abc.abstractmethod
+    def chunks(self, path: str) -> Optional[tuple]:
+        """Chunk shape of the array at ``path`` (None when stored contiguously)."""
+
+    def flush(self) -> None:
+        """Push buffered writes to storage (HDF5); a no-op where writes are immediate."""
+
+    def close(self) -> None:
+        """Release the file or connection."""
+
+    @abc.abstractmethod
+    def size_bytes(self) -> int:
+        """Bytes the store takes on its storage."""
+
+    def check_writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"{self.url}: store is open read-only; open it with mode='a' to write")
+
+
+def copy_tree(src: Backend, dst: Backend, path: str) -> None:
+    """Copy the group at ``path`` (arrays, attributes, subgroups) from ``src`` to ``dst``.
+
+    One array in memory at a time; attributes are written last so a ``complete``
+    marker copied along still comes after the data it vouches for.
+    """
+    dst.create_group(path)
+    for name in src.arrays(path):
+        p = f"{path}/{name}"
+        data = src.read(p)
+        dst.create_array(p, data.shape, data.dtype, chunks=src.chunks(p), data=data)
+        dst.update_attrs(p, src.attrs(p))
+    for name in src.groups(path):
+        copy_tree(src, dst, f"{path}/{name}")
+    dst.update_attrs(path, src.attrs(path))
+
+
+def open_backend(url: str, mode: str, storage_options: Optional[dict] = None) -> Backend:
+    """The backend for ``url``: HDF5 for ``.h5``/``.hdf5``, Zarr v3 for anything else.
+
+    Args:
+        url: file path, directory path or fsspec URL (``memory://x``, ``s3://bucket/x``).
+        mode: ``"r"`` (read only; the store must exist), ``"a"`` (read/write, create if
+            missing) or ``"w"`` (HDF5 only: a fresh file, used for atomic rewrites).
+        storage_options: fsspec options for remote Zarr URLs (credentials, endpoint).
+    """
+    if mode not in ("r", "a", "w"):
+        raise StoreError(f"{url}: mode must be 'r' or 'a' (got {mode!r})")
+    url = str(url)
+    if is_hdf5_url(url):
+        if storage_options:
+            raise StoreError(f"{url}: storage options apply to Zarr URLs only; HDF5 stores are local files")
+        from .hdf5 import H5Backend
+
+        return H5Backend(url, mode)
+    if mode == "w":
+        raise StoreError(f"{url}: mode 'w' is for HDF5 files only")
+    from .zarr_store import ZarrBackend
+
+    return ZarrBackend(url, mode, storage_options)

@@ -1,0 +1,170 @@
+"""HDF5 backend (h5py): one file holds the whole store.
+
+Scalars (numbers, strings, booleans) are stored as native HDF5 attributes so other
+tools read them as they are; lists, dicts and None are stored as a string ``json:...``
+(HDF5 attributes have no nested type) and decoded back, so attributes read the same as
+from Zarr. Any h5py/HDF5 failure on open or read (truncated file, bad superblock, not an
+HDF5 file) becomes a :class:`StoreError` naming the path and saying it is damaged.
+
+Readers open the file without HDF5's file lock so ``tesla info`` or a monitor can look at
+a trajectory file while an expert run appends to it; an HDF5 store has a single writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Any, Iterator, Mapping, Optional
+
+import h5py
+import numpy as np
+
+from .backend import Backend, plain
+from .errors import StoreError
+
+_JSON = "json:"
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str) and not value.startswith(_JSON):
+        return value
+    return _JSON + json.dumps(value)
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    if isinstance(value, str):
+        return json.loads(value[len(_JSON):]) if value.startswith(_JSON) else value
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class H5Backend(Backend):
+    """An HDF5 file opened for reading (``r``), appending (``a``) or fresh writing (``w``)."""
+
+    def __init__(self, path: str, mode: str) -> None:
+        self.url = str(path)
+        self.read_only = mode == "r"
+        if mode == "r" and not os.path.exists(self.url):
+            raise StoreError(f"{self.url}: no such store (file not found); check the path")
+        if mode != "r":
+            parent = os.path.dirname(os.path.abspath(self.url))
+            os.makedirs(parent, exist_ok=True)
+        try:
+            if mode == "r":
+                try:
+                    self.file = h5py.File(self.url, "r", locking=False)
+                except (TypeError, ValueError):  # HDF5 built without the locking switch
+                    self.file = h5py.File(self.url, "r")
+            else:
+                self.file = h5py.File(self.url, mode)
+        except OSError as exc:
+            raise self._damaged(exc) from exc
+
+    def _damaged(self, exc: BaseException) -> StoreError:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return StoreError(
+            f"{self.url}: HDF5 file is damaged or not an HDF5 file ({detail}); restore it or write a new store"
+        )
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except (OSError, RuntimeError) as exc:
+            raise self._damaged(exc) from exc
+
+    def _node(self, path: str) -> Any:
+        return self.file["/"] if path in ("", "/") else self.file[path]
+
+    def attrs(self, path: str = "") -> dict:
+        with self._guard():
+            return {k: _decode(v) for k, v in self._node(path).attrs.items()}
+
+    def update_attrs(self, path: str, values: Mapping[str, Any]) -> None:
+        self.check_writable()
+        with self._guard():
+            node = self._node(path)
+            for k, v in values.items():
+                node.attrs[k] = _encode(plain(v, k))
+
+    def exists(self, path: str) -> bool:
+        with self._guard():
+            return path in ("", "/") or path in self.file
+
+    def _children(self, path: str, kind: type) -> list[str]:
+        with self._guard():
+            if not self.exists(path):
+                return []
+            node = self._node(path)
+            return sorted(k for k in node.keys() if isinstance(node.get(k, getlink=False), kind))
+
+    def groups(self, path: str = "") -> list[str]:
+        return self._children(path, h5py.Group)
+
+    def arrays(self, path: str = "") -> list[str]:
+        return self._children(path, h5py.Dataset)
+
+    def create_group(self, path: str) -> None:
+        self.check_writable()
+        if path in ("", "/"):
+            return
+        with self._guard():
+            self.file.require_group(path)
+
+    def delete(self, path: str) -> None:
+        self.check_writable()
+        with self._guard():
+            if path in self.file:
+                del self.file[path]
+
+    def create_array(
+        self, path: str, shape: tuple, dtype: Any, chunks: Optional[tuple] = None, data: Optional[np.ndarray] = None
+    ) -> None:
+        self.check_writable()
+        with self._guard():
+            if path in self.file:
+                del self.file[path]
+            if len(shape) == 0 or 0 in tuple(shape):
+                chunks = None  # HDF5 cannot chunk scalars or empty arrays
+            self.file.create_dataset(path, shape=tuple(shape), dtype=dtype, chunks=chunks, data=data)
+
+    def write(self, path: str, index: Any, value: np.ndarray) -> None:
+        self.check_writable()
+        with self._guard():
+            self.file[path][index] = value
+
+    def read(self, path: str, index: Any = Ellipsis) -> np.ndarray:
+        with self._guard():
+            ds = self.file[path]
+            if ds.shape == ():
+                return np.asarray(ds[()])
+            return np.asarray(ds[index])
+
+    def shape(self, path: str) -> tuple:
+        with self._guard():
+            return tuple(self.file[path].shape)
+
+    def chunks(self, path: str) -> Optional[tuple]:
+        with self._guard():
+            c = self.file[path].chunks
+            return tuple(c) if c is not None else None
+
+    def flush(self) -> None:
+        if not self.read_only:
+            with self._guard():
+                self.file.flush()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.file.close()
+
+    def size_bytes(self) -> int:
+        return os.path.getsize(self.url)

@@ -1,0 +1,633 @@
+"""Prepared image stores: real images converted once into on-disk uint8 arrays, sorted by class.
+
+ImageNet-1K at 64 px is 1.28 M images (15.7 GB as uint8): too big to hold in RAM, and
+too slow to decode from JPEG every epoch. ``tesla data prepare`` converts a source
+(Downsampled-ImageNet batches, an ImageFolder tree, Tiny-ImageNet) once into a store -
+Zarr v3 (directory or fsspec URL) or HDF5 (``.h5``), by suffix, through the stores'
+:func:`~tesla.adapters.stores.backend.open_backend` - laid out as::
+
+    train/images         (N, 3, S, S) uint8, chunked along N (``chunk`` images a chunk)
+    train/labels         (N,) int64, 0-based, sorted by class
+    train/class_offsets  (K+1,) int64: class k is rows offsets[k]:offsets[k+1]
+    test/...             the same for the test split (possibly empty)
+    attrs: format="tesla-prepared", format_version, name, source, source_format,
+           num_classes, class_names, image_size, mean, std (per channel, [0, 1] space),
+           num_train, num_test, chunk, fingerprint; ``complete`` = True written last.
+
+**Writing (PreparedWriter): an external merge sort with bounded memory.** Sorting by
+class cannot scatter images straight into their class ranges: source order mixes the
+classes, so every source chunk would rewrite hundreds of compressed destination chunks.
+Instead, per split:
+
+1. *sort* tasks: the source is cut into blocks of ``block`` images; each block is read,
+   stably sorted by label in memory, and written to a side store ``DEST.work`` (a Zarr
+   directory, removed at the end) as a sorted *run*; a per-channel histogram of its
+   pixel values (exact integers) is kept for the mean/std.
+2. *merge* tasks: each destination chunk of the class-sorted order is assembled from the
+   runs. Within class k, images come block by block, each block's images in source order,
+   so the result equals a stable sort of the whole split. The runs are read through a
+   cache of one small tile (``tile`` images) per block; cursors only move forward, so
+   every tile is read once.
+
+Peak memory: about two blocks while sorting, one destination chunk plus ``blocks * tile``
+images while merging (``tile`` is chosen so that is about one chunk). Disk: the runs
+double the space until the end.
+
+**Resuming.** Every task writes its data, then its done-marker (arrays in ``DEST.work``).
+A re-run with the same source and settings skips the tasks marked done and redoes at
+most the one that was cut off; every task writes exactly the same bytes whatever ran
+before, and the mean/std come from exact integer histograms, so an interrupted-then-
+resumed run gives the same store as an uninterrupted one. The plan (source fingerprint,
+sizes, settings) is recorded in the work store; a different plan is refused.
+
+**Reading (open_prepared -> PreparedImages)**: the same methods as the in-memory
+:class:`~tesla.adapters.data.base.ImageSet` (``sample_class``, ``train_batches``,
+``test_batches``, ``class_indices``...), reading only what is asked for, and returning
+float32 model-space tensors through a mean/std :class:`Normalizer`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any, Iterator, Optional, Protocol, Sequence
+
+import attrs
+import numpy as np
+
+from tesla.adapters.stores.backend import Backend, is_hdf5_url, open_backend
+from tesla.adapters.stores.errors import StoreError
+
+FORMAT = "tesla-prepared"
+FORMAT_VERSION = 1
+SPLITS = ("train", "test")
+MIN_TILE = 16  # run tiles smaller than this make too many tiny chunk objects
+
+
+# --- what a source must offer -----------------------------------------------------------
+
+class SplitReader(Protocol):
+    """One split of a source: all labels up front, images read by range."""
+
+    labels: np.ndarray  # (N,) int64, 0-based, in source order
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Images ``start:stop`` in source order, (n, 3, S, S) uint8."""
+
+
+class ImageSource(Protocol):
+    """A source ``tesla data prepare`` can convert (imagenet64, imagefolder, tiny-imagenet)."""
+
+    name: str
+    format: str
+    class_names: list
+    image_size: int
+    train: SplitReader
+    test: Optional[SplitReader]
+
+    def fingerprint(self) -> str:
+        """A digest of the source's file list (names, sizes) and classes: a resume check."""
+
+    def close(self) -> None: ...
+
+
+class _EmptySplit:
+    labels = np.zeros(0, np.int64)
+
+    def read(self, start: int, stop: int) -> np.ndarray:  # pragma: no cover - never called
+        raise IndexError("empty split")
+
+
+# --- store plumbing -------------------------------------------------------------------
+
+def work_url(url: str) -> str:
+    """Where the runs and done-markers of an unfinished prepare live: ``DEST.work`` (Zarr)."""
+    return str(url).rstrip("/") + ".work"
+
+
+def remove_store(url: str, storage_options: Optional[dict] = None) -> None:
+    """Delete a Zarr directory or fsspec prefix (no error when absent)."""
+    url = str(url)
+    if "://" not in url or url.startswith("file://"):
+        shutil.rmtree(url.removeprefix("file://"), ignore_errors=True)
+        return
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def _native(backend: Backend, path: str) -> Any:
+    """The h5py dataset / zarr array at ``path``: hot loops slice it without per-call lookups."""
+    return backend.file[path] if hasattr(backend, "file") else backend.root[path]
+
+
+def _exists(url: str, storage_options: Optional[dict]) -> bool:
+    try:
+        open_backend(url, "r", storage_options).close()
+        return True
+    except StoreError:
+        return False
+
+
+@attrs.frozen
+class Task:
+    """One resumable unit of work: sort block ``index`` or merge destination chunk ``index``."""
+
+    split: str
+    phase: str  # "sort" | "merge"
+    index: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.split}: {'sorting blocks' if self.phase == 'sort' else 'writing class-sorted chunks'}"
+
+
+def _where(root: Any) -> str:
+    """A source location as recorded in the store: absolute for local paths."""
+    root = str(root)
+    return root if "://" in root else os.path.abspath(root)
+
+
+@attrs.frozen(eq=False)
+class _SplitPlan:
+    """Everything about one split that follows from its labels and the settings."""
+
+    n: int
+    block: int
+    chunk: int
+    tile: int
+    block_counts: np.ndarray  # (B, K) images of class k in block b
+    seg_dest: np.ndarray  # (M,) start of each non-empty (class, block) segment in sorted order
+    seg_len: np.ndarray  # (M,)
+    seg_run: np.ndarray  # (M,) its start inside the runs array
+    seg_block: np.ndarray  # (M,)
+    offsets: np.ndarray  # (K+1,)
+
+    @property
+    def num_blocks(self) -> int:
+        return -(-self.n // self.block)
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.n // self.chunk)
+
+    @classmethod
+    def build(cls, labels: np.ndarray, k: int, block: int, chunk: int) -> "_SplitPlan":
+        n = len(labels)
+        nb = -(-n // block)
+        counts = np.zeros((nb, k), np.int64)
+        for b in range(nb):
+            counts[b] = np.bincount(labels[b * block:(b + 1) * block], minlength=k)
+        offsets = np.concatenate([[0], np.cumsum(counts.sum(0))]).astype(np.int64)
+        # (class, block) segments in sorted order: class-major, then block.
+        seg_len = counts.T.reshape(-1)
+        seg_dest = np.concatenate([[0], np.cumsum(seg_len)[:-1]]) if seg_len.size else seg_len
+        within = np.cumsum(counts, axis=1) - counts  # start of class k inside block b's run
+        seg_run = (within + (np.arange(nb) * block)[:, None]).T.reshape(-1)
+        seg_block = np.tile(np.arange(nb), k)
+        keep = seg_len > 0
+        tile = max(MIN_TILE, chunk // max(nb, 1))
+        tile = min(tile, max(block, 1))
+        return cls(n=n, block=block, chunk=chunk, tile=tile, block_counts=counts, seg_dest=seg_dest[keep],
+                   seg_len=seg_len[keep], seg_run=seg_run[keep], seg_block=seg_block[keep], offsets=offsets)
+
+
+class _RunCache:
+    """One tile per block of the runs array; reads within a block only move forward."""
+
+    def __init__(self, runs: Any, tile: int) -> None:
+        self.runs, self.tile, self._tiles = runs, tile, {}
+
+    def read(self, block: int, start: int, stop: int) -> np.ndarray:
+        parts = []
+        while start < stop:
+            t = start // self.tile
+            cached = self._tiles.get(block)
+            if cached is None or cached[0] != t:
+                cached = (t, np.asarray(self.runs[t * self.tile:(t + 1) * self.tile]))
+                self._tiles[block] = cached
+            hi = min(stop, (t + 1) * self.tile)
+            parts.append(cached[1][start - t * self.tile:hi - t * self.tile])
+            start = hi
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _histogram(x: np.ndarray, step: int = 256) -> np.ndarray:
+    """Per-channel counts of each pixel value, (C, 256) int64, in slices (bincount widens to int64)."""
+    hist = np.zeros((x.shape[1], 256), np.int64)
+    for i in range(0, len(x), step):
+        for c in range(x.shape[1]):
+            hist[c] += np.bincount(x[i:i + step, c].reshape(-1), minlength=256)
+    return hist
+
+
+def stats_from_histogram(hist: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (population) std in [0, 1] space from (C, 256) value counts."""
+    v = np.arange(256, dtype=np.int64)
+    n = hist.sum(1)
+    s1, s2 = hist @ v, hist @ (v * v)  # exact integers
+    mean = s1 / (255.0 * n)
+    var = np.maximum(s2 / (255.0**2 * n) - mean**2, 0.0)
+    return [float(m) for m in mean], [float(s) for s in np.sqrt(var)]
+
+
+# --- writer ---------------------------------------------------------------------------
+
+class PreparedWriter:
+    """Builds (or resumes building) a prepared store from an :class:`ImageSource`.
+
+    Drive it with :meth:`tasks` / :meth:`is_done` / :meth:`run`, then :meth:`finalize`
+    (the service :func:`tesla.app.services.prepare.prepare` does, with events and a
+    stop check between tasks).
+
+    Args:
+        url: destination (``.h5``/``.hdf5`` -> HDF5; else Zarr directory or fsspec URL).
+        source: the images to convert.
+        chunk: images per destination chunk along N.
+        block: images per sorted run (default ``8 * chunk``): peak memory of the sort phase.
+        storage_options: fsspec options for remote Zarr URLs.
+
+    Attributes:
+        already_complete: ``url`` already holds this very prepared set; nothing to do.
+        resumed: an unfinished prepare of the same plan was found and is continued.
+    """
+
+    def __init__(self, url: str, source: ImageSource, *, chunk: int = 1024, block: Optional[int] = None,
+                 storage_options: Optional[dict] = None) -> None:
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1 (got {chunk})")
+        block = block or 8 * chunk
+        if block < 1:
+            raise ValueError(f"block must be >= 1 (got {block})")
+        self.url, self.source, self.chunk = str(url), source, chunk
+        self.storage_options = storage_options
+        self.work_url = work_url(self.url)
+        self._work_options = None if is_hdf5_url(self.url) else storage_options
+        self.num_classes = len(source.class_names)
+        self.readers = {"train": source.train, "test": source.test if source.test is not None else _EmptySplit()}
+        if len(self.readers["train"].labels) == 0:
+            raise ValueError(f"{self.url}: the source has no training images")
+        for split, reader in self.readers.items():
+            lab = reader.labels
+            if len(lab) and (lab.min() < 0 or lab.max() >= self.num_classes):
+                raise ValueError(f"{split} labels fall outside 0..{self.num_classes - 1}")
+        self.plans = {s: _SplitPlan.build(r.labels, self.num_classes, block, chunk) for s, r in self.readers.items()}
+        self.plan = {
+            "source": _where(getattr(source, "root", "")),
+            "fingerprint": source.fingerprint(),
+            "source_format": source.format,
+            "image_size": int(source.image_size),
+            "chunk": chunk,
+            "block": block,
+            "num_classes": self.num_classes,
+            "counts": {s: p.n for s, p in self.plans.items()},
+        }
+        self.already_complete = False
+        self.resumed = False
+        self._caches: dict[str, _RunCache] = {}
+        self.dest: Optional[Backend] = None
+        self.work: Optional[Backend] = None
+        self._open()
+
+    # -- opening / resuming
+
+    def _open(self) -> None:
+        self.dest = open_backend(self.url, "a", self.storage_options)
+        attrs_ = self.dest.attrs()
+        if attrs_ and attrs_.get("format") != FORMAT:
+            self.dest.close()
+            raise StoreError(f"{self.url}: holds something other than a prepared image set; pick a new DEST")
+        if attrs_.get("complete"):
+            if attrs_.get("plan") != self.plan:
+                self.dest.close()
+                raise StoreError(
+                    f"{self.url}: already holds a complete prepared set from other data or settings;"
+                    " pick a new DEST or delete it first"
+                )
+            self.already_complete = True
+            remove_store(self.work_url, self._work_options)  # left over from a cut-off cleanup
+            return
+        if _exists(self.work_url, self._work_options):
+            self.work = open_backend(self.work_url, "a", self._work_options)
+            if self.work.attrs().get("plan") != self.plan:
+                self.close()
+                raise StoreError(
+                    f"{self.url}: an unfinished prepare from other data or settings is here; re-run it with"
+                    f" the same SRC and options, or delete {self.url} and {self.work_url}"
+                )
+            self.resumed = True
+            return
+        self._create()
+
+    def _create(self) -> None:
+        s = self.plan["image_size"]
+        self.dest.update_attrs("", {"format": FORMAT, "format_version": FORMAT_VERSION, "complete": False})
+        for split, p in self.plans.items():
+            self.dest.create_array(f"{split}/images", (p.n, 3, s, s), np.uint8, chunks=(max(1, min(p.chunk, p.n)), 3, s, s))
+            labels = np.repeat(np.arange(self.num_classes, dtype=np.int64), np.diff(p.offsets))
+            self.dest.create_array(f"{split}/labels", (p.n,), np.int64, chunks=(max(1, min(p.n, 1 << 20)),), data=labels)
+            self.dest.create_array(f"{split}/class_offsets", p.offsets.shape, np.int64, chunks=p.offsets.shape,
+                                   data=p.offsets)
+        self.dest.flush()
+        remove_store(self.work_url, self._work_options)
+        self.work = open_backend(self.work_url, "a", self._work_options)
+        for split, p in self.plans.items():
+            self.work.create_array(f"{split}/runs", (p.n, 3, s, s), np.uint8, chunks=(max(1, min(p.tile, p.n)), 3, s, s))
+            nb, nc = max(p.num_blocks, 1), max(p.num_chunks, 1)
+            self.work.create_array(f"{split}/sort_done", (nb,), np.uint8, chunks=(nb,), data=np.zeros(nb, np.uint8))
+            self.work.create_array(f"{split}/merge_done", (nc,), np.uint8, chunks=(nc,), data=np.zeros(nc, np.uint8))
+            self.work.create_array(f"{split}/hist", (nb, 3, 256), np.int64, chunks=(1, 3, 256),
+                                   data=np.zeros((nb, 3, 256), np.int64))
+        # The plan goes in last: a work store without it is an aborted start, made anew.
+        self.work.update_attrs("", {"plan": self.plan})
+
+    # -- tasks
+
+    def tasks(self) -> list[Task]:
+        """All tasks in the order they must run (done ones included)."""
+        out = []
+        for split in SPLITS:
+            p = self.plans[split]
+            out += [Task(split, "sort", b) for b in range(p.num_blocks)]
+            out += [Task(split, "merge", j) for j in range(p.num_chunks)]
+        return out
+
+    def is_done(self, task: Task) -> bool:
+        if self.already_complete:
+            return True
+        return bool(self.work.read(f"{task.split}/{task.phase}_done", task.index))
+
+    def run(self, task: Task) -> None:
+        """Do one task and mark it done (data first, marker second)."""
+        (self._sort if task.phase == "sort" else self._merge)(task.split, task.index)
+        self.work.write(f"{task.split}/{task.phase}_done", task.index, np.uint8(1))
+
+    def _sort(self, split: str, b: int) -> None:
+        p = self.plans[split]
+        lo, hi = b * p.block, min(p.n, (b + 1) * p.block)
+        x = self.readers[split].read(lo, hi)
+        s = self.plan["image_size"]
+        if x.shape != (hi - lo, 3, s, s) or x.dtype != np.uint8:
+            raise ValueError(f"{split} block {b}: source gave {x.shape} {x.dtype}, expected {(hi - lo, 3, s, s)} uint8")
+        order = np.argsort(self.readers[split].labels[lo:hi], kind="stable")
+        _native(self.work, f"{split}/runs")[lo:hi] = x[order]
+        if split == "train":  # the mean/std describe the training images
+            self.work.write(f"{split}/hist", b, _histogram(x))
+
+    def _merge(self, split: str, j: int) -> None:
+        p = self.plans[split]
+        p0, p1 = j * p.chunk, min(p.n, (j + 1) * p.chunk)
+        if split not in self._caches:
+            self._caches[split] = _RunCache(_native(self.work, f"{split}/runs"), p.tile)
+        cache = self._caches[split]
+        s = self.plan["image_size"]
+        out = np.empty((p1 - p0, 3, s, s), np.uint8)
+        i = int(np.searchsorted(p.seg_dest + p.seg_len, p0, side="right"))
+        while i < len(p.seg_dest) and p.seg_dest[i] < p1:
+            d0, n = int(p.seg_dest[i]), int(p.seg_len[i])
+            lo, hi = max(p0, d0), min(p1, d0 + n)
+            r0 = int(p.seg_run[i]) + lo - d0
+            out[lo - p0:hi - p0] = cache.read(int(p.seg_block[i]), r0, r0 + hi - lo)
+            i += 1
+        _native(self.dest, f"{split}/images")[p0:p1] = out
+
+    # -- finishing
+
+    def finalize(self) -> dict:
+        """Write the attributes, then ``complete``, then remove the work store. Returns the attrs."""
+        if self.already_complete:
+            return self.dest.attrs()
+        pending = [t for t in self.tasks() if not self.is_done(t)]
+        if pending:
+            raise StoreError(f"{self.url}: {len(pending)} tasks not done; run them before finalize()")
+        hist = self.work.read("train/hist").sum(0)
+        mean, std = stats_from_histogram(hist)
+        info = {
+            "name": self.source.name,
+            "source": self.plan["source"],
+            "source_format": self.source.format,
+            "num_classes": self.num_classes,
+            "class_names": list(self.source.class_names),
+            "image_size": self.plan["image_size"],
+            "mean": mean,
+            "std": std,
+            "num_train": self.plans["train"].n,
+            "num_test": self.plans["test"].n,
+            "chunk": self.chunk,
+            "plan": self.plan,
+        }
+        self.dest.update_attrs("", info)
+        self.dest.flush()
+        self.dest.update_attrs("", {"complete": True})
+        self.dest.flush()
+        self.work.close()
+        self.work = None
+        remove_store(self.work_url, self._work_options)
+        return self.dest.attrs()
+
+    def close(self) -> None:
+        for b in (self.dest, self.work):
+            if b is not None:
+                b.close()
+        self.dest = self.work = None
+
+
+# --- reader ---------------------------------------------------------------------------
+
+def open_prepared(url: str, storage_options: Optional[dict] = None) -> "PreparedImages":
+    """Open a complete prepared store for reading.
+
+    Raises:
+        StoreError: not a prepared store, a newer format, or incomplete (the message says
+            to re-run ``tesla data prepare`` to resume).
+    """
+    backend = open_backend(str(url), "r", storage_options)
+    info = backend.attrs()
+    if info.get("format") != FORMAT:
+        backend.close()
+        raise StoreError(f"{url}: not a prepared image store; make one with `tesla data prepare SRC {url}`")
+    if int(info.get("format_version", 0)) > FORMAT_VERSION:
+        backend.close()
+        raise StoreError(f"{url}: prepared format version {info.get('format_version')} is newer than this tesla"
+                         f" reads ({FORMAT_VERSION}); upgrade tesla")
+    if not info.get("complete"):
+        backend.close()
+        raise StoreError(f"{url}: prepared store is incomplete (an interrupted `tesla data prepare`);"
+                         " re-run the same prepare command to resume it")
+    return PreparedImages(backend, info)
+
+
+class PreparedImages:
+    """A prepared store as a DataSource (the :class:`ImageSet` methods, read from disk).
+
+    Reads only what is asked for and returns float32 model-space tensors (mean/std from
+    the store). Memory stays bounded by the chunk size, never the set size.
+
+    Attributes:
+        name, num_classes, class_names, image_shape (3, S, S), normalizer, url.
+
+    Example:
+        >>> data = open_prepared("imagenet64.zarr")              # doctest: +SKIP
+        >>> x = data.sample_class(7, 10, seed=0)                 # (10, 3, 64, 64)
+        >>> for x, y in data.train_batches(256, seed=1): ...
+    """
+
+    def __init__(self, backend: Backend, info: dict) -> None:
+        from tesla.adapters.torch.normalize import Normalizer
+
+        self.url = backend.url
+        self._backend = backend
+        self.info = info
+        self.name = str(info.get("name", "prepared"))
+        self.num_classes = int(info["num_classes"])
+        self.class_names = list(info["class_names"])
+        s = int(info["image_size"])
+        self.image_shape = (3, s, s)
+        # A constant channel has std 0; a tiny floor keeps the normaliser defined.
+        self.normalizer = Normalizer(mean=info["mean"], std=[max(float(v), 1e-6) for v in info["std"]])
+        self._images = {sp: _native(backend, f"{sp}/images") for sp in SPLITS}
+        self._offsets = {sp: np.asarray(backend.read(f"{sp}/class_offsets"), np.int64) for sp in SPLITS}
+        self._chunk = {sp: int((backend.chunks(f"{sp}/images") or (max(1, self._count(sp)),))[0]) for sp in SPLITS}
+        self._indices: Optional[list] = None
+
+    def __repr__(self) -> str:
+        return (f"PreparedImages({self.url!r}, {self.num_classes} classes, {self.num_train} train /"
+                f" {self.num_test} test, {self.image_shape[1]} px)")
+
+    def _count(self, split: str) -> int:
+        return int(self._offsets[split][-1])
+
+    @property
+    def num_train(self) -> int:
+        return self._count("train")
+
+    @property
+    def num_test(self) -> int:
+        return self._count("test")
+
+    # --- reading helpers
+
+    def _labels(self, split: str, start: int, stop: int) -> np.ndarray:
+        return np.searchsorted(self._offsets[split], np.arange(start, stop), side="right").astype(np.int64) - 1
+
+    def _read_sorted(self, split: str, idx: np.ndarray) -> np.ndarray:
+        """Rows ``idx`` (sorted, unique) read chunk by chunk: each touched chunk once."""
+        arr, c = self._images[split], self._chunk[split]
+        out = np.empty((len(idx),) + self.image_shape, np.uint8)
+        which = idx // c
+        bounds = np.flatnonzero(np.diff(which)) + 1
+        for part in np.split(np.arange(len(idx)), bounds):
+            if len(part) == 0:
+                continue
+            ci = int(which[part[0]])
+            block = np.asarray(arr[ci * c:min((ci + 1) * c, self._count(split))])
+            out[part] = block[idx[part] - ci * c]
+        return out
+
+    def _to_model(self, x: np.ndarray):
+        import torch
+
+        return self.normalizer.encode(torch.from_numpy(x).to(torch.float32).div_(255.0))
+
+    # --- the DataSource methods
+
+    def class_indices(self) -> list:
+        """Training-row indices of each class: K LongTensors (contiguous ranges; cached)."""
+        import torch
+
+        if self._indices is None:
+            o = self._offsets["train"]
+            self._indices = [torch.arange(int(o[k]), int(o[k + 1])) for k in range(self.num_classes)]
+        return self._indices
+
+    def sample_class(self, c: int, n: int, seed: int):
+        """``n`` random training images of class ``c``, (n, 3, S, S) float32 model space.
+
+        Without replacement while the class has enough images (then every image once and
+        the rest drawn with replacement); the same seed gives the same images. Only the
+        chunks holding the chosen images are read, in storage order.
+        """
+        import torch
+
+        if not 0 <= c < self.num_classes:
+            raise ValueError(f"class {c} is out of range: this set has classes 0..{self.num_classes - 1}")
+        if n < 0:
+            raise ValueError(f"cannot sample a negative number of images ({n})")
+        lo, hi = int(self._offsets["train"][c]), int(self._offsets["train"][c + 1])
+        size = hi - lo
+        if size == 0:
+            raise ValueError(f"class {c} ({self.class_names[c]!r}) has no training images")
+        g = torch.Generator().manual_seed(int(seed))
+        pick = torch.randperm(size, generator=g)[:n]
+        if n > size:
+            pick = torch.cat([pick, torch.randint(size, (n - size,), generator=g)])
+        pick = pick.numpy() + lo
+        rows, inverse = np.unique(pick, return_inverse=True)
+        return self._to_model(self._read_sorted("train", rows)[inverse])
+
+    def train_batches(self, batch_size: int, seed: int, *, shuffle_chunks: int = 16) -> Iterator[tuple[Any, Any]]:
+        """One epoch of (x (B, 3, S, S) float32, y (B,) int64) batches, approximately shuffled.
+
+        An exact shuffle would read a random image from a different chunk for almost
+        every sample. Instead the chunks are visited in a random order, ``shuffle_chunks``
+        at a time: those chunks (plus the leftover of the previous group) are pooled and
+        permuted, and batches are cut from the pool. Every image appears exactly once per
+        epoch and memory holds at most ``shuffle_chunks * chunk`` images. Since the store
+        is sorted by class, a batch mixes about ``shuffle_chunks * chunk / class size``
+        classes: for expert training on large sets prepare with a small ``--chunk`` or
+        pass a larger ``shuffle_chunks``. The last batch may be smaller.
+        """
+        import torch
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+        g = torch.Generator().manual_seed(int(seed))
+        n, c = self.num_train, self._chunk["train"]
+        order = torch.randperm(-(-n // c), generator=g).numpy()
+        yield from self._batches("train", order, batch_size, max(1, shuffle_chunks), g)
+
+    def test_batches(self, batch_size: int) -> Iterator[tuple[Any, Any]]:
+        """The test set in stored (class-sorted) order, (x (B, 3, S, S), y (B,)) batches."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+        n, c = self.num_test, self._chunk["test"]
+        yield from self._batches("test", np.arange(-(-n // c)), batch_size, 1, None)
+
+    def _batches(self, split: str, chunk_order: Sequence[int], batch_size: int, group: int, g) -> Iterator:
+        import torch
+
+        arr, c, n = self._images[split], self._chunk[split], self._count(split)
+        left_x = np.empty((0,) + self.image_shape, np.uint8)
+        left_y = np.empty(0, np.int64)
+        for i in range(0, len(chunk_order), group):
+            ids = sorted(int(k) for k in chunk_order[i:i + group])  # storage order for locality
+            spans = [(k * c, min(n, (k + 1) * c)) for k in ids]
+            # One pool array filled in place: no concatenated or permuted copies of it.
+            pool_x = np.empty((len(left_x) + sum(hi - lo for lo, hi in spans),) + self.image_shape, np.uint8)
+            pool_y = np.empty(len(pool_x), np.int64)
+            pool_x[:len(left_x)], pool_y[:len(left_y)] = left_x, left_y
+            at = len(left_x)
+            for lo, hi in spans:
+                pool_x[at:at + hi - lo] = arr[lo:hi]
+                pool_y[at:at + hi - lo] = self._labels(split, lo, hi)
+                at += hi - lo
+            perm = torch.randperm(len(pool_x), generator=g).numpy() if g is not None else np.arange(len(pool_x))
+            full = len(pool_x) // batch_size * batch_size
+            for s in range(0, full, batch_size):
+                take = np.sort(perm[s:s + batch_size]) if g is None else perm[s:s + batch_size]
+                yield self._to_model(pool_x[take]), torch.from_numpy(pool_y[take])
+            left_x, left_y = pool_x[perm[full:]], pool_y[perm[full:]]
+            del pool_x, pool_y
+        if len(left_x):
+            yield self._to_model(left_x), torch.from_numpy(left_y)
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __enter__(self) -> "PreparedImages":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

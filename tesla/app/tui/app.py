@@ -1,0 +1,243 @@
+"""The Textual app that watches a run: ``tesla monitor RUN_DIR`` and the ``--tui`` of jobs.
+
+The screen knows a run only through ``RUN_DIR/events.jsonl``. A timer (every
+``poll_interval`` seconds) reads the lines appended since the last offset -- a cheap,
+bounded read on the UI thread that never waits -- folds them into a :class:`RunState`,
+and bumps the ``revision`` reactive the widgets are bound to. The same code therefore
+watches a run in another process, a finished run, and a job started here.
+
+Job mode: given ``job(sink, cancel)``, the app runs it in a thread worker. The job writes
+its own ``events.jsonl`` (the services do); the screen just follows the file. ``c`` sets
+``cancel`` (the job stops at its next safe point and checkpoints); ``q`` does the same and
+quits once the worker has ended, so a run is never torn down mid-write.
+
+Layout: a three-line run header, tabs (Training, Memory, Accuracy, Images, Log) and the
+footer. At 80x24 the Training tab holds the loss and learned-lr plots; from 120x36 on it
+also shows the memory and accuracy plots in a 2x2 grid, and the Accuracy tab puts the
+table beside its plot.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Container, Grid
+from textual.reactive import reactive
+from textual.widgets import Footer, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState
+
+from tesla.adapters.events.jsonl import read_events
+from tesla.app.tui.state import RunState
+from tesla.app.tui.widgets import (
+    AccuracyPlot,
+    EvalTable,
+    LogPanel,
+    LossPlot,
+    MemoryNumbers,
+    MemoryPlot,
+    PreviewView,
+    RunHeader,
+    SecondPlot,
+)
+from tesla.domain.ports import EventSink, NullSink
+
+Job = Callable[[EventSink, threading.Event], Any]
+
+EVENTS_FILE = "events.jsonl"
+MAX_READ_PER_TICK = 4 * 2**20  # bytes; a huge log is caught up over several ticks
+
+
+class TeslaApp(App):
+    """Follows ``run_dir/events.jsonl``; with ``job``, also runs it in a worker thread.
+
+    Args:
+        run_dir: the run directory (its ``events.jsonl`` may not exist yet in job mode).
+        job: ``job(sink, cancel)`` run in a thread; it must return when ``cancel`` is set.
+            ``sink`` is a do-nothing sink: the job's events reach the screen through the
+            file it writes.
+        poll_interval: seconds between reads of the log.
+    """
+
+    TITLE = "tesla"
+    ENABLE_COMMAND_PALETTE = False
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
+
+    CSS = """
+    RunHeader { height: 3; padding: 0 1; background: $boost; }
+    TabbedContent { height: 1fr; }
+    TabPane { padding: 0; }
+    #training-grid { grid-size: 2 1; grid-gutter: 0 1; height: 1fr; }
+    .big-only { display: none; }
+    Screen.-wide.-tall #training-grid { grid-size: 2 2; grid-gutter: 1 1; }
+    Screen.-wide.-tall .big-only { display: block; }
+    MemoryNumbers { height: 2; padding: 0 1; }
+    #accuracy-body { layout: vertical; height: 1fr; }
+    Screen.-wide #accuracy-body { layout: horizontal; }
+    EvalTable { height: 1fr; }
+    Screen.-wide EvalTable { width: 52; }
+    #accuracy-plot { height: 1fr; }
+    PreviewView { padding: 0 1; }
+    """
+
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("c", "cancel_job", "Cancel job"),
+        Binding("1", "show_tab('tab-training')", "Training", show=False),
+        Binding("2", "show_tab('tab-memory')", "Memory", show=False),
+        Binding("3", "show_tab('tab-accuracy')", "Accuracy", show=False),
+        Binding("4", "show_tab('tab-images')", "Images", show=False),
+        Binding("5", "show_tab('tab-log')", "Log", show=False),
+    ]
+
+    revision: reactive[int] = reactive(0)
+
+    def __init__(self, run_dir: Path | str, job: Optional[Job] = None, *, poll_interval: float = 0.25) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.events_path = self.run_dir / EVENTS_FILE
+        self.job = job
+        self.poll_interval = poll_interval
+        self.cancel_event = threading.Event()
+        self.state = RunState()
+        self.job_status: Optional[str] = "starting" if job is not None else None
+        self._offset = 0
+        self._state_seen, self._state_obj = -1, self.state
+        self._worker: Optional[Worker] = None
+        self._quit_when_done = False
+        self.sub_title = str(self.run_dir)
+
+    # -- layout ---------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        bind = TeslaApp.revision
+        yield RunHeader(id="run-header").data_bind(bind)
+        with TabbedContent(id="tabs"):
+            with TabPane("Training", id="tab-training"):
+                with Grid(id="training-grid"):
+                    yield LossPlot(id="loss-plot").data_bind(bind)
+                    yield SecondPlot(id="second-plot").data_bind(bind)
+                    yield MemoryPlot(id="overview-memory", classes="big-only").data_bind(bind)
+                    yield AccuracyPlot(id="overview-accuracy", classes="big-only").data_bind(bind)
+            with TabPane("Memory", id="tab-memory"):
+                yield MemoryNumbers(id="memory-numbers").data_bind(bind)
+                yield MemoryPlot(id="memory-plot").data_bind(bind)
+            with TabPane("Accuracy", id="tab-accuracy"):
+                with Container(id="accuracy-body"):
+                    yield EvalTable(id="eval-table").data_bind(bind)
+                    yield AccuracyPlot(id="accuracy-plot").data_bind(bind)
+            with TabPane("Images", id="tab-images"):
+                yield PreviewView(id="preview").data_bind(bind)
+            with TabPane("Log", id="tab-log"):
+                yield LogPanel(id="log").data_bind(bind)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.poll_events(catch_up=True)  # the recorded part of the run, before the first frame
+        self.set_interval(self.poll_interval, self.poll_events)
+        if self.job is not None:
+            self._worker = self._run_job()
+            self._set_job_status("running")
+
+    # -- following the log ----------------------------------------------------------------
+    def poll_events(self, catch_up: bool = False) -> int:
+        """Fold the events appended since the last call; returns how many were read."""
+        try:
+            size = self.events_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+        if size < self._offset:  # the log was replaced or truncated: start over
+            self.state, self._offset = RunState(), 0
+            self.state.note("info", f"{EVENTS_FILE} was replaced; reading it again from the start")
+        count = 0
+        while size > self._offset:
+            events, offset = read_events(self.events_path, self._offset, max_bytes=MAX_READ_PER_TICK)
+            if offset == self._offset:
+                break  # only a partial line so far
+            self._offset = offset
+            self.state.apply_all(events)
+            count += len(events)
+            if not catch_up:
+                break  # one bounded read per tick keeps the UI responsive
+        self._bump()
+        return count
+
+    def _bump(self) -> None:
+        """Tell the widgets (bound to ``revision``) that the state has moved on."""
+        if self.state.revision != self._state_seen or self.state is not self._state_obj:
+            self._state_seen, self._state_obj = self.state.revision, self.state
+            self.revision += 1
+
+    # -- the job --------------------------------------------------------------------------
+    @work(thread=True, exit_on_error=False, name="tesla job", group="job")
+    def _run_job(self) -> Any:
+        assert self.job is not None
+        return self.job(NullSink(), self.cancel_event)
+
+    def _set_job_status(self, status: str, note: Optional[str] = None, level: str = "info") -> None:
+        self.job_status = status
+        self.state.note(level, note or f"job {status}")
+        self._bump()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker is not self._worker:
+            return
+        if event.state == WorkerState.SUCCESS:
+            cancelled = self.cancel_event.is_set()
+            self._set_job_status("cancelled" if cancelled else "finished",
+                                 "job stopped after cancel" if cancelled else "job finished")
+        elif event.state == WorkerState.ERROR:
+            error = event.worker.error
+            self._set_job_status("failed", f"job failed: {type(error).__name__}: {error}", "error")
+            self.notify(f"job failed: {error}", severity="error", timeout=10)
+        elif event.state == WorkerState.CANCELLED:
+            self._set_job_status("cancelled", "job cancelled")
+        else:
+            return
+        self.poll_events(catch_up=True)  # the job's last lines
+        if self._quit_when_done:
+            self.exit()
+
+    @property
+    def job_running(self) -> bool:
+        return self._worker is not None and self._worker.state in (WorkerState.PENDING, WorkerState.RUNNING)
+
+    # -- actions --------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "cancel_job":
+            if self.job is None:
+                return False  # monitor mode: nothing to cancel, hide the key
+            return True if self.job_running and not self.cancel_event.is_set() else None
+        return True
+
+    def action_cancel_job(self) -> None:
+        """Ask the job to stop at its next safe point (it checkpoints first)."""
+        if not self.job_running or self.cancel_event.is_set():
+            return
+        self.cancel_event.set()
+        self._set_job_status("cancelling", "cancel requested: the job stops at its next safe point", "warning")
+        self.refresh_bindings()
+
+    async def action_quit(self) -> None:
+        """Quit; a running job is cancelled first and the app exits when it has stopped."""
+        if self.job_running:
+            self._quit_when_done = True
+            if not self.cancel_event.is_set():
+                self.action_cancel_job()
+            self.notify("stopping the job; quitting when it has stopped")
+            return
+        self.exit()
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    def on_unmount(self) -> None:
+        # However the app ends, a job thread must not outlive it unasked.
+        self.cancel_event.set()
+
+
+__all__ = ["TeslaApp", "EVENTS_FILE"]

@@ -312,6 +312,8 @@ class SyntheticStore:
 
     def checkpoints(self) -> list[int]:
         """Iterations of the complete checkpoints, ascending."""
+        if self.hdf5 and not os.path.exists(self.url):
+            return []
         with self._reader() as b:
             return _complete(b, "checkpoints")
 
@@ -409,6 +411,8 @@ class SyntheticStore:
         Raises:
             StoreError: no complete set in the store.
         """
+        if self.hdf5 and not os.path.exists(self.url) and not self.read_only:
+            raise StoreError(f"{self.url}: holds no finished synthetic set yet (a run writes it at the end)")
         with self._reader() as b:
             complete = _complete(b, "sets")
             if not complete:

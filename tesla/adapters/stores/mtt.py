@@ -50,9 +50,8 @@ def load_buffer(path: str) -> list:
                 raise
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StoreError(
-            f"{path}: refused to load: it holds objects other than tensors and lists ({first[:160]});"
+            f"{path}: refused to load: it is not plain tensors in lists ({_why(exc)});"
             " an MTT buffer is lists of tensors; re-save it that way if you trust its source"
         ) from exc
     except (RuntimeError, OSError, EOFError) as exc:
@@ -60,6 +59,15 @@ def load_buffer(path: str) -> list:
     if not isinstance(data, (list, tuple)):
         raise StoreError(f"{path}: holds a {type(data).__name__}, not a list of trajectories")
     return list(data)
+
+
+def _why(exc: BaseException) -> str:
+    """The informative line of torch's long weights-only error (``Unsupported global ...``)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    reason = " ".join(text.split()).split(". ")[0].strip(" .")
+    return reason[:200] if reason else type(exc).__name__
 
 
 def _snapshot_shapes(snapshot: Any, where: str) -> list[list[int]]:

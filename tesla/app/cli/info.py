@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.padding import Padding
 from rich.table import Table
 
 from tesla.app.cli.common import fail, storage_options
@@ -48,7 +49,7 @@ def _print_trajectories(console: Console, d: dict) -> None:
         table = Table("id", "epochs", "final test acc", "seed", box=None, padding=(0, 2))
         for e in experts:
             table.add_row(str(e["id"]), str(e["epochs"]), _acc(e["final_accuracy"]), str(e["seed"]))
-        console.print(table)
+        console.print(Padding(table, (0, 0, 0, 2)))
 
 
 def _print_synthetic(console: Console, d: dict) -> None:

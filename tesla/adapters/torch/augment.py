@@ -38,7 +38,7 @@ exactly.
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 import attrs
 import torch

@@ -1,0 +1,3 @@
+from tesla.app.cli.main import app
+
+app()

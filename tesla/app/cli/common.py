@@ -1,0 +1,141 @@
+"""What every CLI command shares: one-line errors with exit code 2, signals as cancel,
+storage options, and running a job under the terminal display or the TUI."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import typer
+from rich.console import Console
+
+err_console = Console(stderr=True)
+
+EXIT_BAD_INPUT = 2
+EXIT_NUMERICAL = 3
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    """Print one red line naming the problem and the fix, and exit."""
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _input_errors() -> tuple:
+    from tesla.adapters.stores.errors import StoreError
+    from tesla.app.bootstrap import RunDirError
+    from tesla.domain.config import ConfigError
+
+    errors: list = [ConfigError, RunDirError, StoreError, FileNotFoundError, NotADirectoryError, PermissionError]
+    try:
+        from tesla.adapters.data.base import DataError
+
+        errors.append(DataError)
+    except ImportError:  # pragma: no cover
+        pass
+    from tesla.app.services.distill import DistillError
+    from tesla.app.services.experts import ExpertsError
+
+    errors += [DistillError, ExpertsError]
+    return tuple(errors)
+
+
+@contextlib.contextmanager
+def errors() -> Iterator[None]:
+    """Turn the project's input errors into one line and exit code 2; NaN stops into 3."""
+    from tesla.app.services.distill import NumericalError
+
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except NumericalError as e:
+        fail(str(e), EXIT_NUMERICAL)
+    except _input_errors() as e:
+        msg = str(e) or e.__class__.__name__
+        if isinstance(e, OSError) and e.filename:
+            msg = f"{e.strerror or e}: {e.filename}"
+        fail(msg)
+
+
+def storage_options(pairs: Optional[list[str]]) -> Optional[dict]:
+    """``["key=value", ...]`` -> dict (values parsed as JSON scalars where they parse)."""
+    import json
+
+    if not pairs:
+        return None
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            fail(f"--storage-option {pair!r} is not key=value: e.g. --storage-option anon=true")
+        k, v = pair.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
+@contextlib.contextmanager
+def cancel_on_signals() -> Iterator[threading.Event]:
+    """Ctrl-C or SIGTERM (pre-emption) sets the event: the job checkpoints and stops.
+    A second Ctrl-C interrupts at once."""
+    cancel = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield cancel
+        return
+
+    def handler(signum, frame):
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        err_console.print("[yellow]stopping after the current step and writing a checkpoint "
+                          "(Ctrl-C again to abort)[/]")
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, handler)
+    try:
+        yield cancel
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def run_job(job: Callable[[Any, threading.Event], Any], *, run_dir: Optional[Path], quiet: bool = False,
+            json_mode: bool = False, tui: bool = False, tensorboard: Optional[str] = None) -> Any:
+    """Run ``job(sink, cancel)`` under the terminal display, or inside the TUI with ``tui``."""
+    from tesla.app import bootstrap
+
+    if tui:
+        if run_dir is None:
+            fail("--tui needs a run directory (--out)")
+        from tesla.adapters.events.jsonl import JsonlSink
+        from tesla.app.tui.app import TeslaApp
+
+        box: dict = {}
+
+        def tui_job(sink, cancel):
+            log = JsonlSink(Path(run_dir) / bootstrap.EVENTS)
+            try:
+                box["result"] = job(log, cancel)
+            except BaseException as e:  # reported after the TUI closes
+                box["error"] = e
+            finally:
+                log.close()
+
+        TeslaApp(Path(run_dir), job=tui_job).run()
+        if "error" in box:
+            raise box["error"]
+        return box.get("result")
+    sink, closers = bootstrap.event_sinks(run_dir, quiet=quiet, json_mode=json_mode, tensorboard=tensorboard)
+    try:
+        with cancel_on_signals() as cancel:
+            return job(sink, cancel)
+    finally:
+        for close in closers:
+            close()

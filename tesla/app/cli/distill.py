@@ -1,0 +1,89 @@
+"""``tesla distill``: distil a synthetic set from a trajectory store into a run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import attrs
+import typer
+
+from tesla.app.cli.common import errors, run_job, storage_options
+
+SET_NAMES = {"zarr": "synthetic.zarr", "h5": "synthetic.h5"}
+
+
+def distill_config(preset: Optional[str], overrides: dict):
+    from tesla.domain import presets
+    from tesla.domain.config import DistillConfig
+
+    base = presets.get(preset).distill if preset else DistillConfig()
+    return attrs.evolve(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def distill(
+    trajectories: str = typer.Option(..., "--trajectories", "-t", help="Trajectory store made by `tesla experts`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (config, events, synthetic set, images)."),
+    preset: Optional[str] = typer.Option(None, help="A row of the paper's table, e.g. cifar10-ipc10."),
+    dataset: Optional[str] = typer.Option(None, help="Override the dataset recorded in the store."),
+    data: Optional[str] = typer.Option(None, help="Override the data folder recorded in the store."),
+    ipc: Optional[int] = typer.Option(None, help="Synthetic images per class."),
+    syn_steps: Optional[int] = typer.Option(None, help="Student steps N per iteration."),
+    expert_epochs: Optional[int] = typer.Option(None, help="M: the target is M epochs after the start."),
+    max_start_epoch: Optional[int] = typer.Option(None, help="Start epochs are drawn from [0, this)."),
+    batch_syn: Optional[int] = typer.Option(None, help="Synthetic images per student step (default all)."),
+    iterations: Optional[int] = typer.Option(None, help="Distillation iterations."),
+    lr_img: Optional[float] = typer.Option(None, help="SGD lr of the images."),
+    lr_lr: Optional[float] = typer.Option(None, help="SGD lr of the learned student lr."),
+    lr_init: Optional[float] = typer.Option(None, help="Initial student lr."),
+    engine: Optional[str] = typer.Option(None, help="tesla (first order) | exact (adjoint) | unrolled (MTT)."),
+    labels: Optional[str] = typer.Option(None, help="hard | teacher-target | teacher-last | teacher-epoch | learned."),
+    label_epoch: Optional[int] = typer.Option(None, help="Teacher epoch for --labels teacher-epoch."),
+    init: Optional[str] = typer.Option(None, help="real | noise."),
+    dsa: Optional[bool] = typer.Option(None, "--dsa/--no-dsa", help="Replayed DSA augmentation."),
+    seed: Optional[int] = typer.Option(None, help="Seeds every random choice of the run."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Iterations between checkpoints."),
+    max_grad_norm: Optional[float] = typer.Option(None, help="Clip the image gradient to this norm."),
+    store_format: str = typer.Option("zarr", "--format", help="Synthetic store format: zarr | h5."),
+    eval_every: int = typer.Option(0, help="Evaluate the set every k iterations (0: never during the run)."),
+    eval_models: int = typer.Option(2, help="Networks per evaluation during the run."),
+    eval_epochs: int = typer.Option(300, help="Epochs per evaluation network during the run."),
+    preview_every: int = typer.Option(10, help="Send an image preview every k iterations."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    tui: bool = typer.Option(False, "--tui", help="Show the run in the terminal UI (c: cancel, q: quit)."),
+    storage_option: Optional[list[str]] = typer.Option(None, "--storage-option", help="key=value for fsspec URLs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
+    json_mode: bool = typer.Option(False, "--json", help="Print events as JSON lines."),
+) -> None:
+    """Distil a synthetic set by trajectory matching (TESLA, exact or MTT gradients)."""
+    with errors():
+        from tesla.app.services.run import DistillRequest, run_distillation
+
+        if store_format not in SET_NAMES:
+            from tesla.domain.config import ConfigError
+
+            raise ConfigError(f"--format must be zarr or h5 (got {store_format!r})")
+        cfg = distill_config(preset, dict(
+            ipc=ipc, syn_steps=syn_steps, expert_epochs=expert_epochs, max_start_epoch=max_start_epoch,
+            batch_syn=batch_syn, iterations=iterations, lr_img=lr_img, lr_lr=lr_lr, lr_init=lr_init, engine=engine,
+            labels=labels, label_epoch=label_epoch, init=init, dsa=dsa, seed=seed,
+            checkpoint_every=checkpoint_every, max_grad_norm=max_grad_norm))
+        request = DistillRequest(trajectories=trajectories, out=out, cfg=cfg, dataset=dataset, data=data,
+                                 set_name=SET_NAMES[store_format], device=device, resume=resume,
+                                 eval_every=eval_every, eval_models=eval_models, eval_epochs=eval_epochs,
+                                 preview_every=preview_every, storage_options=storage_options(storage_option))
+        prepared = run_distillation(request)  # validates everything before any work
+        result = run_job(prepared.job, run_dir=out, quiet=quiet, json_mode=json_mode, tui=tui)
+        if result is None:
+            raise typer.Exit(1)
+        if not quiet and not json_mode:
+            loss = "-" if result.loss is None else f"{result.loss:.4f}"
+            typer.echo(f"{result.status} at iteration {result.iterations}: loss {loss}, lr {result.lr:.5f} -> "
+                       f"{out / request.set_name}")
+        if result.status != "completed":
+            raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("distill")(distill)

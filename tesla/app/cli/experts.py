@@ -1,0 +1,90 @@
+"""``tesla experts``: train expert trajectories into a store (HDF5 or Zarr)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import attrs
+import typer
+
+from tesla.app.cli.common import errors, run_job, storage_options
+
+
+def build_configs(preset: Optional[str], dataset: Optional[str], data: Optional[str], zca: Optional[bool],
+                  overrides: dict, model_overrides: dict):
+    from tesla.domain import presets
+    from tesla.domain.config import DataConfig, ExpertConfig, ModelConfig
+
+    if preset:
+        p = presets.get(preset)
+        model, experts = p.model, p.experts
+        data_cfg = DataConfig(name=dataset or p.dataset, root=data, zca=p.zca if zca is None else zca)
+    else:
+        name = dataset or "cifar10"
+        classes = {"cifar100": 100, "imagenet64": 1000, "demo": 10}.get(name, 10)
+        size = 16 if name == "demo" else 32
+        model = ModelConfig(num_classes=classes, image_size=size, depth=2 if name == "demo" else 3)
+        experts = ExpertConfig()
+        data_cfg = DataConfig(name=name, root=data, zca=bool(zca))
+    model = attrs.evolve(model, **{k: v for k, v in model_overrides.items() if v is not None})
+    experts = attrs.evolve(experts, **{k: v for k, v in overrides.items() if v is not None})
+    return data_cfg, model, experts
+
+
+def experts(
+    out: str = typer.Option(..., "--out", "-o", help="Trajectory store: a .h5 file, a Zarr directory or an fsspec URL."),
+    dataset: Optional[str] = typer.Option(None, help="cifar10 | cifar100 | demo | prepared."),
+    data: Optional[str] = typer.Option(None, help="Folder (or prepared store) of the real data."),
+    preset: Optional[str] = typer.Option(None, help="A row of the paper's table, e.g. cifar10-ipc10."),
+    num_experts: Optional[int] = typer.Option(None, "--num-experts", "-n", help="Experts to train (default 10)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per expert (default 50)."),
+    lr: Optional[float] = typer.Option(None, help="Expert SGD lr (default 0.01)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (default 256)."),
+    seed: Optional[int] = typer.Option(None, help="Expert i uses seed + i."),
+    zca: Optional[bool] = typer.Option(None, "--zca/--no-zca", help="ZCA-whiten the images (kornia, eps 0.1)."),
+    arch: Optional[str] = typer.Option(None, help="convnet | resnet18 | vit."),
+    depth: Optional[int] = typer.Option(None, help="ConvNet depth (3 for 32 px, 4 for 64 px)."),
+    width: Optional[int] = typer.Option(None, help="ConvNet width (default 128)."),
+    norm: Optional[str] = typer.Option(None, help="instancenorm | batchnorm | layernorm | groupnorm | none."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
+    run_dir: Optional[Path] = typer.Option(None, help="Where to write events.jsonl (follow it with `tesla monitor`)."),
+    storage_option: Optional[list[str]] = typer.Option(None, "--storage-option", help="key=value for fsspec URLs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
+    json_mode: bool = typer.Option(False, "--json", help="Print events as JSON lines."),
+) -> None:
+    """Train expert trajectories (the MTT/TESLA buffer step) into a store.
+
+    Complete experts already in the store are kept: running the same command again
+    resumes an interrupted run.
+    """
+    with errors():
+        from tesla.app import bootstrap
+        from tesla.app.services.experts import train_experts
+        from tesla.domain.config import to_dict
+
+        data_cfg, model_cfg, expert_cfg = build_configs(
+            preset, dataset, data, zca,
+            dict(num_experts=num_experts, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed),
+            dict(arch=arch, depth=depth, width=width, norm=norm))
+        dev = bootstrap.resolve_device(device)
+        opts = storage_options(storage_option)
+        store = bootstrap.open_trajectories(out, "a", opts)
+        source = bootstrap.load_data(data_cfg, storage_options=opts)
+        config = {"experts": to_dict(expert_cfg), "model": to_dict(model_cfg), "data": to_dict(data_cfg)}
+        if run_dir is not None:
+            bootstrap.prepare_run_dir(run_dir, config, resume=True, compare_keys=("model", "data"))
+        result = run_job(lambda sink, cancel: train_experts(
+            model_cfg=model_cfg, expert_cfg=expert_cfg, data=source, store=store, dataset=to_dict(data_cfg),
+            sink=sink, device=dev, cancel=cancel, run_config=config), run_dir=run_dir, quiet=quiet,
+            json_mode=json_mode)
+        if not quiet and not json_mode:
+            acc = ", ".join(f"{k}: {v:.1f}%" for k, v in result.final_accuracy.items())
+            typer.echo(f"{result.status}: trained {len(result.trained)} expert(s), kept {len(result.skipped)}"
+                       f" -> {out}" + (f" (final test accuracy {acc})" if acc else ""))
+        if result.status != "completed":
+            raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("experts")(experts)

@@ -1,0 +1,37 @@
+"""``tesla export``: a stored set to the published layout (.pt files) and PNG grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tesla.app.cli.common import errors, storage_options
+
+
+def export(
+    synthetic: str = typer.Argument(..., help="Synthetic store (run/synthetic.zarr or .h5)."),
+    out: Path = typer.Argument(..., help="Folder to write into."),
+    published: bool = typer.Option(True, "--published/--no-published",
+                                   help="images_best.pt, labels_best.pt, lr_best.pt (MTT/TESLA layout)."),
+    png: bool = typer.Option(True, "--png/--no-png", help="One PNG grid per class (un-whitened)."),
+    per_row: int = typer.Option(10, help="Images per grid row."),
+    storage_option: Optional[list[str]] = typer.Option(None, "--storage-option", help="key=value for fsspec URLs."),
+) -> None:
+    """Export a synthetic set for other tools and for looking at."""
+    with errors():
+        from tesla.adapters.stores.export import default_decode, export_png_grid, export_published
+        from tesla.app import bootstrap
+
+        syn = bootstrap.open_synthetic(synthetic, "r", storage_options(storage_option)).read_set()
+        written = []
+        if published:
+            written += export_published(syn, str(out))
+        if png:
+            written += export_png_grid(syn, str(out / "images"), decode=default_decode(syn), per_row=per_row)
+        typer.echo(f"wrote {len(written)} file(s) to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)

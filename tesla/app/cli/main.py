@@ -1,0 +1,36 @@
+"""The ``tesla`` command: a typer app assembled from one small module per command."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="tesla",
+    help="Dataset distillation by trajectory matching at constant memory (TESLA, exact and MTT gradients).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# each module defines register(app); a module that is missing is skipped so that a
+# partial install still offers the rest
+COMMANDS = ("demo", "experts", "distill", "evaluate", "export", "info", "import_mtt", "monitor", "data", "bench")
+
+for _name in COMMANDS:
+    try:
+        _module = importlib.import_module(f"tesla.app.cli.{_name}")
+    except ModuleNotFoundError as _e:
+        if _e.name != f"tesla.app.cli.{_name}":
+            raise
+        continue
+    _module.register(app)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

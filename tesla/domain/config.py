@@ -194,6 +194,8 @@ class DistillConfig:
         soft_label_chunk: images per teacher forward when making soft labels.
         min_lr: the learned lr is clamped to at least this (kept positive).
         max_grad_norm: None, or clip the image gradient to this norm.
+        second_pass_chunk: ``tesla`` engine: pass-2 steps computed together (batched,
+            memory bounded by the chunk, not the steps); 1 = one at a time.
     """
 
     ipc: int = attrs.field(default=10, validator=_int_at_least(1))
@@ -217,6 +219,7 @@ class DistillConfig:
     soft_label_chunk: int = attrs.field(default=1000, validator=_int_at_least(1))
     min_lr: float = attrs.field(default=1e-6, validator=_positive)
     max_grad_norm: Optional[float] = attrs.field(default=None, validator=_positive)
+    second_pass_chunk: int = attrs.field(default=1, validator=_int_at_least(1))
 
     def __attrs_post_init__(self) -> None:
         if self.labels == "teacher-epoch" and self.label_epoch is None:

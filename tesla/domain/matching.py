@@ -92,13 +92,16 @@ def _forward(compute: Compute, start: Vec, alpha: float, steps: Sequence[Step]) 
 
 
 def first_order(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequence[Step],
-                *, shard: tuple[int, int] = (0, 1)) -> Matched:
+                *, shard: tuple[int, int] = (0, 1), chunk: int = 1) -> Matched:
     """TESLA's first-order gradient (module docstring) with the correct factor 2.
 
     Args:
         shard: (rank, world): this process accumulates the data gradient of the steps
             with ``index % world == rank`` only (distributed pass 2; the caller sums the
             data gradients over ranks). Loss and lr gradient are the same on every rank.
+        chunk: pass-2 steps handed to ``compute.vjp_many`` together (they are
+            independent once pass 1 is done); 1, or a compute without ``vjp_many``,
+            means one at a time. Memory grows with ``chunk``, never with the steps.
     """
     rank, world = shard
     distance = _distance(compute, start, target)
@@ -109,11 +112,16 @@ def first_order(compute: Compute, start: Vec, target: Vec, alpha: float, steps: 
     lr_grad = -(2.0 / distance) * compute.dot(residual, total)
     # v = (2/D)(alpha (target - start) + alpha^2 G) = -alpha * (2/D)(w_N - target)
     v = (2.0 / distance) * (alpha * (target - start) + (alpha * alpha) * total)
-    for w, step in zip(ws[:-1], steps):
-        if step.index % world != rank:
-            continue
-        out = compute.vjp(w, step, v, wrt_weights=False)
-        compute.accumulate(step, out.data, 1.0)
+    mine = [(w, step) for w, step in zip(ws[:-1], steps) if step.index % world == rank]
+    many = getattr(compute, "vjp_many", None) if chunk > 1 else None
+    for i in range(0, len(mine), chunk if many is not None else 1):
+        group = mine[i:i + chunk] if many is not None else mine[i:i + 1]
+        if many is not None and len(group) > 1:
+            outs = many([w for w, _ in group], [s for _, s in group], v)
+        else:
+            outs = [compute.vjp(group[0][0], group[0][1], v, wrt_weights=False)]
+        for (_, step), out in zip(group, outs):
+            compute.accumulate(step, out.data, 1.0)
     return Matched(loss=loss, lr_grad=lr_grad, distance=distance, final=final)
 
 

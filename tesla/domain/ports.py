@@ -63,6 +63,9 @@ class Compute(Protocol):
     def dot(self, a: Vec, b: Vec) -> float:
         """Inner product of two vectors."""
 
+    # Optional: ``vjp_many(ws, steps, v) -> list[VJP]`` computes several independent
+    # first-order VJPs at once (batched pass 2); engines use it when present.
+
     def accumulate(self, step: Step, data_grad: Any, scale: float) -> None:
         """Add ``scale * data_grad`` into the running gradient of the synthetic data."""
 

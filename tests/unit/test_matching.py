@@ -100,3 +100,28 @@ def test_bad_inputs_are_refused_by_name():
         matching.match(c, start, start, 0.1, plan, "exact")
     with pytest.raises(ValueError, match="step"):
         matching.match(c, start, target, 0.1, [], "tesla")
+
+
+class BatchedQuadratic(QuadraticCompute):
+    """The fake with the optional batched pass-2 method, recording the group sizes."""
+
+    def __init__(self, images):
+        super().__init__(images)
+        self.groups = []
+
+    def vjp_many(self, ws, steps, v):
+        self.groups.append(len(steps))
+        return [self.vjp(w, s, v, wrt_weights=False) for w, s in zip(ws, steps)]
+
+
+@pytest.mark.parametrize("chunk", [2, 3, 7, 50])
+def test_chunked_second_pass_equals_one_at_a_time(chunk):
+    images, start, target, plan = _setup(steps=7)
+    one = QuadraticCompute(images)
+    matching.first_order(one, start, target, 0.3, plan)
+    many = BatchedQuadratic(images)
+    matching.first_order(many, start, target, 0.3, plan, chunk=chunk)
+    assert sum(many.groups) + many.calls["vjp"] - sum(many.groups) == 7
+    assert all(g <= chunk for g in many.groups) and many.groups
+    for a, b in zip(many.grads, one.grads):
+        assert list(a) == pytest.approx(list(b), rel=1e-12, abs=1e-15)

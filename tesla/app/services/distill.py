@@ -115,7 +115,9 @@ def distill(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Any, trajectori
             resume: bool = False, run_config: Optional[dict] = None, decode: Optional[Callable] = None,
             preview_every: int = 0, memory_every: int = 10, evaluator: Optional[Callable] = None,
             eval_every: int = 0, provenance: Optional[dict] = None,
-            stop_after: Optional[int] = None) -> DistillResult:
+            stop_after: Optional[int] = None, compute_factory: Optional[Callable] = None,
+            shard: tuple[int, int] = (0, 1), all_reduce: Optional[Callable] = None,
+            is_writer: bool = True) -> DistillResult:
     """Run (or resume) a distillation; see the module docstring.
 
     Args:
@@ -130,6 +132,11 @@ def distill(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Any, trajectori
         evaluator: ``evaluator(state, iteration)`` called every ``eval_every`` iterations
             (it emits its own Evaluation events).
         stop_after: stop (as if cancelled) after this many iterations of this call; for tests.
+        compute_factory: builds the Compute (default :class:`TorchCompute`); e.g. a batched one.
+        shard, all_reduce: distributed pass 2 (``tesla`` engine): this rank's (rank, world)
+            and a function summing a tensor over ranks in place. Every rank then applies
+            the same update, so all hold identical images.
+        is_writer: this process writes checkpoints and the set (rank 0 only).
     """
     sink = sink or NullSink()
     device = torch.device(device)
@@ -169,6 +176,8 @@ def distill(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Any, trajectori
     from tesla.adapters.torch.memory import memory_sample
 
     def write_checkpoint(done: int) -> None:
+        if not is_writer:
+            return
         arrays = state.to_arrays()
         attrs_ = {"iteration": done, "rng": rng_state_to_json(rng), "distill": to_dict(cfg),
                   "model": to_dict(model_cfg), "label_source": label_source}
@@ -196,9 +205,19 @@ def distill(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Any, trajectori
         else:
             labels = state.class_ids
         steps = sampling.make_steps(n_images, cfg.syn_steps, cfg.batch_syn, rng, augment=augment is not None)
-        compute = TorchCompute(view, state.images, labels, augment=augment, learned_labels=learned)
-        out = matching.match(compute, start, target, state.lr_value, steps, cfg.engine)
+        make = compute_factory or TorchCompute
+        compute = make(view, state.images, labels, augment=augment, learned_labels=learned)
+        extra = {}
+        if cfg.engine == "tesla":
+            extra = {"shard": shard, "chunk": cfg.second_pass_chunk}
+        elif shard[1] > 1:
+            raise DistillError(f"engine {cfg.engine!r} cannot split its steps across processes: use --engine tesla")
+        out = matching.match(compute, start, target, state.lr_value, steps, cfg.engine, **extra)
         images_grad, logits_grad = compute.data_grad()
+        if all_reduce is not None:
+            all_reduce(images_grad)
+            if logits_grad is not None:
+                all_reduce(logits_grad)
         bad = None
         if not np.isfinite(out.loss):
             bad = "the loss"
@@ -244,7 +263,7 @@ def distill(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Any, trajectori
             evaluator(state, it)
 
     write_checkpoint(it)
-    if status == "completed":
+    if status == "completed" and is_writer:
         arrays = {"images": state.images.detach().cpu().numpy(), "lr": np.asarray(state.lr_value)}
         arrays.update(state.labels_for_store(last_soft))
         attrs_ = {"iteration": it, "distill": to_dict(cfg), "model": to_dict(model_cfg),

@@ -236,6 +236,42 @@ def test_concurrent_writers_of_different_experts(tmp_path):
             assert store.expert_attrs(i)["rank"] == i % 2
 
 
+RANK_SCRIPT = """
+import sys
+import numpy as np
+from tesla.adapters.stores import open_trajectory_store
+url, rank = sys.argv[1], int(sys.argv[2])
+store = open_trajectory_store(url, "a")
+store.initialize({"arch": "convnet"}, [("w", [50])], 50, {"name": "demo"})
+for i in range(rank, 4, 2):
+    t = np.random.default_rng(i).standard_normal((6, 50)).astype(np.float32)
+    with store.begin_expert(i, 5, {"rank": rank}) as w:
+        for e in range(6):
+            w.write(e, t[e])
+"""
+
+
+def test_concurrent_writer_processes(tmp_path):
+    """Two processes (ranks) write different experts of one Zarr directory at the same time."""
+    import subprocess
+    import sys
+
+    url = str(tmp_path / "ranks.zarr")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    procs = [subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, url, str(r)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in (0, 1)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()
+    with open_trajectory_store(url, "r") as store:
+        assert store.expert_ids() == [0, 1, 2, 3] and store.incomplete_ids() == []
+        for i in range(4):
+            want = np.random.default_rng(i).standard_normal((6, 50)).astype(np.float32)
+            np.testing.assert_array_equal(store.load_trajectory(i), want)
+            assert store.expert_attrs(i)["rank"] == i % 2
+
+
 def test_truncated_hdf5_file_is_reported_damaged(tmp_path):
     url = str(tmp_path / "experts.h5")
     with _new_store(url) as store:

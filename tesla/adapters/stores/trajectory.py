@@ -253,20 +253,22 @@ class TrajectoryStore:
             return
         b = self.backend
         b.check_writable()
-        b.create_group("experts")
         created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        # one attribute write (one zarr.json), then the first group: a rank opening the
+        # store meanwhile sees either an empty store or an initialised one, never half
         b.update_attrs(
             "",
             {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
                 "model": plain_attrs(model),
                 "layout": layout_,
                 "num_params": int(num_params),
                 "dataset": plain_attrs(dataset),
                 "created": created,
-                "format_version": FORMAT_VERSION,
             },
         )
-        b.update_attrs("", {"format": FORMAT})  # last: the store is a store from here on
+        b.create_group("experts")
         b.flush()
 
     def check_compatible(

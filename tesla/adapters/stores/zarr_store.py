@@ -12,14 +12,23 @@ per-snapshot checksums rather than trusting the backend.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Mapping, Optional
 
 import numpy as np
 import zarr
+from zarr.errors import ContainsGroupError
 from zarr.storage import FsspecStore, LocalStore
 
 from .backend import Backend, plain_attrs
 from .errors import StoreError
+
+# LocalStore writes each object as "<name>.partial" and renames it, and a new group's
+# folder exists a moment before its zarr.json; another writer listing a group in that
+# instant sees a half-made member and zarr warns. Harmless: listings skip it.
+warnings.filterwarnings(
+    "ignore", message=r"Object at .* is not recognized as a component of a Zarr hierarchy", category=UserWarning
+)
 
 
 def _local_path(url: str) -> Optional[str]:
@@ -42,11 +51,14 @@ class ZarrBackend(Backend):
         if local is not None:
             if self.storage_options:
                 raise StoreError(f"{self.url}: storage options apply to remote URLs only (s3://, gs://, ...)")
-            has_meta = os.path.exists(os.path.join(local, "zarr.json"))
+            # one listing decides (another writer may be creating the store right now;
+            # ".partial" entries are its writes in flight)
+            entries = [n for n in os.listdir(local) if not n.endswith(".partial")] if os.path.isdir(local) else []
+            has_meta = "zarr.json" in entries
             if mode == "r" and not has_meta:
                 what = "is not a Zarr store (no zarr.json)" if os.path.exists(local) else "does not exist"
                 raise StoreError(f"{self.url}: no store here ({what}); check the path")
-            if mode == "a" and not has_meta and os.path.isdir(local) and os.listdir(local):
+            if mode == "a" and not has_meta and entries:
                 raise StoreError(f"{self.url}: exists and is not a Zarr store; pick a new path")
             store: Any = LocalStore(local, read_only=self.read_only)
         else:
@@ -55,7 +67,10 @@ class ZarrBackend(Backend):
             except Exception as exc:  # unknown protocol, missing s3fs, bad credentials ...
                 raise StoreError(f"{self.url}: cannot open ({type(exc).__name__}: {exc})") from exc
         try:
-            self.root = zarr.open_group(store=store, mode="r" if self.read_only else "a")
+            try:
+                self.root = zarr.open_group(store=store, mode="r" if self.read_only else "a")
+            except ContainsGroupError:  # another writer created the root meanwhile: open that
+                self.root = zarr.open_group(store=store, mode="a")
         except Exception as exc:  # GroupNotFoundError, FileNotFoundError, bad JSON ...
             raise StoreError(f"{self.url}: no readable Zarr store here ({type(exc).__name__}: {exc})") from exc
 
@@ -74,7 +89,9 @@ class ZarrBackend(Backend):
 
     def update_attrs(self, path: str, values: Mapping[str, Any]) -> None:
         self.check_writable()
-        self._node(path).attrs.update(plain_attrs(values))
+        # one metadata write for all keys (attrs.update would write zarr.json once per key,
+        # and a concurrent reader could see the first key without the others)
+        self._node(path).update_attributes(plain_attrs(values))
 
     def exists(self, path: str) -> bool:
         if path in ("", "/"):
@@ -99,7 +116,10 @@ class ZarrBackend(Backend):
         self.check_writable()
         node = self.root
         for part in [p for p in path.split("/") if p]:
-            node = node.require_group(part)
+            try:
+                node = node.require_group(part)
+            except ContainsGroupError:  # another writer created it between check and create
+                node = node[part]
 
     def _parent(self, path: str) -> tuple[Any, str]:
         parent, _, name = path.rpartition("/")

@@ -29,10 +29,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from tesla.adapters.data.base import DataError
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-class ImageFolderError(ValueError):
+class ImageFolderError(DataError):
     """An image tree is missing, empty or inconsistent."""
 
 

@@ -5,10 +5,11 @@ validation set as ``val_data``, each a dict with ``data`` (N, 3*S*S) uint8, rows
 order (all red, then green, then blue), and ``labels``, 1-based class numbers (1..1000,
 in the order of ``map_clsloc.txt``). Two encodings exist:
 
-* ``.npz`` (``Imagenet64_train_npz/train_data_batch_N.npz``): read with
+* ``.npz`` (``Imagenet64_train_npz/train_data_batch_N.npz``): labels read with
   ``np.load(allow_pickle=False)``. Pixels are read by rows straight out of the zip member:
-  memory-mapped when the member is stored uncompressed, streamed through the zip
-  decompressor otherwise, so a 1.5 GB batch file never has to sit in memory whole.
+  positioned reads when the member is stored uncompressed, streamed through the zip
+  decompressor otherwise, so a 1.5 GB batch file never has to sit in memory whole
+  (nor be memory-mapped: mapped pages would stay resident while the file is open).
 * the older pickled dicts (no suffix): unpickled through a *restricted* unpickler that
   resolves only numpy's array-reconstruction globals. Anything else in the pickle (an
   arbitrary class or callable) is refused with a clear error instead of being run, so a
@@ -33,13 +34,15 @@ from typing import Iterator, Optional, Sequence
 import attrs
 import numpy as np
 
+from tesla.adapters.data.base import DataError
+
 TRAIN_DIRS = ("", "Imagenet64_train_npz", "Imagenet64_train", "Imagenet32_train_npz", "Imagenet32_train")
 VAL_DIRS = ("", "Imagenet64_val_npz", "Imagenet64_val", "Imagenet32_val_npz", "Imagenet32_val")
 _BATCH_RE = re.compile(r"^train_data_batch_(\d+)(\.npz)?$")
 _ZIP_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # the zip format's local file header
 
 
-class Imagenet64Error(ValueError):
+class Imagenet64Error(DataError):
     """A Downsampled-ImageNet file is missing, malformed or unsafe to read."""
 
 
@@ -91,9 +94,11 @@ def _load_pickled_batch(path: Path) -> dict:
 class _NpzRows:
     """Rows of the 2-D ``data`` array inside an .npz, without loading the array whole.
 
-    A stored (uncompressed) member is memory-mapped from the zip file; a deflated one is
-    read through ``ZipFile.open`` and ``seek`` (cheap going forward, which is how the
-    batches are consumed).
+    A stored (uncompressed) member is read with plain positioned reads from the zip file
+    (``readinto`` a fresh array: no memory map, whose touched pages would stay resident
+    and count against the process for the life of the file); a deflated one is read
+    through ``ZipFile.open`` and ``seek`` (cheap going forward, which is how the batches
+    are consumed).
     """
 
     def __init__(self, path: Path, member: str = "data") -> None:
@@ -104,7 +109,6 @@ class _NpzRows:
         except KeyError:
             self._zip.close()
             raise Imagenet64Error(f"{path}: no '{member}' array in the npz") from None
-        self._info = info
         self._stream = self._zip.open(info)
         shape, fortran, dtype = _read_npy_header(self._stream, path)
         if dtype != np.uint8 or len(shape) != 2 or fortran:
@@ -113,26 +117,39 @@ class _NpzRows:
         self.shape = shape
         self._data_start = self._stream.tell()
         self._row_bytes = shape[1]
-        self._mmap: Optional[np.memmap] = None
+        self._raw = None  # the zip file itself, for direct reads of a stored member
         if info.compress_type == zipfile.ZIP_STORED:
-            self._mmap = np.memmap(path, dtype=np.uint8, mode="r", shape=shape,
-                                   offset=_member_offset(path, info) + self._data_start)
+            self._raw = open(path, "rb")
+            self._raw_start = _member_offset(path, info) + self._data_start
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` as a fresh (n, 3*S*S) uint8 array."""
-        if self._mmap is not None:
-            return np.array(self._mmap[start:stop])
-        want = self._data_start + start * self._row_bytes
-        if self._stream.tell() != want:
-            self._stream.seek(want)
-        n = (stop - start) * self._row_bytes
-        buf = self._stream.read(n)
-        if len(buf) != n:
+    @property
+    def direct(self) -> bool:
+        """Whether rows are read straight from the file (stored member) or decompressed."""
+        return self._raw is not None
+
+    def read_into(self, start: int, out: np.ndarray) -> None:
+        """Fill ``out`` ((n, 3*S*S) uint8, C-contiguous) with rows ``start:start+n``."""
+        view = memoryview(out).cast("B")
+        if self._raw is not None:
+            self._raw.seek(self._raw_start + start * self._row_bytes)
+            got = self._raw.readinto(view)
+        else:
+            want = self._data_start + start * self._row_bytes
+            if self._stream.tell() != want:
+                self._stream.seek(want)
+            got = 0
+            while got < len(view):  # ZipExtFile.readinto may return short counts
+                n = self._stream.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+        if got != len(view):
             raise Imagenet64Error(f"{self.path}: truncated 'data' array")
-        return np.frombuffer(buf, dtype=np.uint8).reshape(stop - start, self._row_bytes).copy()
 
     def close(self) -> None:
-        self._mmap = None
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
         self._stream.close()
         self._zip.close()
 
@@ -231,8 +248,16 @@ class BatchFile:
             (n, 3, S, S) uint8.
         """
         s = self.image_size
-        rows = self._rows.read(start, stop) if self._rows is not None else self._whole[start:stop]
-        return np.ascontiguousarray(rows).reshape(-1, 3, s, s)
+        out = np.empty((stop - start, 3, s, s), np.uint8)
+        self.read_into(start, out)
+        return out
+
+    def read_into(self, start: int, out: np.ndarray) -> None:
+        """Fill ``out`` ((n, 3, S, S) uint8, C-contiguous) with images ``start:start+n``."""
+        if self._rows is not None:
+            self._rows.read_into(start, out.reshape(len(out), -1))
+        else:
+            out.reshape(len(out), -1)[:] = self._whole[start:start + len(out)]
 
     def close(self) -> None:
         if self._rows is not None:
@@ -347,19 +372,19 @@ class BatchSplit:
         Returns:
             (n, 3, image_size, image_size) uint8.
         """
-        parts = []
+        s = self.native_size
+        out = np.empty((stop - start, 3, s, s), np.uint8)
         i = int(np.searchsorted(self._starts, start, side="right")) - 1
-        while start < stop:
+        at = start
+        while at < stop:
             f = self._file(i)
-            lo, hi = start - self._starts[i], min(stop, self._starts[i + 1]) - self._starts[i]
-            x = f.read(int(lo), int(hi))
-            if f.image_size != self.native_size:
-                raise Imagenet64Error(f"{f.path}: images of {f.image_size} px among {self.native_size} px files")
-            parts.append(x)
-            start += int(hi - lo)
+            if f.image_size != s:
+                raise Imagenet64Error(f"{f.path}: images of {f.image_size} px among {s} px files")
+            hi = min(stop, int(self._starts[i + 1]))
+            f.read_into(at - int(self._starts[i]), out[at - start:hi - start])
+            at = hi
             i += 1
-        x = np.concatenate(parts) if len(parts) != 1 else parts[0]
-        return resize_uint8(x, self.image_size)
+        return resize_uint8(out, self.image_size)
 
     def fingerprint(self) -> list:
         return [[p.name, p.stat().st_size] for p in self.paths]

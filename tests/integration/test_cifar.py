@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -14,8 +13,9 @@ import torch
 from tesla.adapters.data.base import DataError, ImageSet
 from tesla.adapters.data.cifar import fit_or_load_zca, load_cifar, zca_cache_path
 from tesla.adapters.torch.normalize import Normalizer
+from tests.paths import CIFAR10_SUBSET
 
-SUBSET = Path(os.environ.get("TESLA_CIFAR10_SUBSET", "/work/shared/data/cifar10-subset"))
+SUBSET = CIFAR10_SUBSET
 pytestmark = pytest.mark.skipif(not (SUBSET / "cifar-10-batches-py").is_dir(), reason="CIFAR-10 subset not available")
 
 

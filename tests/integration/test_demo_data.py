@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from tesla.adapters.data.demo import load_demo
+from tests.paths import CIFAR10_SUBSET
 
 REPO = Path(__file__).resolve().parents[2]
-SUBSET = Path("/work/shared/data/cifar10-subset")
+SUBSET = CIFAR10_SUBSET
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +10,9 @@ import torch
 from torch.nn import functional as F
 
 from tesla.adapters.torch.normalize import Normalizer
+from tests.paths import CIFAR10_SUBSET
 
-SUBSET = Path(os.environ.get("TESLA_CIFAR10_SUBSET", "/work/shared/data/cifar10-subset")) / "cifar-10-batches-py"
+SUBSET = CIFAR10_SUBSET / "cifar-10-batches-py"
 CIFAR_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR_STD = [0.2023, 0.1994, 0.2010]
 

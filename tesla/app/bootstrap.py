@@ -38,7 +38,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ConfigError(f"device {name!r} is not a torch device: use auto, cpu or cuda[:N]") from None
 
 
-def cache_dir() -> Path:
+def default_cache_dir() -> Path:
     """Where fitted transforms (ZCA) are cached: ``$TESLA_CACHE`` or ``~/.cache/tesla``."""
     return Path(os.environ.get("TESLA_CACHE", Path.home() / ".cache" / "tesla"))
 
@@ -46,7 +46,7 @@ def cache_dir() -> Path:
 def load_data(cfg: DataConfig, *, cache_dir: Optional[str] = None, storage_options: Optional[dict] = None) -> Any:
     """The DataSource for ``cfg`` (in memory for demo/CIFAR, on disk for prepared arrays).
 
-    A fitted ZCA is cached under :func:`cache_dir` (keyed by a hash of the pixels), so the
+    A fitted ZCA is cached under :func:`default_cache_dir` (keyed by a hash of the pixels), so the
     3072x3072 decomposition of CIFAR is done once, not by every command."""
     if cfg.name == "demo":
         from tesla.adapters.data.demo import load_demo
@@ -56,7 +56,7 @@ def load_data(cfg: DataConfig, *, cache_dir: Optional[str] = None, storage_optio
         from tesla.adapters.data.cifar import load_cifar
 
         return load_cifar(cfg.root, name=cfg.name, zca=cfg.zca,
-                          cache_dir=cache_dir or str(globals()["cache_dir"]() / "zca"))
+                          cache_dir=cache_dir or str(default_cache_dir() / "zca"))
     if cfg.name == "prepared":
         from tesla.adapters.data.prepared import open_prepared
 

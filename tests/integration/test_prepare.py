@@ -137,6 +137,9 @@ def test_rerun_and_conflicts(release, tmp_path, tmp_path_factory):
     prepare(src, half, should_stop=lambda: True, **SMALL)
     with pytest.raises(StoreError, match="unfinished prepare from other data or settings"):
         prepare(src, half, chunk=8)
+    fresh = str(tmp_path / "fresh.zarr")
+    open_backend(work_url(fresh), "a").create_group("train")  # a start cut off before its plan was written
+    assert prepare(src, fresh, **SMALL).complete
     with pytest.raises(PrepareError, match="chunk must be"):
         prepare(src, str(tmp_path / "x.zarr"), chunk=0)
     with pytest.raises(StoreError, match="not a prepared image store"):

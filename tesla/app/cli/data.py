@@ -67,12 +67,15 @@ def register(app: typer.Typer) -> None:
 
     @data_app.command("prepare")
     def prepare_cmd(
-        src: str = typer.Argument(..., help="Source folder: Downsampled-ImageNet batches, an ImageFolder tree or Tiny-ImageNet."),
+        src: str = typer.Argument(
+            ..., help="Source folder: Downsampled-ImageNet batches, an ImageFolder tree or Tiny-ImageNet."),
         dest: str = typer.Argument(..., help="Store to write: DIR.zarr or a URL (Zarr v3), or FILE.h5 (HDF5)."),
         fmt: Optional[SourceFormat] = typer.Option(None, "--format", help="Source layout (detected by default)."),
         image_size: int = typer.Option(64, "--image-size", min=1, help="Side of the stored images in pixels."),
-        chunk: int = typer.Option(1024, "--chunk", min=1, help="Images per stored chunk (smaller mixes classes better when training)."),
-        storage_option: Optional[list[str]] = typer.Option(None, "--storage-option", help="fsspec option key=value for a remote DEST (repeatable)."),
+        chunk: int = typer.Option(
+            1024, "--chunk", min=1, help="Images per stored chunk (smaller mixes classes better when training)."),
+        storage_option: Optional[list[str]] = typer.Option(
+            None, "--storage-option", help="fsspec option key=value for a remote DEST (repeatable)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         """Convert SRC once into a class-sorted uint8 array store at DEST (resumable)."""

@@ -55,6 +55,10 @@ def distill(
     storage_option: Optional[list[str]] = typer.Option(None, "--storage-option", help="key=value for fsspec URLs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
     json_mode: bool = typer.Option(False, "--json", help="Print events as JSON lines."),
+    store: Optional[str] = typer.Option(None, "--store", help="Synthetic store URL (e.g. s3://bucket/run.zarr) "
+                                        "instead of OUT/synthetic.zarr; --storage-option applies to it."),
+    distributed: bool = typer.Option(False, "--distributed", help="One rank of a torchrun job: pass 2 is split "
+                                     "across ranks (tesla engine; see docs/DISTRIBUTED.md)."),
 ) -> None:
     """Distil a synthetic set by trajectory matching (TESLA, exact or MTT gradients)."""
     with errors():
@@ -73,6 +77,9 @@ def distill(
                                  set_name=SET_NAMES[store_format], device=device, resume=resume,
                                  eval_every=eval_every, eval_models=eval_models, eval_epochs=eval_epochs,
                                  preview_every=preview_every, storage_options=storage_options(storage_option))
+        if distributed or store:
+            run_ranked_distillation(request, store, distributed, tui, quiet, json_mode)
+            return
         prepared = run_distillation(request)  # validates everything before any work
         result = run_job(prepared.job, run_dir=out, quiet=quiet, json_mode=json_mode, tui=tui)
         if result is None:
@@ -83,6 +90,47 @@ def distill(
                        f"{out / request.set_name}")
         if result.status != "completed":
             raise typer.Exit(1)
+
+
+def run_ranked_distillation(request, store: Optional[str], distributed: bool, tui: bool, quiet: bool,
+                            json_mode: bool) -> None:
+    """``--store`` and/or ``--distributed`` (one torchrun rank; rank 0 alone prints and logs)."""
+    import contextlib
+
+    from tesla.adapters.torch.dist import is_reported, process_group
+    from tesla.app.cli.common import cancel_on_signals
+    from tesla.app.services.distributed import prepare_distillation, redact_url
+    from tesla.domain.config import ConfigError
+    from tesla.domain.ports import NullSink
+
+    if distributed and tui:
+        raise ConfigError("--tui shows one process: drop it with --distributed and follow rank 0 with "
+                          f"`tesla monitor {request.out}`")
+    with (process_group(request.device) if distributed else contextlib.nullcontext()) as ctx:
+        writer = ctx is None or ctx.is_writer
+        try:
+            prepared = prepare_distillation(request, ctx, store_url=store)  # validates before any work
+            if writer:
+                result = run_job(prepared.job, run_dir=request.out, quiet=quiet, json_mode=json_mode, tui=tui)
+            else:
+                with cancel_on_signals() as cancel:
+                    result = prepared.job(NullSink(), cancel)
+        except Exception as e:
+            from tesla.app.services.distill import NumericalError
+
+            if not writer and isinstance(e, NumericalError):  # every rank saw the same NaN; rank 0 prints it
+                raise typer.Exit(3) from None
+            if not writer and is_reported(e):  # rank 0 prints it
+                raise typer.Exit(2) from None
+            raise
+    if result is None:
+        raise typer.Exit(1)
+    if writer and not quiet and not json_mode:
+        loss = "-" if result.loss is None else f"{result.loss:.4f}"
+        where = redact_url(store) if store else request.out / request.set_name
+        typer.echo(f"{result.status} at iteration {result.iterations}: loss {loss}, lr {result.lr:.5f} -> {where}")
+    if result.status != "completed":
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -52,6 +52,8 @@ def experts(
     storage_option: Optional[list[str]] = typer.Option(None, "--storage-option", help="key=value for fsspec URLs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
     json_mode: bool = typer.Option(False, "--json", help="Print events as JSON lines."),
+    distributed: bool = typer.Option(False, "--distributed", help="One rank of a torchrun job: ranks split the "
+                                     "experts (see docs/DISTRIBUTED.md)."),
 ) -> None:
     """Train expert trajectories (the MTT/TESLA buffer step) into a store.
 
@@ -67,8 +69,12 @@ def experts(
             preset, dataset, data, zca,
             dict(num_experts=num_experts, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed),
             dict(arch=arch, depth=depth, width=width, norm=norm))
-        dev = bootstrap.resolve_device(device)
         opts = storage_options(storage_option)
+        if distributed:
+            config = {"experts": to_dict(expert_cfg), "model": to_dict(model_cfg), "data": to_dict(data_cfg)}
+            run_ranked_experts(out, data_cfg, model_cfg, expert_cfg, device, opts, config, run_dir, quiet, json_mode)
+            return
+        dev = bootstrap.resolve_device(device)
         store = bootstrap.open_trajectories(out, "a", opts)
         source = bootstrap.load_data(data_cfg, storage_options=opts)
         config = {"experts": to_dict(expert_cfg), "model": to_dict(model_cfg), "data": to_dict(data_cfg)}
@@ -84,6 +90,43 @@ def experts(
                        f" -> {out}" + (f" (final test accuracy {acc})" if acc else ""))
         if result.status != "completed":
             raise typer.Exit(1)
+
+
+def run_ranked_experts(out, data_cfg, model_cfg, expert_cfg, device, opts, config, run_dir, quiet, json_mode) -> None:
+    """``--distributed``: this process is one torchrun rank; rank 0 alone prints and logs."""
+    from tesla.adapters.torch.dist import is_reported, process_group
+    from tesla.app import bootstrap
+    from tesla.app.cli.common import cancel_on_signals
+    from tesla.app.services.distributed import distributed_experts
+    from tesla.domain.config import to_dict
+    from tesla.domain.ports import NullSink
+
+    with process_group(device) as ctx:
+        try:
+            source = ctx.agree(lambda: bootstrap.load_data(data_cfg, storage_options=opts))
+            if ctx.is_writer and run_dir is not None:
+                bootstrap.prepare_run_dir(run_dir, config, resume=True, compare_keys=("model", "data"))
+
+            def job(sink, cancel):
+                return distributed_experts(ctx=ctx, out=out, model_cfg=model_cfg, expert_cfg=expert_cfg, data=source,
+                                           dataset=to_dict(data_cfg), storage_options=opts, sink=sink, cancel=cancel,
+                                           run_config=config)
+
+            if ctx.is_writer:
+                result = run_job(job, run_dir=run_dir, quiet=quiet, json_mode=json_mode)
+            else:
+                with cancel_on_signals() as cancel:
+                    result = job(NullSink(), cancel)
+        except Exception as e:
+            if not ctx.is_writer and is_reported(e):  # rank 0 prints it
+                raise typer.Exit(2) from None
+            raise
+    if ctx.is_writer and not quiet and not json_mode:
+        acc = ", ".join(f"{k}: {v:.1f}%" for k, v in sorted(result.final_accuracy.items()))
+        typer.echo(f"{result.status}: {ctx.world} ranks trained {len(result.trained)} expert(s), kept "
+                   f"{len(result.skipped)} -> {out}" + (f" (final test accuracy {acc})" if acc else ""))
+    if result.status != "completed":
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -374,6 +374,9 @@ class PreparedWriter:
     def run(self, task: Task) -> None:
         """Do one task and mark it done (data first, marker second)."""
         (self._sort if task.phase == "sort" else self._merge)(task.split, task.index)
+        # An HDF5 DEST buffers writes inside the process: flush before the marker, or a
+        # kill -9 leaves a chunk marked done whose pixels never reached the file.
+        self.dest.flush()
         self.work.write(f"{task.split}/{task.phase}_done", task.index, np.uint8(1))
 
     def _sort(self, split: str, b: int) -> None:

@@ -139,3 +139,28 @@ def trajectories(url: str) -> dict:
 
     with open_trajectory_store(str(url), "r") as s:
         return {i: s.load_trajectory(i) for i in s.expert_ids()}
+
+
+def fake_trajectory_store(url: str | Path, *, experts: int = 2, epochs: int = 3, seed: int = 0) -> str:
+    """A trajectory store for the tiny demo ConvNet without training: a seeded init and
+    small random steps (enough for distillation to run; fast to build)."""
+    import torch
+
+    from tesla.adapters.stores.trajectory import open_trajectory_store
+    from tesla.adapters.torch.functional import FlatView
+    from tesla.adapters.torch.models import build_model
+    from tesla.domain.config import DataConfig, ModelConfig, to_dict
+
+    cfg = ModelConfig(depth=2, width=8, image_size=16, num_classes=10)
+    view = FlatView(build_model(cfg, seed=0))
+    with open_trajectory_store(str(url), "a") as store:
+        store.initialize(model=to_dict(cfg), layout=view.layout, num_params=view.num_params,
+                         dataset=to_dict(DataConfig(name="demo")))
+        g = torch.Generator().manual_seed(seed)
+        for i in range(experts):
+            w = FlatView(build_model(cfg, seed=seed + i)).flatten()
+            steps = [w]
+            for _ in range(epochs):
+                steps.append(steps[-1] + 0.01 * torch.randn(w.shape, generator=g))
+            store.add_expert(torch.stack(steps), {"seed": seed + i, "lr": 0.01}, expert_id=i)
+    return str(url)

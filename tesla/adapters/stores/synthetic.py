@@ -20,8 +20,14 @@ temporary name in the same directory (the newest checkpoint and the newest set, 
 over) and ``os.replace``s it: readers see the old file or the new one, never a mix, and a
 temporary file left by a killed writer is ignored (and swept by the next writer). Zarr
 writes a new group and marks it complete last; the two newest complete checkpoints and
-the newest complete set are kept. Both formats therefore read with one routine: take the
-newest complete group.
+the newest complete set are kept. A group is marked incomplete before it is deleted, so a
+kill in the middle of a delete never leaves a half-removed group that reads as whole.
+Both formats therefore read with one routine: take the newest complete group.
+
+Every array of a group is written with its CRC-32 (attribute ``crc32``, name -> value)
+and checked when read: a Zarr chunk that went missing (Zarr would return fill values),
+bit rot or a hand-edited file is one :class:`StoreError` naming the group and the array,
+never a silently wrong resume.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import glob
 import os
 import re
 import uuid
+import zlib
 from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
@@ -114,15 +121,32 @@ def _class_chunks(images: np.ndarray, labels: Optional[np.ndarray]) -> Optional[
     return None
 
 
+def array_crc(arr: np.ndarray) -> int:
+    """CRC-32 of an array's little-endian bytes (what a group records for each array)."""
+    arr = np.asarray(arr)
+    return zlib.crc32(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
+
+
+def _retire(b: Backend, path: str) -> None:
+    """Delete a group, first marking it incomplete: a kill mid-delete leaves no false whole."""
+    if b.exists(path):
+        if b.attrs(path).get("complete") is not False:
+            b.update_attrs(path, {"complete": False})
+            b.flush()
+        b.delete(path)
+
+
 def _write_group(b: Backend, path: str, arrays: Mapping[str, np.ndarray], attrs_: Mapping[str, Any],
                  normalizer_state: Optional[Mapping[str, Any]] = None) -> None:
-    """Arrays, then attributes, then ``complete=True``: the marker vouches for the rest."""
-    b.delete(path)
+    """Arrays, then attributes and checksums, then ``complete=True``: the marker vouches for the rest."""
+    _retire(b, path)
     b.create_group(path)
     b.update_attrs(path, {"complete": False})
     chunks = _class_chunks(arrays["images"], arrays.get("labels")) if "images" in arrays else None
+    crcs = {}
     for name, arr in arrays.items():
         b.create_array(f"{path}/{name}", arr.shape, arr.dtype, chunks=chunks if name == "images" else None, data=arr)
+        crcs[name] = array_crc(arr)
     if normalizer_state:
         npath = f"{path}/normalizer"
         b.create_group(npath)
@@ -134,7 +158,7 @@ def _write_group(b: Backend, path: str, arrays: Mapping[str, np.ndarray], attrs_
             else:
                 scalars[k] = plain(v, f"normalizer.{k}")
         b.update_attrs(npath, scalars)
-    b.update_attrs(path, attrs_)
+    b.update_attrs(path, {**attrs_, "crc32": crcs})
     b.flush()
     b.update_attrs(path, {"complete": True})
     b.flush()
@@ -155,6 +179,19 @@ def _numbers(b: Backend, container: str) -> list[int]:
 
 def _read_arrays(b: Backend, path: str) -> dict:
     return {name: b.read(f"{path}/{name}") for name in b.arrays(path)}
+
+
+def _read_checked(b: Backend, path: str, attrs_: Mapping[str, Any], fix: str) -> dict:
+    """The arrays of a complete group, each checked against its recorded CRC-32."""
+    arrays = _read_arrays(b, path)
+    crcs = attrs_.get("crc32") or {}  # groups written before checksums: nothing to check
+    for name, crc in crcs.items():
+        if name not in arrays:
+            raise StoreError(f"{b.url}#{path}: array {name!r} is missing; {fix}")
+        if array_crc(arrays[name]) != crc:
+            raise StoreError(f"{b.url}#{path}: array {name!r} is damaged or has missing chunks "
+                             f"(checksum mismatch); {fix}")
+    return arrays
 
 
 class SyntheticStore:
@@ -298,7 +335,7 @@ class SyntheticStore:
             for n in _numbers(b, "checkpoints"):
                 # older complete ones and leftovers of killed writers (a store has one writer)
                 if n not in keep:
-                    b.delete(f"checkpoints/{n:08d}")
+                    _retire(b, f"checkpoints/{n:08d}")
         else:
             def build(new: Backend, old: Optional[Backend]) -> None:
                 if old is not None:
@@ -327,9 +364,12 @@ class SyntheticStore:
                 return None
             path = f"checkpoints/{complete[-1]:08d}"
             attrs_ = b.attrs(path)
-            attrs_.pop("complete", None)
+            arrays = _read_checked(b, path, attrs_, "delete that checkpoint group to resume from the one before, "
+                                                    "or start a new run")
+            for key in ("complete", "crc32"):
+                attrs_.pop(key, None)
             it = int(attrs_.pop("iteration", complete[-1]))
-            return it, _read_arrays(b, path), attrs_
+            return it, arrays, attrs_
 
     # --- the set ----------------------------------------------------------------------
 
@@ -380,7 +420,7 @@ class SyntheticStore:
             _write_group(b, f"sets/{seq:08d}", arrays_, attrs_, norm)
             for n in _numbers(b, "sets"):
                 if n != seq:
-                    b.delete(f"sets/{n:08d}")
+                    _retire(b, f"sets/{n:08d}")
         else:
             seq_box = []
 
@@ -418,9 +458,11 @@ class SyntheticStore:
             if not complete:
                 raise StoreError(f"{self.url}: holds no finished synthetic set yet (a run writes it at the end)")
             path = f"sets/{complete[-1]:08d}"
-            arrays_ = _read_arrays(b, path)
             attrs_ = b.attrs(path)
-            attrs_.pop("complete", None)
+            arrays_ = _read_checked(b, path, attrs_, "restore the store or distil the set again "
+                                                     "(`tesla distill --resume` rewrites it from the last checkpoint)")
+            for key in ("complete", "crc32"):
+                attrs_.pop(key, None)
             norm: dict = {}
             if b.exists(f"{path}/normalizer"):
                 norm.update(b.attrs(f"{path}/normalizer"))
@@ -451,6 +493,7 @@ class SyntheticStore:
             path = f"sets/{sets[-1]:08d}"
             attrs_ = b.attrs(path)
             attrs_.pop("complete", None)
+            attrs_.pop("crc32", None)
             names = b.arrays(path)
             labels = b.read(f"{path}/labels")
             n_cls = len(np.unique(labels)) if labels.size else 0

@@ -1,0 +1,222 @@
+"""``tesla bench memory|speed``: the engines' memory (Table 4 of the paper) and speed.
+
+Both commands build the same seeded synthetic problem from the options (default:
+ConvNet on the CIFAR-10 shape, IPC 10, every image in every step), print a table and
+write CSV (and, for memory, a PNG plot) to ``--out``. The work is done by
+:mod:`tesla.app.services.bench`; this module only parses, renders and writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tesla.app.cli.common import errors, fail, run_job
+
+bench_app = typer.Typer(name="bench", help="Memory and speed of the gradient engines (unrolled, tesla, exact).",
+                        no_args_is_help=True)
+
+
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        fail(f"{option} must be comma-separated integers, e.g. {option} 1,10,50 (got {text!r})")
+    if not values or min(values) < 1:
+        fail(f"{option} needs integers >= 1, e.g. {option} 1,10,50 (got {text!r})")
+    return values
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _settings(*, width, depth, image_size, channels, classes, ipc, batch_syn, device, dsa, chunk, seed, threads):
+    from tesla.app import bootstrap
+    from tesla.app.services.bench import BenchSettings
+    from tesla.domain.config import ModelConfig
+
+    model = ModelConfig(arch="convnet", width=width, depth=depth, image_size=image_size, channels=channels,
+                        num_classes=classes)
+    dev = bootstrap.resolve_device(device)
+    if batch_syn is not None and batch_syn > ipc * classes:
+        fail(f"--batch-syn {batch_syn} is larger than the synthetic set ({ipc * classes} images): lower it")
+    if chunk < 1:
+        fail(f"--chunk must be >= 1 (got {chunk})")
+    return BenchSettings(model=model, ipc=ipc, batch_syn=batch_syn, dsa=dsa, chunk=chunk, seed=seed,
+                         device=str(dev), threads=threads)
+
+
+def _mib(v) -> str:
+    return v if isinstance(v, str) else ("-" if v is None else f"{v / 2**20:.1f}")
+
+
+def _print_memory(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tesla.app.services.bench import OOM
+
+    steps = sorted({p.steps for p in result.points})
+    engines = list(dict.fromkeys(p.engine for p in result.points))
+    s = result.settings
+    m = s.model
+    where = f"{m.name} {m.channels}x{m.image_size}x{m.image_size}, {m.num_classes} classes, width {m.width}, " \
+            f"IPC {s.ipc}, batch {s.batch_syn or 'all'}, {s.device}"
+    panels = [("primary", f"peak memory, MiB ({result.measure}) - {where}")]
+    if result.measure != "device peak":
+        panels.append(("rss_delta", "peak RSS above the start of each point's child process, MiB" if result.isolated
+                       else "peak RSS above the start, MiB (in process: cumulative, not per point)"))
+    console = Console()
+    for field, title in panels:
+        table = Table(title=title)
+        table.add_column("engine")
+        for n in steps:
+            table.add_column(str(n), justify="right")
+        for e in engines:
+            cells = []
+            for n in steps:
+                p = next((q for q in result.points if q.engine == e and q.steps == n), None)
+                if p is None:
+                    cells.append("")
+                elif p.status == OOM:
+                    cells.append(OOM)
+                else:
+                    cells.append(_mib(p.primary if field == "primary" else getattr(p, field)))
+            table.add_row(e, *cells)
+        console.print(table)
+    for line in memory_summary(result):
+        console.print(line, highlight=False)
+
+
+def memory_summary(result) -> list[str]:
+    """The issue's targets as ratios: growth from the smallest N >= 10 to the largest, and
+    the share of ``unrolled`` at the largest N."""
+    table = result.table()
+    steps = sorted({p.steps for p in result.points})
+    lo = next((n for n in steps if n >= 10), steps[0])
+    hi = steps[-1]
+    lines = []
+    un = table.get("unrolled", {}).get(hi)
+    for e in ("tesla", "exact", "tesla-batched"):
+        row = table.get(e)
+        if not row or not isinstance(row.get(lo), int) or not isinstance(row.get(hi), int):
+            continue
+        text = f"{e}: memory at {hi} steps = {row[hi] / max(row[lo], 1):.3f} x its memory at {lo} steps"
+        if isinstance(un, int):
+            text += f"; = 1/{un / max(row[hi], 1):.1f} of unrolled at {hi} steps"
+        elif un is not None:
+            text += f"; unrolled at {hi} steps: {un}"
+        lines.append(text)
+    return lines
+
+
+def memory(
+    steps: str = typer.Option("1,10,20,30,40,50,60,70,80,90,100", help="Matching steps N, comma-separated."),
+    engines: str = typer.Option("unrolled,tesla,exact", help="Rows: unrolled,tesla,exact,tesla-batched."),
+    model_width: int = typer.Option(128, "--model-width", help="ConvNet filters per layer."),
+    depth: int = typer.Option(3, help="ConvNet blocks."),
+    image_size: int = typer.Option(32, help="Image side."),
+    channels: int = typer.Option(3, help="Image channels."),
+    classes: int = typer.Option(10, help="Classes."),
+    ipc: int = typer.Option(10, help="Synthetic images per class."),
+    batch_syn: Optional[int] = typer.Option(None, help="Images per student step (default: all)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
+    dsa: bool = typer.Option(True, "--dsa/--no-dsa", help="Replayed DSA in every step."),
+    chunk: int = typer.Option(10, help="Pass-2 chunk of the tesla-batched row."),
+    seed: int = typer.Option(0, help="Seeds the network, images and steps."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
+    max_rss_gb: Optional[float] = typer.Option(None, "--max-rss-gb",
+                                               help="CPU: GiB each child may map beyond its imports (RLIMIT_AS); more is OOM."),
+    in_process: bool = typer.Option(False, "--in-process",
+                                    help="CPU: measure every point in this process (fast; RSS then cumulative)."),
+    out: Path = typer.Option(Path("bench"), "--out", help="Folder for memory.csv and memory.png."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Peak memory of one iteration by number of matching steps (the paper's Table 4)."""
+    with errors():
+        from tesla.app.services.bench import (BenchError, measure_point_here, memory_bench, plot_memory,
+                                              write_memory_csv)
+
+        s = _settings(width=model_width, depth=depth, image_size=image_size, channels=channels, classes=classes,
+                      ipc=ipc, batch_syn=batch_syn, device=device, dsa=dsa, chunk=chunk, seed=seed, threads=threads)
+        measure = measure_point_here if in_process else None
+        ns, es = _ints(steps, "--steps"), _names(engines)
+        try:
+            result = run_job(lambda sink, cancel: memory_bench(
+                s, steps=ns, engines=es, max_rss_gb=max_rss_gb, sink=sink, cancel=cancel, measure=measure),
+                run_dir=None, quiet=quiet)
+        except BenchError as e:
+            fail(str(e))
+        out.mkdir(parents=True, exist_ok=True)
+        csv_path = write_memory_csv(result, out / "memory.csv")
+        png_path = plot_memory(result, out / "memory.png")
+        if not quiet:
+            _print_memory(result)
+        typer.echo(f"wrote {csv_path} and {png_path}")
+
+
+def speed(
+    steps: str = typer.Option("50", help="Matching steps N, comma-separated."),
+    engines: str = typer.Option("unrolled,tesla,exact,tesla-batched", help="Engines to time."),
+    repeats: int = typer.Option(5, help="Timed rounds (each configuration once per round, interleaved)."),
+    warmup: int = typer.Option(1, help="Untimed rounds first."),
+    precision: str = typer.Option("fp32", help="Comma-separated: fp32,tf32,bf16."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Also time channels-last images."),
+    model_width: int = typer.Option(128, "--model-width", help="ConvNet filters per layer."),
+    depth: int = typer.Option(3, help="ConvNet blocks."),
+    image_size: int = typer.Option(32, help="Image side."),
+    channels: int = typer.Option(3, help="Image channels."),
+    classes: int = typer.Option(10, help="Classes."),
+    ipc: int = typer.Option(10, help="Synthetic images per class."),
+    batch_syn: Optional[int] = typer.Option(None, help="Images per student step (default: all)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
+    dsa: bool = typer.Option(True, "--dsa/--no-dsa", help="Replayed DSA in every step."),
+    chunk: int = typer.Option(10, help="Pass-2 chunk of the tesla-batched row."),
+    seed: int = typer.Option(0, help="Seeds the network, images and steps."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
+    out: Path = typer.Option(Path("bench"), "--out", help="Folder for speed.csv."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Seconds per iteration of each engine, interleaved; medians and ratios to unrolled."""
+    with errors():
+        from rich.console import Console
+        from rich.table import Table
+
+        from tesla.app.services.bench import BenchError, speed_bench, write_speed_csv
+
+        s = _settings(width=model_width, depth=depth, image_size=image_size, channels=channels, classes=classes,
+                      ipc=ipc, batch_syn=batch_syn, device=device, dsa=dsa, chunk=chunk, seed=seed, threads=threads)
+        ns, es, ps = _ints(steps, "--steps"), _names(engines), _names(precision)
+        try:
+            result = run_job(lambda sink, cancel: speed_bench(
+                s, steps=ns, engines=es, repeats=repeats, warmup=warmup, precisions=ps,
+                channels_last=channels_last, sink=sink, cancel=cancel), run_dir=None, quiet=quiet)
+        except BenchError as e:
+            fail(str(e))
+        out.mkdir(parents=True, exist_ok=True)
+        csv_path = write_speed_csv(result, out / "speed.csv")
+        if not quiet:
+            m = s.model
+            table = Table(title=f"seconds per iteration, median of {repeats} (interleaved) - {m.name} "
+                                f"{m.channels}x{m.image_size}x{m.image_size}, width {m.width}, IPC {s.ipc}, "
+                                f"batch {s.batch_syn or 'all'}, {s.device}")
+            for col in ("engine", "steps", "median s", "x unrolled", "grad rel. error vs fp32"):
+                table.add_column(col, justify="left" if col == "engine" else "right")
+            for r in result.rows:
+                name = r.label + (f" (k={s.chunk})" if r.engine == "tesla-batched" else "")
+                table.add_row(name, str(r.steps), "OOM" if r.median is None else f"{r.median:.4f}",
+                              "-" if r.ratio is None else f"{r.ratio:.3f}",
+                              "-" if r.grad_error is None else f"{r.grad_error:.2e}")
+            Console().print(table)
+        typer.echo(f"wrote {csv_path}")
+
+
+bench_app.command("memory")(memory)
+bench_app.command("speed")(speed)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bench_app, name="bench")

@@ -110,6 +110,24 @@ def distill_once(trajectories: str, store_url: str, ctx) -> Capture:
     return capture
 
 
+def cancelled_on_rank_1(trajectories: str, store_url: str, ctx) -> list:
+    """Only rank 1 is asked to stop: every rank stops at the same iteration."""
+    import threading
+
+    from tesla.adapters.data.demo import load_demo
+    from tesla.adapters.stores import open_synthetic_store, open_trajectory_store
+    from tesla.app.services.distill import distill
+    from tesla.app.services.distributed import AgreedCancel
+
+    local = threading.Event()
+    if ctx.rank == 1:
+        local.set()
+    result = distill(cfg=DISTILL, model_cfg=MODEL, data=load_demo(), trajectories=open_trajectory_store(trajectories),
+                     store=open_synthetic_store(store_url, "a"), device=ctx.device, cancel=AgreedCancel(local, ctx),
+                     shard=ctx.shard, all_reduce=ctx.all_reduce_sum_, is_writer=ctx.is_writer)
+    return [result.status, result.iterations]
+
+
 def _worker(rank: int, world: int, port: int, out: str, reference: str) -> None:
     """One rank of the spawned job: collectives, experts, distillation; results to files."""
     from tesla.adapters.data.demo import load_demo
@@ -143,6 +161,7 @@ def _worker(rank: int, world: int, port: int, out: str, reference: str) -> None:
                                      expert_cfg=EXPERTS, data=load_demo(), dataset=_dataset())
         report["experts"] = {"status": result.status, "trained": list(result.trained)}
         capture = distill_once(reference, str(Path(out) / f"syn{rank}.zarr"), ctx)
+        report["cancel"] = cancelled_on_rank_1(reference, str(Path(out) / f"stop{rank}.zarr"), ctx)
         ctx.barrier()
     np.savez(Path(out) / f"rank{rank}.npz", images=np.stack(capture.images), lr=np.asarray(capture.lr))
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(report))
@@ -194,6 +213,7 @@ def test_collectives_two_ranks(spawned):
         assert rep["broadcast_tensor"] == [1.0, 1.0]
     assert reports[0]["agree"] == ["DistributedError", "rank 1 failed: ValueError: rank one says no", True]
     assert reports[1]["agree"] == ["ValueError", "rank one says no", True]
+    assert reports[0]["cancel"] == reports[1]["cancel"] == ["cancelled", 0]
 
 
 def test_two_ranks_train_disjoint_experts_into_one_zarr_store(spawned, reference):
@@ -275,3 +295,53 @@ def test_cli_distill_distributed_matches_single_process(tmp_path, reference, one
     assert kinds.count("run_started") == 1 and kinds.count("iteration") == 3 and kinds.count("run_finished") == 1
     assert json.loads((tmp_path / "dist" / "config.json").read_text())["distributed"] == {"world": 2}
     assert (tmp_path / "dist" / "images").is_dir()
+
+
+def _store_with(url: str, experts: dict, model: dict | None = None, incomplete: int | None = None) -> None:
+    from tesla.adapters.stores import open_trajectory_store
+
+    with open_trajectory_store(url, "a") as store:
+        store.initialize(model or {"arch": "convnet", "width": 4}, [("w", [2, 3]), ("b", [2])], 8, {"name": "demo"})
+        for eid, traj in experts.items():
+            store.add_expert(traj, {"seed": 100 + eid, "test_accuracy": [None] * (len(traj) - 1) + [50.0 + eid]},
+                             expert_id=eid)
+        if incomplete is not None:
+            store.begin_expert(incomplete, 1, {}).write(0, np.zeros(8))
+
+
+def test_merge_trajectories_command(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from tesla.adapters.stores import open_trajectory_store
+    from tesla.app.cli import merge
+
+    app = typer.Typer()
+    merge.register(app)
+    app.command("noop")(lambda: None)
+    runner = CliRunner()
+    rng = np.random.default_rng(0)
+    trajs = {i: rng.standard_normal((3, 8)).astype(np.float32) for i in range(3)}
+    _store_with(str(tmp_path / "a.rank0.h5"), {0: trajs[0], 2: trajs[2]})
+    _store_with(str(tmp_path / "a.rank1.zarr"), {1: trajs[1]}, incomplete=3)
+    dest = str(tmp_path / "a.h5")
+    srcs = [str(tmp_path / "a.rank0.h5"), str(tmp_path / "a.rank1.zarr")]
+    result = runner.invoke(app, ["merge-trajectories", *srcs, dest])
+    assert result.exit_code == 0, result.output
+    assert "merged 3 expert(s) from 2 store(s), 1 incomplete left out" in result.output
+    with open_trajectory_store(dest, "r") as store:
+        assert store.expert_ids() == [0, 1, 2]
+        for i, traj in trajs.items():
+            np.testing.assert_array_equal(store.load_trajectory(i), traj)
+            a = store.expert_attrs(i)
+            assert a["seed"] == 100 + i and a["test_accuracy"] == [None, None, 50.0 + i]
+    again = runner.invoke(app, ["merge-trajectories", *srcs, dest])  # idempotent
+    assert again.exit_code == 0 and "merged 0 expert(s) from 2 store(s), 3 already there" in again.output
+    _store_with(str(tmp_path / "other.h5"), {0: trajs[1]})
+    clash = runner.invoke(app, ["merge-trajectories", str(tmp_path / "other.h5"), dest])
+    assert clash.exit_code == 2 and "expert 0" in clash.output and "differs" in clash.output
+    _store_with(str(tmp_path / "wide.h5"), {5: trajs[0]}, model={"arch": "convnet", "width": 5})
+    foreign = runner.invoke(app, ["merge-trajectories", str(tmp_path / "wide.h5"), dest])
+    assert foreign.exit_code == 2 and "use a new store path" in foreign.output
+    lonely = runner.invoke(app, ["merge-trajectories", dest])
+    assert lonely.exit_code == 2 and "SRC and a DEST" in lonely.output

@@ -8,7 +8,7 @@ from typing import Optional
 import attrs
 import typer
 
-from tesla.app.cli.common import errors, run_job, storage_options
+from tesla.app.cli.common import errors, fail, run_job, storage_options
 
 SET_NAMES = {"zarr": "synthetic.zarr", "h5": "synthetic.h5"}
 
@@ -97,8 +97,9 @@ def run_ranked_distillation(request, store: Optional[str], distributed: bool, tu
     """``--store`` and/or ``--distributed`` (one torchrun rank; rank 0 alone prints and logs)."""
     import contextlib
 
-    from tesla.adapters.torch.dist import is_reported, process_group
+    from tesla.adapters.torch.dist import DistributedError, is_reported, process_group
     from tesla.app.cli.common import cancel_on_signals
+    from tesla.app.services.distill import NumericalError
     from tesla.app.services.distributed import prepare_distillation, redact_url
     from tesla.domain.config import ConfigError
     from tesla.domain.ports import NullSink
@@ -106,23 +107,25 @@ def run_ranked_distillation(request, store: Optional[str], distributed: bool, tu
     if distributed and tui:
         raise ConfigError("--tui shows one process: drop it with --distributed and follow rank 0 with "
                           f"`tesla monitor {request.out}`")
-    with (process_group(request.device) if distributed else contextlib.nullcontext()) as ctx:
-        writer = ctx is None or ctx.is_writer
-        try:
-            prepared = prepare_distillation(request, ctx, store_url=store)  # validates before any work
-            if writer:
-                result = run_job(prepared.job, run_dir=request.out, quiet=quiet, json_mode=json_mode, tui=tui)
-            else:
-                with cancel_on_signals() as cancel:
-                    result = prepared.job(NullSink(), cancel)
-        except Exception as e:
-            from tesla.app.services.distill import NumericalError
-
-            if not writer and isinstance(e, NumericalError):  # every rank saw the same NaN; rank 0 prints it
-                raise typer.Exit(3) from None
-            if not writer and is_reported(e):  # rank 0 prints it
-                raise typer.Exit(2) from None
-            raise
+    try:
+        with (process_group(request.device) if distributed else contextlib.nullcontext()) as ctx:
+            writer = ctx is None or ctx.is_writer
+            try:
+                prepared = prepare_distillation(request, ctx, store_url=store)  # validates before any work
+                if writer:
+                    result = run_job(prepared.job, run_dir=request.out, quiet=quiet, json_mode=json_mode, tui=tui)
+                else:
+                    with cancel_on_signals() as cancel:
+                        result = prepared.job(NullSink(), cancel)
+            except Exception as e:
+                # every rank saw a NaN or a failed check alike: rank 0 alone prints it
+                if not writer and isinstance(e, NumericalError):
+                    raise typer.Exit(3) from None
+                if not writer and is_reported(e):
+                    raise typer.Exit(2) from None
+                raise
+    except DistributedError as e:  # no torchrun environment, or another rank failed
+        fail(str(e))
     if result is None:
         raise typer.Exit(1)
     if writer and not quiet and not json_mode:

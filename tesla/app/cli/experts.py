@@ -8,7 +8,7 @@ from typing import Optional
 import attrs
 import typer
 
-from tesla.app.cli.common import errors, run_job, storage_options
+from tesla.app.cli.common import errors, fail, run_job, storage_options
 
 
 def build_configs(preset: Optional[str], dataset: Optional[str], data: Optional[str], zca: Optional[bool],
@@ -30,6 +30,31 @@ def build_configs(preset: Optional[str], dataset: Optional[str], data: Optional[
     model = attrs.evolve(model, **{k: v for k, v in model_overrides.items() if v is not None})
     experts = attrs.evolve(experts, **{k: v for k, v in overrides.items() if v is not None})
     return data_cfg, model, experts
+
+
+def check_data_fits(source, model_cfg) -> None:
+    """Refuse data whose classes or image shape the model cannot take."""
+    from tesla.domain.config import ConfigError
+
+    if source.num_classes != model_cfg.num_classes:
+        raise ConfigError(f"the data has {source.num_classes} classes but the model outputs "
+                          f"{model_cfg.num_classes}: pick the preset or dataset the data belongs to")
+    want = (model_cfg.channels, model_cfg.image_size, model_cfg.image_size)
+    if tuple(source.image_shape) != want:
+        raise ConfigError(f"the data's images are {tuple(source.image_shape)} but the model expects {want}: "
+                          "pick the preset or dataset the data belongs to")
+
+
+def check_store_fits(store, model_cfg, data_cfg) -> None:
+    """Refuse an existing store of another model or dataset before anything is written."""
+    if not store.initialized:
+        return
+    from tesla.adapters.torch.functional import FlatView
+    from tesla.adapters.torch.models import build_model
+    from tesla.domain.config import to_dict
+
+    view = FlatView(build_model(model_cfg))
+    store.check_compatible(to_dict(model_cfg), view.layout, view.num_params, to_dict(data_cfg))
 
 
 def experts(
@@ -75,11 +100,20 @@ def experts(
             run_ranked_experts(out, data_cfg, model_cfg, expert_cfg, device, opts, config, run_dir, quiet, json_mode)
             return
         dev = bootstrap.resolve_device(device)
-        store = bootstrap.open_trajectories(out, "a", opts)
+        # every check before anything is written: the data, then an existing store, then
+        # the run directory; a new store is created last
         source = bootstrap.load_data(data_cfg, storage_options=opts)
+        check_data_fits(source, model_cfg)
+        local = "://" not in str(out) or str(out).startswith("file://")
+        store = None
+        if not local or Path(str(out).removeprefix("file://")).exists():
+            store = bootstrap.open_trajectories(out, "a", opts)
+            check_store_fits(store, model_cfg, data_cfg)
         config = {"experts": to_dict(expert_cfg), "model": to_dict(model_cfg), "data": to_dict(data_cfg)}
         if run_dir is not None:
             bootstrap.prepare_run_dir(run_dir, config, resume=True, compare_keys=("model", "data"))
+        if store is None:
+            store = bootstrap.open_trajectories(out, "a", opts)
         result = run_job(lambda sink, cancel: train_experts(
             model_cfg=model_cfg, expert_cfg=expert_cfg, data=source, store=store, dataset=to_dict(data_cfg),
             sink=sink, device=dev, cancel=cancel, run_config=config), run_dir=run_dir, quiet=quiet,
@@ -94,33 +128,37 @@ def experts(
 
 def run_ranked_experts(out, data_cfg, model_cfg, expert_cfg, device, opts, config, run_dir, quiet, json_mode) -> None:
     """``--distributed``: this process is one torchrun rank; rank 0 alone prints and logs."""
-    from tesla.adapters.torch.dist import is_reported, process_group
+    from tesla.adapters.torch.dist import DistributedError, is_reported, process_group
     from tesla.app import bootstrap
     from tesla.app.cli.common import cancel_on_signals
     from tesla.app.services.distributed import distributed_experts
     from tesla.domain.config import to_dict
     from tesla.domain.ports import NullSink
 
-    with process_group(device) as ctx:
-        try:
-            source = ctx.agree(lambda: bootstrap.load_data(data_cfg, storage_options=opts))
-            if ctx.is_writer and run_dir is not None:
-                bootstrap.prepare_run_dir(run_dir, config, resume=True, compare_keys=("model", "data"))
+    try:
+        with process_group(device) as ctx:
+            try:
+                source = ctx.agree(lambda: bootstrap.load_data(data_cfg, storage_options=opts))
+                if run_dir is not None:
+                    ctx.agree(lambda: bootstrap.prepare_run_dir(run_dir, config, resume=True,
+                                                                compare_keys=("model", "data")), only_writer=True)
 
-            def job(sink, cancel):
-                return distributed_experts(ctx=ctx, out=out, model_cfg=model_cfg, expert_cfg=expert_cfg, data=source,
-                                           dataset=to_dict(data_cfg), storage_options=opts, sink=sink, cancel=cancel,
-                                           run_config=config)
+                def job(sink, cancel):
+                    return distributed_experts(ctx=ctx, out=out, model_cfg=model_cfg, expert_cfg=expert_cfg,
+                                               data=source, dataset=to_dict(data_cfg), storage_options=opts, sink=sink,
+                                               cancel=cancel, run_config=config)
 
-            if ctx.is_writer:
-                result = run_job(job, run_dir=run_dir, quiet=quiet, json_mode=json_mode)
-            else:
-                with cancel_on_signals() as cancel:
-                    result = job(NullSink(), cancel)
-        except Exception as e:
-            if not ctx.is_writer and is_reported(e):  # rank 0 prints it
-                raise typer.Exit(2) from None
-            raise
+                if ctx.is_writer:
+                    result = run_job(job, run_dir=run_dir, quiet=quiet, json_mode=json_mode)
+                else:
+                    with cancel_on_signals() as cancel:
+                        result = job(NullSink(), cancel)
+            except Exception as e:
+                if not ctx.is_writer and is_reported(e):  # every rank knows it: rank 0 alone prints it
+                    raise typer.Exit(2) from None
+                raise
+    except DistributedError as e:  # no torchrun environment, or another rank failed
+        fail(str(e))
     if ctx.is_writer and not quiet and not json_mode:
         acc = ", ".join(f"{k}: {v:.1f}%" for k, v in sorted(result.final_accuracy.items()))
         typer.echo(f"{result.status}: {ctx.world} ranks trained {len(result.trained)} expert(s), kept "

@@ -345,12 +345,12 @@ def prepare_distillation(req: Any, ctx: Optional[DistContext] = None, *, store_u
     if ctx is None:
         ctx = single_process(bootstrap.resolve_device(req.device))
     cfg: DistillConfig = req.cfg
-    if ctx.world > 1 and cfg.engine != "tesla":
-        raise DistillError(f"engine {cfg.engine!r} cannot split its steps across processes: use --engine tesla")
     opts = req.storage_options
     device = ctx.device
 
     def open_inputs() -> tuple:
+        if ctx.world > 1 and cfg.engine != "tesla":
+            raise DistillError(f"engine {cfg.engine!r} cannot split its steps across processes: use --engine tesla")
         trajectories = bootstrap.open_trajectories(req.trajectories, "r", options_for(req.trajectories, opts))
         model_cfg = from_dict(ModelConfig, dict(trajectories.meta.model))
         data_cfg = data_config_from_store(trajectories.meta.dataset, req.dataset, req.data)

@@ -267,6 +267,7 @@ def test_cli_experts_hdf5_rank_files_are_merged(tmp_path, reference):
     log = _events(tmp_path / "log" / "events.jsonl")
     assert [e["type"] for e in log].count("run_started") == 1 and log[-1]["type"] == "run_finished"
     assert log[-1]["summary"]["trained"] == [0, 1, 2]
+    assert log[-1]["summary"]["merged"]["into"] == str(out) and log[-1]["summary"]["merged"]["experts"] == 3
 
 
 def test_cli_distill_distributed_matches_single_process(tmp_path, reference, one_thread):

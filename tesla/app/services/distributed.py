@@ -248,6 +248,7 @@ def distributed_experts(*, ctx: DistContext, out: str, model_cfg: ModelConfig, e
     accuracy = {k: v for _, _, acc in reports for k, v in acc.items()}
     status = "completed" if all(s == "completed" for s, _, _ in reports) else "cancelled"
     skipped = sorted(done & set(wanted))
+    summary: dict = {"trained": trained, "skipped": skipped, "final_accuracy": accuracy, "world": ctx.world}
     if hdf5 and ctx.world > 1 and ctx.is_writer and merge:
         rank_files = [rank_store_url(out, k, ctx.world) for k in range(ctx.world)]
         absent = [f for f in rank_files if not _exists(f)]
@@ -257,10 +258,9 @@ def distributed_experts(*, ctx: DistContext, out: str, model_cfg: ModelConfig, e
                                              f"{out}`"))
         else:
             merged = merge_trajectory_stores(rank_files, out)
-            sink.emit(events.Warning(message=f"merged {len(merged.copied)} expert(s) from {len(rank_files)} rank "
-                                             f"files into {out} (the rank files are kept)"))
-    sink.emit(events.RunFinished(status=status, summary={"trained": trained, "skipped": skipped,
-                                                         "final_accuracy": accuracy, "world": ctx.world}))
+            summary["merged"] = {"into": out, "experts": len(merged.copied) + len(merged.skipped),
+                                 "rank_files": rank_files}  # kept: delete them once the merged file is in place
+    sink.emit(events.RunFinished(status=status, summary=summary))
     return ExpertsResult(status=status, trained=tuple(trained), skipped=tuple(skipped), final_accuracy=accuracy)
 
 

@@ -364,8 +364,11 @@ class SyntheticStore:
                 return None
             path = f"checkpoints/{complete[-1]:08d}"
             attrs_ = b.attrs(path)
-            arrays = _read_checked(b, path, attrs_, "delete that checkpoint group to resume from the one before, "
-                                                    "or start a new run")
+            fix = "delete that checkpoint group to resume from the one before, or start a new run"
+            arrays = _read_checked(b, path, attrs_, fix)
+            for name, arr in arrays.items():  # a checkpoint is only ever written from a good state
+                if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+                    raise StoreError(f"{b.url}#{path}: array {name!r} holds NaN or inf; {fix}")
             for key in ("complete", "crc32"):
                 attrs_.pop(key, None)
             it = int(attrs_.pop("iteration", complete[-1]))

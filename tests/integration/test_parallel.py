@@ -60,7 +60,8 @@ def test_parallel_experts_equal_sequential(tiny_data, cfg):
     par = [Recorder() for _ in SEEDS]
     models = [build_model(TINY, seed=s) for s in SEEDS]
     par_hist = train_experts_parallel(models, tiny_data, cfg, seeds=SEEDS, augment=DSA(),
-                                      on_snapshot=[r.on_snapshot for r in par], on_epoch=[r.on_epoch for r in par])
+                                      on_snapshot=[r.on_snapshot for r in par], on_epoch=[r.on_epoch for r in par],
+                                      mode="vmap")
     for a, b, ha, hb in zip(seq, par, seq_hist, par_hist):
         assert [e for e, _, _ in a.snapshots] == [e for e, _, _ in b.snapshots] == [0, 1, 2]
         for (_, fa, _), (_, fb, _) in zip(a.snapshots, b.snapshots):
@@ -85,7 +86,7 @@ def test_parallel_evaluation_equals_sequential(tiny_data):
     seq_models = [build_model(TINY, seed=s) for s in SEEDS]
     seq = [train_and_evaluate(m, images, soft, tiny_data, seed=s, **kw) for m, s in zip(seq_models, SEEDS)]
     par_models = [build_model(TINY, seed=s) for s in SEEDS]
-    par = train_and_evaluate_parallel(par_models, images, soft, tiny_data, seeds=SEEDS, **kw)
+    par = train_and_evaluate_parallel(par_models, images, soft, tiny_data, seeds=SEEDS, mode="vmap", **kw)
     assert all(_close_acc(a, b) for a, b in zip(seq, par))
     for a, b in zip(seq_models, par_models):
         for pa, pb in zip(a.parameters(), b.parameters()):
@@ -101,7 +102,8 @@ def test_batchnorm_falls_back_to_sequential(tiny_data):
     seq = [build_model(bn, seed=s) for s in SEEDS[:2]]
     accs = [train_and_evaluate(m, images, labels, tiny_data, epochs=2, lr=0.01, seed=s) for m, s in zip(seq, SEEDS)]
     par = [build_model(bn, seed=s) for s in SEEDS[:2]]
-    assert train_and_evaluate_parallel(par, images, labels, tiny_data, epochs=2, lr=0.01, seeds=SEEDS[:2]) == accs
+    assert train_and_evaluate_parallel(par, images, labels, tiny_data, epochs=2, lr=0.01, seeds=SEEDS[:2],
+                                       mode="vmap") == accs
     for a, b in zip(seq, par):
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
@@ -112,4 +114,19 @@ def test_parallel_rejects_mismatched_inputs(tiny_data):
         train_experts_parallel([build_model(TINY, seed=0)], tiny_data, cfg, seeds=[0, 1])
     other = ModelConfig(width=4, image_size=16, depth=2, num_classes=10)
     with pytest.raises(ValueError, match="one architecture"):
-        train_experts_parallel([build_model(TINY, seed=0), build_model(other, seed=1)], tiny_data, cfg, seeds=[0, 1])
+        train_experts_parallel([build_model(TINY, seed=0), build_model(other, seed=1)], tiny_data, cfg, seeds=[0, 1],
+                               mode="vmap")
+    with pytest.raises(ValueError, match="mode"):
+        train_experts_parallel([build_model(TINY, seed=0)] * 2, tiny_data, cfg, seeds=[0, 1], mode="fast")
+
+
+def test_auto_mode_runs_the_sequential_loops_on_cpu(tiny_data):
+    # on the CPU the vmapped path was measured slower: auto takes the loops, bit for bit
+    cfg = ExpertConfig(epochs=1, lr=0.05, batch_size=64, eval_every=0)
+    seq = [build_model(TINY, seed=s) for s in SEEDS[:2]]
+    for m, s in zip(seq, SEEDS):
+        train_expert(m, tiny_data, cfg, seed=s, augment=DSA())
+    par = [build_model(TINY, seed=s) for s in SEEDS[:2]]
+    train_experts_parallel(par, tiny_data, cfg, seeds=SEEDS[:2], augment=DSA())
+    for a, b in zip(seq, par):
+        assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))

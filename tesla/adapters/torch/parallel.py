@@ -19,9 +19,13 @@ up to floating-point rounding of the batched kernels (tested on the CPU).
 Models that vmap cannot run with the sequential semantics (BatchNorm, which writes
 running statistics in its training forward; active dropout, which draws from the
 global RNG) fall back to the sequential loops, member by member, with the same
-signature and results. Measured on a 2-core CPU the vmapped path is not faster (the
-grouped convolutions cost what the separate ones do); on CUDA it is (``tesla bench``
-reports); callers choose with :func:`parallel_supported` and the device.
+signature and results.
+
+``mode="auto"`` (the default) vmaps on CUDA only: on a 2-core CPU the vmapped path was
+measured 1.6-3x *slower* than the sequential loops (the grouped convolutions vmap makes
+are slower there than the separate ones), so there it runs the sequential loops.
+``mode="vmap"`` forces the stacked path (the tests compare it on the CPU),
+``mode="sequential"`` the loops.
 """
 
 from __future__ import annotations
@@ -42,9 +46,20 @@ from tesla.adapters.torch.training import (EVAL_BATCH, EpochFn, SnapshotFn, Trai
                                            accuracy, derive_seed, train_and_evaluate, train_expert)
 
 
+MODES = ("auto", "vmap", "sequential")
+
+
 def parallel_supported(model: nn.Module) -> bool:
     """Whether ``model``'s architecture runs vmapped with the sequential results."""
     return vmappable(model)
+
+
+def _use_vmap(mode: str, models: Sequence[nn.Module], device) -> bool:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)} (got {mode!r})")
+    if len(models) < 2 or not parallel_supported(models[0]) or mode == "sequential":
+        return False
+    return mode == "vmap" or torch.device(device).type == "cuda"
 
 
 class _Stack:
@@ -113,6 +128,7 @@ def train_experts_parallel(
     on_snapshot: Optional[Sequence[Optional[SnapshotFn]]] = None,
     on_epoch: Optional[Sequence[Optional[EpochFn]]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
+    mode: str = "auto",
 ) -> list[list[float]]:
     """:func:`~tesla.adapters.torch.training.train_expert` for M networks at once.
 
@@ -123,6 +139,8 @@ def train_experts_parallel(
         seeds: one seed per member (batch order and augmentation), as ``train_expert``'s seed.
         on_snapshot, on_epoch: one ``train_expert`` callback per member (or None); the
             ``seconds`` an epoch reports is the wall time of all members' epoch together.
+        mode: ``auto`` (vmap on CUDA, sequential elsewhere), ``vmap`` or ``sequential``
+            (module docstring).
 
     Returns:
         one ``train_expert`` history per member.
@@ -136,9 +154,7 @@ def train_experts_parallel(
     if len(seeds) != m:
         raise ValueError(f"{len(seeds)} seeds for {m} networks: pass one seed per network")
     snaps, epochs_cb = _each(on_snapshot, m), _each(on_epoch, m)
-    if m == 0:
-        return []
-    if m == 1 or not parallel_supported(models[0]):
+    if not _use_vmap(mode, models, device):
         return [train_expert(models[i], data, cfg, seed=seeds[i], device=device, augment=augment,
                              on_snapshot=snaps[i], on_epoch=epochs_cb[i], should_stop=should_stop)
                 for i in range(m)]
@@ -212,11 +228,13 @@ def train_and_evaluate_parallel(
     seeds: Sequence[int],
     device: torch.device | str = "cpu",
     lr_decay_epoch: Optional[int] = None,
+    mode: str = "auto",
 ) -> list[float]:
     """:func:`~tesla.adapters.torch.training.train_and_evaluate` for M networks at once.
 
     Every member trains on the same ``(images, labels)`` with its own seed (batch order
-    and augmentation as ``train_and_evaluate(..., seed=seeds[m])``).
+    and augmentation as ``train_and_evaluate(..., seed=seeds[m])``). ``mode`` as in
+    :func:`train_experts_parallel`.
 
     Returns:
         top-1 test accuracy (%) per member.
@@ -228,9 +246,7 @@ def train_and_evaluate_parallel(
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels: they must match")
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1 (got {epochs})")
-    if m == 0:
-        return []
-    if m == 1 or not parallel_supported(models[0]):
+    if not _use_vmap(mode, models, device):
         return [train_and_evaluate(models[i], images, labels, data, epochs=epochs, lr=lr, momentum=momentum,
                                    weight_decay=weight_decay, batch_size=batch_size, augment=augment,
                                    seed=seeds[i], device=device, lr_decay_epoch=lr_decay_epoch)

@@ -87,30 +87,54 @@ def _print_memory(result) -> None:
                     cells.append(_mib(p.primary if field == "primary" else getattr(p, field)))
             table.add_row(e, *cells)
         console.print(table)
-    for line in memory_summary(result):
-        console.print(line, highlight=False)
+        for line in memory_summary(result, field):
+            console.print(line, highlight=False)
 
 
-def memory_summary(result) -> list[str]:
-    """The issue's targets as ratios: growth from the smallest N >= 10 to the largest, and
-    the share of ``unrolled`` at the largest N."""
-    table = result.table()
+def memory_summary(result, field: str = "primary") -> list[str]:
+    """The issue's targets as ratios of one measure (``primary`` or ``rss_delta``): growth
+    from the smallest N >= 10 to the largest, and the share of ``unrolled`` at the largest N."""
+    from tesla.app.services.bench import OOM
+
+    table: dict = {}
+    for p in result.points:
+        value = OOM if p.status == OOM else (p.primary if field == "primary" else getattr(p, field))
+        table.setdefault(p.engine, {})[p.steps] = value
     steps = sorted({p.steps for p in result.points})
     lo = next((n for n in steps if n >= 10), steps[0])
     hi = steps[-1]
+    name = result.measure if field == "primary" else "peak RSS"
     lines = []
     un = table.get("unrolled", {}).get(hi)
     for e in ("tesla", "exact", "tesla-batched"):
         row = table.get(e)
         if not row or not isinstance(row.get(lo), int) or not isinstance(row.get(hi), int):
             continue
-        text = f"{e}: memory at {hi} steps = {row[hi] / max(row[lo], 1):.3f} x its memory at {lo} steps"
+        text = f"{e} ({name}): at {hi} steps {row[hi] / max(row[lo], 1):.3f} x its value at {lo} steps"
         if isinstance(un, int):
-            text += f"; = 1/{un / max(row[hi], 1):.1f} of unrolled at {hi} steps"
+            text += f"; 1/{un / max(row[hi], 1):.1f} of unrolled at {hi} steps"
         elif un is not None:
             text += f"; unrolled at {hi} steps: {un}"
         lines.append(text)
     return lines
+
+
+def _print_speed(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    s, m = result.settings, result.settings.model
+    table = Table(title=f"seconds per iteration, median of {result.repeats} (interleaved) - {m.name} "
+                        f"{m.channels}x{m.image_size}x{m.image_size}, width {m.width}, IPC {s.ipc}, "
+                        f"batch {s.batch_syn or 'all'}, {s.device}")
+    for col in ("engine", "steps", "median s", "x unrolled", "grad rel. error vs fp32"):
+        table.add_column(col, justify="left" if col == "engine" else "right")
+    for r in result.rows:
+        name = r.label + (f" (k={s.chunk})" if r.engine == "tesla-batched" else "")
+        table.add_row(name, str(r.steps), "OOM" if r.median is None else f"{r.median:.4f}",
+                      "-" if r.ratio is None else f"{r.ratio:.3f}",
+                      "-" if r.grad_error is None else f"{r.grad_error:.2e}")
+    Console(width=max(100, Console().width)).print(table)
 
 
 def memory(
@@ -128,8 +152,8 @@ def memory(
     chunk: int = typer.Option(10, help="Pass-2 chunk of the tesla-batched row."),
     seed: int = typer.Option(0, help="Seeds the network, images and steps."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
-    max_rss_gb: Optional[float] = typer.Option(None, "--max-rss-gb",
-                                               help="CPU: GiB each child may map beyond its imports (RLIMIT_AS); more is OOM."),
+    max_rss_gb: Optional[float] = typer.Option(
+        None, "--max-rss-gb", help="CPU: GiB each child may map beyond its imports (RLIMIT_AS); more is OOM."),
     in_process: bool = typer.Option(False, "--in-process",
                                     help="CPU: measure every point in this process (fast; RSS then cumulative)."),
     out: Path = typer.Option(Path("bench"), "--out", help="Folder for memory.csv and memory.png."),
@@ -153,8 +177,7 @@ def memory(
         out.mkdir(parents=True, exist_ok=True)
         csv_path = write_memory_csv(result, out / "memory.csv")
         png_path = plot_memory(result, out / "memory.png")
-        if not quiet:
-            _print_memory(result)
+        _print_memory(result)
         typer.echo(f"wrote {csv_path} and {png_path}")
 
 
@@ -182,9 +205,6 @@ def speed(
 ) -> None:
     """Seconds per iteration of each engine, interleaved; medians and ratios to unrolled."""
     with errors():
-        from rich.console import Console
-        from rich.table import Table
-
         from tesla.app.services.bench import BenchError, speed_bench, write_speed_csv
 
         s = _settings(width=model_width, depth=depth, image_size=image_size, channels=channels, classes=classes,
@@ -198,19 +218,7 @@ def speed(
             fail(str(e))
         out.mkdir(parents=True, exist_ok=True)
         csv_path = write_speed_csv(result, out / "speed.csv")
-        if not quiet:
-            m = s.model
-            table = Table(title=f"seconds per iteration, median of {repeats} (interleaved) - {m.name} "
-                                f"{m.channels}x{m.image_size}x{m.image_size}, width {m.width}, IPC {s.ipc}, "
-                                f"batch {s.batch_syn or 'all'}, {s.device}")
-            for col in ("engine", "steps", "median s", "x unrolled", "grad rel. error vs fp32"):
-                table.add_column(col, justify="left" if col == "engine" else "right")
-            for r in result.rows:
-                name = r.label + (f" (k={s.chunk})" if r.engine == "tesla-batched" else "")
-                table.add_row(name, str(r.steps), "OOM" if r.median is None else f"{r.median:.4f}",
-                              "-" if r.ratio is None else f"{r.ratio:.3f}",
-                              "-" if r.grad_error is None else f"{r.grad_error:.2e}")
-            Console().print(table)
+        _print_speed(result)
         typer.echo(f"wrote {csv_path}")
 
 

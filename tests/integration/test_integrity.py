@@ -214,3 +214,45 @@ def test_resume_from_a_damaged_checkpoint_is_one_line_and_exit_2(tmp_path):
     shutil.rmtree(newest)  # the fix the message gives: drop it and resume from the one before
     res = invoke(distill_args(traj, out, "--resume"))
     assert res.exit_code == 0, res.output
+
+
+# --- round trips (hypothesis): what is written reads back exactly ------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+_arrays = hnp.arrays(dtype=st.sampled_from([np.float32, np.float64, np.int64, np.uint8]),
+                     shape=hnp.array_shapes(min_dims=1, max_dims=3, max_side=5),
+                     elements={"allow_nan": False, "allow_infinity": False})
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(arrays=st.dictionaries(st.from_regex(r"[a-z][a-z0-9_]{0,6}", fullmatch=True), _arrays, min_size=1, max_size=3),
+       it=st.integers(0, 10**6), suffix=st.sampled_from([".zarr", ".h5"]),
+       attrs=st.dictionaries(st.from_regex(r"[a-z]{1,6}", fullmatch=True).filter(lambda k: k != "iteration"),
+                             st.one_of(st.integers(-5, 5), st.text(max_size=4), st.booleans(),
+                                       st.lists(st.integers(0, 3), max_size=3)), max_size=3))
+def test_checkpoint_round_trip(tmp_path_factory, arrays, it, suffix, attrs):
+    url = tmp_path_factory.mktemp("rt") / f"s{suffix}"
+    with open_synthetic_store(str(url), "a") as s:
+        s.write_checkpoint(it, arrays, attrs)
+    with open_synthetic_store(str(url), "r") as s:
+        got_it, got, got_attrs = s.latest_checkpoint()
+    assert got_it == it and got_attrs == attrs and sorted(got) == sorted(arrays)
+    for k, v in arrays.items():
+        assert got[k].dtype == v.dtype and np.array_equal(got[k], v)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(snapshots=st.integers(1, 4), p=st.integers(1, 50), seed=st.integers(0, 2**16),
+       suffix=st.sampled_from([".zarr", ".h5"]))
+def test_trajectory_round_trip(tmp_path_factory, snapshots, p, seed, suffix):
+    url = tmp_path_factory.mktemp("rt") / f"t{suffix}"
+    traj = np.random.default_rng(seed).standard_normal((snapshots, p)).astype(np.float32)
+    with open_trajectory_store(str(url), "a") as s:
+        s.initialize(model={}, layout=[["w", [p]]], num_params=p, dataset={"name": "demo"})
+        eid = s.add_expert(traj, {"seed": seed})
+    with open_trajectory_store(str(url), "r") as s:
+        assert s.expert_ids() == [eid] and np.array_equal(s.load_trajectory(eid), traj)
+        assert all(np.array_equal(s.load(eid, e), traj[e]) for e in range(snapshots))

@@ -178,3 +178,21 @@ def test_config_round_trip_recorded_with_the_set(tmp_path, data, experts_store):
     _run(data, experts_store, tmp_path / "s.zarr", cfg)
     syn = open_synthetic_store(str(tmp_path / "s.zarr")).read_set()
     assert syn.attrs["distill"] == to_dict(cfg) and syn.attrs["model"] == to_dict(MODEL)
+
+
+def test_evaluation_service_scores_a_set_beside_its_references(data):
+    from tesla.app.services.evaluate import evaluate_set
+    from tesla.domain.config import EvalConfig
+
+    sink = ListSink()
+    images = torch.cat([data.sample_class(c, 2, seed=c) for c in range(10)])
+    labels = torch.arange(10).repeat_interleave(2)
+    cfg = EvalConfig(num_models=2, epochs=3, batch_size=64, models=("convnet", "resnet18"))
+    small = ModelConfig(depth=2, width=8, image_size=16, num_classes=10)
+    scores = evaluate_set(images, labels, 0.01, data, model_cfg=small, cfg=cfg, ipc=2, full_real=True,
+                          full_epochs=1, sink=sink)
+    subjects = [(s.model, s.subject) for s in scores]
+    assert ("ConvNetD2", "synthetic") in subjects and ("ResNet18", "synthetic") in subjects
+    assert ("ConvNetD2", "random-real") in subjects and ("ResNet18", "full-real") in subjects
+    assert all(len(s.accuracies) == 2 and 0 <= s.mean <= 100 and s.std >= 0 for s in scores)
+    assert len(sink.of("evaluation")) == len(scores)

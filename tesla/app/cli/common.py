@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -40,7 +39,9 @@ def _input_errors() -> tuple:
     from tesla.app.services.distill import DistillError
     from tesla.app.services.experts import ExpertsError
 
-    errors += [DistillError, ExpertsError]
+    from tesla.adapters.torch.dist import DistributedError
+
+    errors += [DistillError, ExpertsError, DistributedError]
     return tuple(errors)
 
 

@@ -62,7 +62,7 @@ def distill(
 ) -> None:
     """Distil a synthetic set by trajectory matching (TESLA, exact or MTT gradients)."""
     with errors():
-        from tesla.app.services.run import DistillRequest, run_distillation
+        from tesla.app.services.run import DistillRequest
 
         if store_format not in SET_NAMES:
             from tesla.domain.config import ConfigError
@@ -77,24 +77,13 @@ def distill(
                                  set_name=SET_NAMES[store_format], device=device, resume=resume,
                                  eval_every=eval_every, eval_models=eval_models, eval_epochs=eval_epochs,
                                  preview_every=preview_every, storage_options=storage_options(storage_option))
-        if distributed or store:
-            run_ranked_distillation(request, store, distributed, tui, quiet, json_mode)
-            return
-        prepared = run_distillation(request)  # validates everything before any work
-        result = run_job(prepared.job, run_dir=out, quiet=quiet, json_mode=json_mode, tui=tui)
-        if result is None:
-            raise typer.Exit(1)
-        if not quiet and not json_mode:
-            loss = "-" if result.loss is None else f"{result.loss:.4f}"
-            typer.echo(f"{result.status} at iteration {result.iterations}: loss {loss}, lr {result.lr:.5f} -> "
-                       f"{out / request.set_name}")
-        if result.status != "completed":
-            raise typer.Exit(1)
+        run_ranked_distillation(request, store, distributed, tui, quiet, json_mode)
 
 
 def run_ranked_distillation(request, store: Optional[str], distributed: bool, tui: bool, quiet: bool,
                             json_mode: bool) -> None:
-    """``--store`` and/or ``--distributed`` (one torchrun rank; rank 0 alone prints and logs)."""
+    """Validate, then run in this process, or as one torchrun rank with ``--distributed``
+    (rank 0 alone prints and logs); ``store`` is the synthetic store URL (default in the run dir)."""
     import contextlib
 
     from tesla.adapters.torch.dist import DistributedError, is_reported, process_group

@@ -94,7 +94,9 @@ def train_experts(*, model_cfg: ModelConfig, expert_cfg: ExpertConfig, data: Any
         writer.finish()
         trained.append(expert_id)
         accuracy[expert_id] = history[-1]
-        sink.emit(events.Checkpoint(path=f"{store.url}#expert-{expert_id}", iteration=expert_id))
+        from tesla.app.services.distributed import redact_url
+
+        sink.emit(events.Checkpoint(path=f"{redact_url(store.url)}#expert-{expert_id}", iteration=expert_id))
     if announce:
         sink.emit(events.RunFinished(status=status, summary={"trained": trained, "skipped": sorted(done & set(wanted)),
                                                              "final_accuracy": accuracy}))

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 import attrs
 import torch
 
-from tesla.domain.config import DataConfig, DistillConfig, EvalConfig, ModelConfig, from_dict, to_dict
+from tesla.domain.config import DataConfig, DistillConfig, EvalConfig, ModelConfig
 
 
 @attrs.frozen
@@ -38,6 +38,7 @@ class DistillRequest:
     eval_epochs: int = 300
     preview_every: int = 10
     storage_options: Optional[dict] = None
+    store_url: Optional[str] = None  # synthetic store URL; default: out / set_name
 
 
 @attrs.frozen
@@ -62,47 +63,15 @@ def data_config_from_store(meta_dataset: dict, dataset: Optional[str], data: Opt
 
 
 def run_distillation(req: DistillRequest) -> PreparedRun:
-    from tesla.app import bootstrap
-    from tesla.app.services.distill import DistillError, check_inputs, distill
-    from tesla.adapters.torch.functional import FlatView
-    from tesla.adapters.torch.models import build_model
+    """Check and open everything for one process; the job is then ``prepared.job(sink, cancel)``.
 
-    device = bootstrap.resolve_device(req.device)
-    trajectories = bootstrap.open_trajectories(req.trajectories, "r", req.storage_options)
-    meta = trajectories.meta
-    model_cfg = from_dict(ModelConfig, dict(meta.model))
-    data_cfg = data_config_from_store(meta.dataset, req.dataset, req.data)
-    data = bootstrap.load_data(data_cfg, storage_options=req.storage_options)
-    check_inputs(req.cfg, model_cfg, data, trajectories, FlatView(build_model(model_cfg)))
-    config = {"distill": to_dict(req.cfg), "model": to_dict(model_cfg), "data": to_dict(data_cfg),
-              "trajectories": str(req.trajectories)}
-    run_dir = bootstrap.prepare_run_dir(req.out, config, resume=req.resume, compare_keys=("model", "data"))
-    store_url = str(Path(req.out) / req.set_name)
-    store = bootstrap.open_synthetic(store_url, "a")
-    if not req.resume and store.latest_checkpoint() is not None:
-        raise DistillError(f"{store_url} already holds checkpoints: pass --resume or choose another --out")
-    normalizer = getattr(data, "normalizer", None)
-    decode = normalizer.decode if normalizer is not None else None
-    provenance = {"trajectories": str(req.trajectories), "dataset": to_dict(data_cfg),
-                  "class_names": list(getattr(data, "class_names", []) or []),
-                  "normalizer_state": normalizer.to_state() if normalizer is not None else None}
+    The single-process case of
+    :func:`tesla.app.services.distributed.prepare_distillation`, which holds the one
+    implementation (ranks, remote store URLs, credentials kept out of records).
+    """
+    from tesla.app.services.distributed import prepare_distillation
 
-    def job(sink: Any, cancel: threading.Event):
-        evaluator = None
-        if req.eval_every:
-            evaluator = make_evaluator(data, model_cfg, req, device, sink)
-        result = distill(cfg=req.cfg, model_cfg=model_cfg, data=data, trajectories=trajectories, store=store,
-                         sink=sink, device=device, cancel=cancel, resume=req.resume, run_config=config,
-                         decode=decode, preview_every=req.preview_every, evaluator=evaluator,
-                         eval_every=req.eval_every, provenance=provenance)
-        if result.status == "completed":
-            from tesla.adapters.stores.export import default_decode, export_png_grid
-
-            syn = store.read_set()
-            export_png_grid(syn, str(Path(run_dir) / "images"), decode=default_decode(syn))
-        return result
-
-    return PreparedRun(job=job, run_dir=run_dir, model=model_cfg, data=data_cfg, config=config)
+    return prepare_distillation(req, None, store_url=req.store_url)
 
 
 def make_evaluator(data: Any, model_cfg: ModelConfig, req: DistillRequest, device: torch.device, sink: Any):

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.faults.common import MODEL, distill_args, fake_trajectory_store, invoke, make_imagenet64, tree_snapshot
+from tests.faults.common import (MODEL, distill_args, fake_trajectory_store, invoke, make_imagenet64,
+                                 one_thread, tree_snapshot)  # noqa: F401 - one_thread: autouse fixture
 
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 

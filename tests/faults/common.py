@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+import pytest
 
 # --- tiny configurations (the demo data, a ConvNet of depth 2 and width 8) ------------------
 MODEL = ["--dataset", "demo", "--depth", "2", "--width", "8"]
@@ -164,3 +165,15 @@ def fake_trajectory_store(url: str | Path, *, experts: int = 2, epochs: int = 3,
                 steps.append(steps[-1] + 0.01 * torch.randn(w.shape, generator=g))
             store.add_expert(torch.stack(steps), {"seed": seed + i, "lr": 0.01}, expert_id=i)
     return str(url)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread for the module (as the children use): identical numbers, and the
+    second core stays free. Import it into a test module to apply it there."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -21,23 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from tests.faults.common import (count_lines, distill_args, experts_args, invoke, kill_when, make_imagenet64,
+from tests.faults.common import (one_thread,  # noqa: F401 - autouse fixture
+                                 count_lines, distill_args, experts_args, invoke, kill_when, make_imagenet64,
                                  prepared_arrays, spawn, trajectories)
 
 EXPERT_POINTS = [0, 1, 2, 3]  # 3 Zarr stores, 1 HDF5 file
 DISTILL_POINTS = [0, 1, 2, 3]  # 3 Zarr sets, 1 HDF5 set
 PREPARE_POINTS = [0, 1, 2, 3]  # 3 Zarr stores, 1 HDF5 file
 PREPARE = ["--image-size", "8", "--chunk", "8", "--quiet"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

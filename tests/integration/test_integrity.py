@@ -20,7 +20,7 @@ import pytest
 from tesla.adapters.stores.errors import StoreError
 from tesla.adapters.stores.synthetic import open_synthetic_store
 from tesla.adapters.stores.trajectory import open_trajectory_store
-from tests.faults.common import distill_args, fake_trajectory_store, invoke
+from tests.faults.common import one_thread, distill_args, fake_trajectory_store, invoke  # noqa: F401 - autouse fixture
 
 
 def _one_line_error(res, *needles: str) -> str:
@@ -204,15 +204,15 @@ def test_a_group_half_deleted_by_a_kill_never_reads_as_complete(tmp_path):
 def test_resume_from_a_damaged_checkpoint_is_one_line_and_exit_2(tmp_path):
     traj = fake_trajectory_store(tmp_path / "t.zarr")
     out = tmp_path / "run"
-    res = invoke(distill_args(traj, out))
+    res = invoke(distill_args(traj, out, "--iterations", "6"))
     assert res.exit_code == 0, res.output
     ckpt_root = out / "synthetic.zarr" / "checkpoints"
     newest = sorted(p for p in ckpt_root.iterdir() if p.is_dir())[-1]
     for f in _chunk_files(newest / "images"):
         f.unlink()
-    _one_line_error(invoke(distill_args(traj, out, "--resume")), str(newest.name), "images")
+    _one_line_error(invoke(distill_args(traj, out, "--iterations", "6", "--resume")), str(newest.name), "images")
     shutil.rmtree(newest)  # the fix the message gives: drop it and resume from the one before
-    res = invoke(distill_args(traj, out, "--resume"))
+    res = invoke(distill_args(traj, out, "--iterations", "6", "--resume"))
     assert res.exit_code == 0, res.output
 
 

@@ -12,7 +12,7 @@ import torch
 
 from tesla.adapters.stores.errors import StoreError
 from tesla.adapters.stores.synthetic import open_synthetic_store
-from tests.faults.common import distill_args, fake_trajectory_store, invoke
+from tests.faults.common import one_thread, distill_args, fake_trajectory_store, invoke  # noqa: F401 - autouse fixture
 
 
 @pytest.fixture(scope="module")

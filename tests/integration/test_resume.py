@@ -15,18 +15,9 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 
 from tesla.adapters.stores.synthetic import open_synthetic_store
-from tests.faults.common import distill_args, fake_trajectory_store, invoke
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.faults.common import distill_args, fake_trajectory_store, invoke, one_thread  # noqa: F401
 
 
 @pytest.fixture(scope="module")

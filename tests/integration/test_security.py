@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import tesla
-from tests.faults.common import DISTILL, MODEL, invoke
+from tests.faults.common import one_thread, DISTILL, MODEL, invoke  # noqa: F401 - autouse fixture
 
 PACKAGE = Path(tesla.__file__).parent
 PICKLE_ALLOWED = {"adapters/data/cifar.py"}

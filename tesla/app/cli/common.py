@@ -107,6 +107,26 @@ def cancel_on_signals() -> Iterator[threading.Event]:
             signal.signal(s, h)
 
 
+def logged_job(job: Callable[[Any, threading.Event], Any], run_dir: Path, box: dict) -> Callable:
+    """``job`` for the TUI's worker thread: its events go to ``run_dir/events.jsonl``
+    (which the TUI follows); its result or exception lands in ``box``."""
+
+    def run(sink: Any, cancel: threading.Event) -> Any:
+        from tesla.adapters.events.jsonl import JsonlSink
+        from tesla.app import bootstrap
+
+        log = JsonlSink(Path(run_dir) / bootstrap.EVENTS)
+        try:
+            box["result"] = job(log, cancel)
+        except BaseException as e:  # reported after the TUI closes
+            box["error"] = e
+        finally:
+            log.close()
+        return box.get("result")
+
+    return run
+
+
 def run_job(job: Callable[[Any, threading.Event], Any], *, run_dir: Optional[Path], quiet: bool = False,
             json_mode: bool = False, tui: bool = False, tensorboard: Optional[str] = None) -> Any:
     """Run ``job(sink, cancel)`` under the terminal display, or inside the TUI with ``tui``."""
@@ -115,21 +135,10 @@ def run_job(job: Callable[[Any, threading.Event], Any], *, run_dir: Optional[Pat
     if tui:
         if run_dir is None:
             fail("--tui needs a run directory (--out)")
-        from tesla.adapters.events.jsonl import JsonlSink
         from tesla.app.tui.app import TeslaApp
 
         box: dict = {}
-
-        def tui_job(sink, cancel):
-            log = JsonlSink(Path(run_dir) / bootstrap.EVENTS)
-            try:
-                box["result"] = job(log, cancel)
-            except BaseException as e:  # reported after the TUI closes
-                box["error"] = e
-            finally:
-                log.close()
-
-        TeslaApp(Path(run_dir), job=tui_job).run()
+        TeslaApp(Path(run_dir), job=logged_job(job, Path(run_dir), box)).run()
         if "error" in box:
             raise box["error"]
         return box.get("result")

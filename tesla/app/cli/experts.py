@@ -32,6 +32,17 @@ def build_configs(preset: Optional[str], dataset: Optional[str], data: Optional[
     return data_cfg, model, experts
 
 
+def adapt_model(model_cfg, source, preset: Optional[str], depth: Optional[int]):
+    """Without a preset the model takes its classes and input shape from the data (and a
+    depth that ends at 4x4 features: 2 for 16 px, 3 for 32 px, 4 for 64 px, unless given)."""
+    if preset:
+        return model_cfg
+    channels, size = int(source.image_shape[0]), int(source.image_shape[1])
+    auto_depth = {16: 2, 32: 3, 64: 4}.get(size, model_cfg.depth)
+    return attrs.evolve(model_cfg, num_classes=int(source.num_classes), channels=channels, image_size=size,
+                        depth=depth if depth is not None else auto_depth)
+
+
 def check_data_fits(source, model_cfg) -> None:
     """Refuse data whose classes or image shape the model cannot take."""
     from tesla.domain.config import ConfigError
@@ -96,13 +107,14 @@ def experts(
             dict(arch=arch, depth=depth, width=width, norm=norm))
         opts = storage_options(storage_option)
         if distributed:
-            config = {"experts": to_dict(expert_cfg), "model": to_dict(model_cfg), "data": to_dict(data_cfg)}
-            run_ranked_experts(out, data_cfg, model_cfg, expert_cfg, device, opts, config, run_dir, quiet, json_mode)
+            run_ranked_experts(out, data_cfg, model_cfg, expert_cfg, device, opts, run_dir, quiet, json_mode,
+                               adapt=lambda m, src: adapt_model(m, src, preset, depth))
             return
         dev = bootstrap.resolve_device(device)
         # every check before anything is written: the data, then an existing store, then
         # the run directory; a new store is created last
         source = bootstrap.load_data(data_cfg, storage_options=opts)
+        model_cfg = adapt_model(model_cfg, source, preset, depth)
         check_data_fits(source, model_cfg)
         local = "://" not in str(out) or str(out).startswith("file://")
         store = None
@@ -126,7 +138,8 @@ def experts(
             raise typer.Exit(1)
 
 
-def run_ranked_experts(out, data_cfg, model_cfg, expert_cfg, device, opts, config, run_dir, quiet, json_mode) -> None:
+def run_ranked_experts(out, data_cfg, model_cfg, expert_cfg, device, opts, run_dir, quiet, json_mode, *,
+                       adapt=lambda m, src: m) -> None:
     """``--distributed``: this process is one torchrun rank; rank 0 alone prints and logs."""
     from tesla.adapters.torch.dist import DistributedError, is_reported, process_group
     from tesla.app import bootstrap
@@ -139,6 +152,9 @@ def run_ranked_experts(out, data_cfg, model_cfg, expert_cfg, device, opts, confi
         with process_group(device) as ctx:
             try:
                 source = ctx.agree(lambda: bootstrap.load_data(data_cfg, storage_options=opts))
+                model_cfg = adapt(model_cfg, source)
+                check_data_fits(source, model_cfg)
+                config = {"experts": to_dict(expert_cfg), "model": to_dict(model_cfg), "data": to_dict(data_cfg)}
                 if run_dir is not None:
                     ctx.agree(lambda: bootstrap.prepare_run_dir(run_dir, config, resume=True,
                                                                 compare_keys=("model", "data")), only_writer=True)

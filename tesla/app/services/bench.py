@@ -442,7 +442,7 @@ def plot_memory(result: MemoryResult, path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     m = result.settings.model
-    fig.suptitle(f"{m.name} {m.channels}x{m.image_size}x{m.image_size}, {m.num_classes} classes, "
+    fig.suptitle(f"{m.name} width {m.width}, {m.channels}x{m.image_size}x{m.image_size}, {m.num_classes} classes, "
                  f"IPC {result.settings.ipc}, batch {result.settings.batch_syn or 'all'} ({result.settings.device})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -97,9 +97,6 @@ def test_nan_images_from_the_data_stop_the_run_at_iteration_1(traj, tmp_path):
     assert "at iteration 1" in msg and "--lr-img" in msg
 
 
-@pytest.mark.xfail(strict=True, reason="services/distill.py: a state that is already non-finite before the first "
-                                      "update (NaN real images) is checkpointed as 'the last good state' and the "
-                                      "message blames the loss, not the images")
 def test_nan_images_from_the_data_are_named_and_not_checkpointed(traj, tmp_path):
     msg, store = _run_with_nan_data(traj, tmp_path)
     assert "images" in msg.split("became")[0]

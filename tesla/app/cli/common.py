@@ -54,8 +54,10 @@ def errors() -> Iterator[None]:
         yield
     except typer.Exit:
         raise
-    except NumericalError as e:
-        fail(str(e), EXIT_NUMERICAL)
+    except NumericalError:
+        # the job emitted an Error event with this message first, and the terminal display
+        # (or --json, or the TUI's log) has shown it: exit without printing it twice
+        raise typer.Exit(EXIT_NUMERICAL) from None
     except _input_errors() as e:
         msg = str(e) or e.__class__.__name__
         if isinstance(e, OSError) and e.filename:
@@ -140,6 +142,7 @@ def run_job(job: Callable[[Any, threading.Event], Any], *, run_dir: Optional[Pat
         box: dict = {}
         TeslaApp(Path(run_dir), job=logged_job(job, Path(run_dir), box)).run()
         if "error" in box:
+            err_console.print(f"[bold red]error:[/] {box['error']}", highlight=False, soft_wrap=True)
             raise box["error"]
         return box.get("result")
     sink, closers = bootstrap.event_sinks(run_dir, quiet=quiet, json_mode=json_mode, tensorboard=tensorboard)

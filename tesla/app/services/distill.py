@@ -93,6 +93,16 @@ def check_inputs(cfg: DistillConfig, model_cfg: ModelConfig, data: Any, trajecto
     return ids
 
 
+def check_resumable(cfg: DistillConfig, checkpoint_attrs: dict) -> None:
+    """Refuse to resume a checkpoint made with other settings than the usual fixes."""
+    saved = checkpoint_attrs.get("distill", {})
+    now = to_dict(cfg)
+    changed = sorted(k for k in saved if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    if changed:
+        raise DistillError(f"the checkpoint in the output was made with different {', '.join(changed)}: "
+                           "resume with the same settings or choose a new --out")
+
+
 def _preview(state_images: torch.Tensor, decode: Callable, ipc: int, num_classes: int, iteration: int,
              per_class: int = 3, max_classes: int = 10) -> events.Preview:
     """A small grid (classes as columns, a few images each as rows) of un-whitened images."""
@@ -152,11 +162,7 @@ def distill(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Any, trajectori
     checkpoint = store.latest_checkpoint() if resume else None
     if checkpoint is not None:
         first, arrays, attrs_ = checkpoint
-        saved = attrs_.get("distill", {})
-        changed = sorted(k for k in saved if k not in RESUMABLE_CHANGES and saved.get(k) != to_dict(cfg).get(k))
-        if changed:
-            raise DistillError(f"the checkpoint in the output was made with different {', '.join(changed)}: "
-                               "resume with the same settings or choose a new --out")
+        check_resumable(cfg, attrs_)
         state = SyntheticState.from_arrays(arrays, cfg, device)
         rng.setstate(rng_state_from_json(attrs_["rng"]))
     else:
@@ -225,7 +231,10 @@ def distill(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Any, trajectori
             bad = "the image gradient"
         elif not np.isfinite(out.lr_grad):
             bad = "the lr gradient"
-        kept = it  # the state before this update is good: checkpoint it
+        kept = it  # the state before this update is good: checkpoint it ...
+        already = state.finite()
+        if already is not None:  # ... unless it was not (NaN data, a bad resumed state)
+            bad, kept = f"the {already} (before any update of this run)", None
         if bad is None:
             grad_norm = state.apply(images_grad, out.lr_grad, logits_grad)
             broken = state.finite()

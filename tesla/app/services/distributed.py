@@ -339,7 +339,7 @@ def prepare_distillation(req: Any, ctx: Optional[DistContext] = None, *, store_u
     from tesla.adapters.torch.functional import FlatView
     from tesla.adapters.torch.models import build_model
     from tesla.app import bootstrap
-    from tesla.app.services.distill import DistillError, check_inputs, distill
+    from tesla.app.services.distill import DistillError, check_inputs, check_resumable, distill
     from tesla.app.services.run import PreparedRun, data_config_from_store, make_evaluator
 
     if ctx is None:
@@ -370,7 +370,10 @@ def prepare_distillation(req: Any, ctx: Optional[DistContext] = None, *, store_u
     def open_output() -> tuple:
         run_dir = bootstrap.prepare_run_dir(req.out, config, resume=req.resume, compare_keys=("model", "data"))
         store = bootstrap.open_synthetic(url, "a", options_for(url, opts))
-        if not req.resume and store.latest_checkpoint() is not None:
+        last = store.latest_checkpoint()
+        if req.resume and last is not None:
+            check_resumable(cfg, last[2])  # before any work or log line
+        if not req.resume and last is not None:
             store.close()
             raise DistillError(f"{redact_url(url)} already holds checkpoints: pass --resume or choose another "
                                + ("--store" if store_url else "--out"))

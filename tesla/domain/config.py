@@ -155,6 +155,8 @@ class ExpertConfig:
         dsa: DSA augmentation on every batch.
         seed: expert ``i`` uses ``seed + i``; the run is deterministic for a seed on CPU.
         eval_every: test accuracy every k epochs (0: only at the end).
+        parallel: experts trained together in one process (torch.func vmap where it is
+            faster, i.e. on CUDA; the same trajectories as one after another).
     """
 
     num_experts: int = attrs.field(default=10, validator=_int_at_least(1))
@@ -166,6 +168,7 @@ class ExpertConfig:
     dsa: bool = True
     seed: int = attrs.field(default=0, validator=_int_at_least(0))
     eval_every: int = attrs.field(default=1, validator=_int_at_least(0))
+    parallel: int = attrs.field(default=1, validator=_int_at_least(1))
 
 
 @attrs.frozen
@@ -196,6 +199,9 @@ class DistillConfig:
         max_grad_norm: None, or clip the image gradient to this norm.
         second_pass_chunk: ``tesla`` engine: pass-2 steps computed together (batched,
             memory bounded by the chunk, not the steps); 1 = one at a time.
+        precision: forward passes in ``fp32`` (default), ``tf32`` (CUDA matmuls) or ``bf16``
+            (autocast); measured by ``tesla bench speed --precision``.
+        channels_last: NHWC memory format for the convolutions.
     """
 
     ipc: int = attrs.field(default=10, validator=_int_at_least(1))
@@ -220,6 +226,8 @@ class DistillConfig:
     min_lr: float = attrs.field(default=1e-6, validator=_positive)
     max_grad_norm: Optional[float] = attrs.field(default=None, validator=_positive)
     second_pass_chunk: int = attrs.field(default=1, validator=_int_at_least(1))
+    precision: str = attrs.field(default="fp32", validator=_one_of("fp32", "tf32", "bf16"))
+    channels_last: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.labels == "teacher-epoch" and self.label_epoch is None:

@@ -196,3 +196,25 @@ def test_evaluation_service_scores_a_set_beside_its_references(data):
     assert ("ConvNetD2", "random-real") in subjects and ("ResNet18", "full-real") in subjects
     assert all(len(s.accuracies) == 2 and 0 <= s.mean <= 100 and s.std >= 0 for s in scores)
     assert len(sink.of("evaluation")) == len(scores)
+
+
+def test_batched_second_pass_in_the_service_equals_one_at_a_time(tmp_path, data, experts_store):
+    a = _run(data, experts_store, tmp_path / "a.zarr", _cfg(iterations=2))
+    b = _run(data, experts_store, tmp_path / "b.zarr", _cfg(iterations=2, second_pass_chunk=3))
+    ia = open_synthetic_store(str(tmp_path / "a.zarr")).read_set().images
+    ib = open_synthetic_store(str(tmp_path / "b.zarr")).read_set().images
+    assert np.allclose(ia, ib, rtol=1e-5, atol=1e-6) and a.lr == pytest.approx(b.lr, rel=1e-6)
+
+
+def test_experts_in_groups_equal_experts_one_by_one(tmp_path, data):
+    def train(url, parallel):
+        store = open_trajectory_store(str(url), "a")
+        train_experts(model_cfg=MODEL, expert_cfg=ExpertConfig(num_experts=3, epochs=1, batch_size=256,
+                                                               parallel=parallel, eval_every=0),
+                      data=data, store=store, dataset={"name": "demo"})
+        return open_trajectory_store(str(url))
+
+    one, grouped = train(tmp_path / "one.zarr", 1), train(tmp_path / "grouped.zarr", 2)
+    assert grouped.expert_ids() == [0, 1, 2]
+    for e in range(3):
+        assert np.allclose(one.load_trajectory(e), grouped.load_trajectory(e), rtol=1e-5, atol=1e-6)

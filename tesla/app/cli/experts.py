@@ -78,6 +78,7 @@ def experts(
     lr: Optional[float] = typer.Option(None, help="Expert SGD lr (default 0.01)."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size (default 256)."),
     seed: Optional[int] = typer.Option(None, help="Expert i uses seed + i."),
+    parallel: Optional[int] = typer.Option(None, help="Experts trained together in one process (vmap on CUDA)."),
     zca: Optional[bool] = typer.Option(None, "--zca/--no-zca", help="ZCA-whiten the images (kornia, eps 0.1)."),
     arch: Optional[str] = typer.Option(None, help="convnet | resnet18 | vit."),
     depth: Optional[int] = typer.Option(None, help="ConvNet depth (3 for 32 px, 4 for 64 px)."),
@@ -103,7 +104,7 @@ def experts(
 
         data_cfg, model_cfg, expert_cfg = build_configs(
             preset, dataset, data, zca,
-            dict(num_experts=num_experts, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed),
+            dict(num_experts=num_experts, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, parallel=parallel),
             dict(arch=arch, depth=depth, width=width, norm=norm))
         opts = storage_options(storage_option)
         if distributed:

@@ -93,6 +93,17 @@ def check_inputs(cfg: DistillConfig, model_cfg: ModelConfig, data: Any, trajecto
     return ids
 
 
+def default_compute(cfg: DistillConfig) -> Callable:
+    """The plain compute, or the batched one when a chunked pass 2 or another precision is asked."""
+    if cfg.second_pass_chunk > 1 or cfg.precision != "fp32" or cfg.channels_last:
+        import functools
+
+        from tesla.adapters.torch.batched import BatchedTorchCompute
+
+        return functools.partial(BatchedTorchCompute, precision=cfg.precision, channels_last=cfg.channels_last)
+    return TorchCompute
+
+
 def check_resumable(cfg: DistillConfig, checkpoint_attrs: dict) -> None:
     """Refuse to resume a checkpoint made with other settings than the usual fixes."""
     saved = checkpoint_attrs.get("distill", {})
@@ -211,7 +222,7 @@ def distill(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Any, trajectori
         else:
             labels = state.class_ids
         steps = sampling.make_steps(n_images, cfg.syn_steps, cfg.batch_syn, rng, augment=augment is not None)
-        make = compute_factory or TorchCompute
+        make = compute_factory or default_compute(cfg)
         compute = make(view, state.images, labels, augment=augment, learned_labels=learned)
         extra = {}
         if cfg.engine == "tesla":

@@ -18,7 +18,7 @@ import attrs
 import torch
 
 from tesla.adapters.torch.models import build_model
-from tesla.adapters.torch.training import train_and_evaluate
+from tesla.adapters.torch.parallel import train_and_evaluate_parallel
 from tesla.domain import events
 from tesla.domain.config import EvalConfig, ModelConfig
 from tesla.domain.ports import EventSink, NullSink
@@ -61,13 +61,13 @@ def train_many(images: torch.Tensor, labels: torch.Tensor, data: Any, *, model_c
     scores = []
     for arch in cfg.models:
         mcfg = arch_config(model_cfg, arch)
-        accs = []
-        for i in range(cfg.num_models):
-            seed = cfg.seed + i
-            net = build_model(mcfg, seed=seed)
-            accs.append(train_and_evaluate(net, images, labels, data, epochs=epochs or cfg.epochs, lr=lr,
-                                           momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                           batch_size=cfg.batch_size, augment=augment, seed=seed, device=device))
+        seeds = [cfg.seed + i for i in range(cfg.num_models)]
+        # several networks at once (vmap) where that is faster (CUDA); one after another on
+        # a CPU, with the same seeds and so the same results either way
+        accs = train_and_evaluate_parallel([build_model(mcfg, seed=s) for s in seeds], images, labels, data,
+                                           epochs=epochs or cfg.epochs, lr=lr, momentum=cfg.momentum,
+                                           weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                                           augment=augment, seeds=seeds, device=device)
         score = _score(mcfg.name, subject, accs)
         sink.emit(events.Evaluation(model=score.model, subject=subject, mean=score.mean, std=score.std,
                                     n=len(accs), iteration=iteration, accuracies=score.accuracies))

@@ -22,7 +22,8 @@ import torch
 
 from tesla.adapters.torch.functional import FlatView
 from tesla.adapters.torch.models import build_model
-from tesla.adapters.torch.training import TrainingStopped, train_expert
+from tesla.adapters.torch.parallel import train_experts_parallel
+from tesla.adapters.torch.training import TrainingStopped
 from tesla.domain import events
 from tesla.domain.config import ExpertConfig, ModelConfig, to_dict
 from tesla.domain.ports import EventSink, NullSink
@@ -67,36 +68,46 @@ def train_experts(*, model_cfg: ModelConfig, expert_cfg: ExpertConfig, data: Any
     accuracy: dict = {}
     trained = []
     status = "completed"
-    for expert_id in todo:
+    from tesla.app.services.distributed import redact_url
+
+    group_size = expert_cfg.parallel
+    for first in range(0, len(todo), group_size):
         if cancel is not None and cancel.is_set():
             status = "cancelled"
             break
-        seed = expert_cfg.seed + expert_id
-        model = build_model(model_cfg, seed=seed)
-        writer = store.begin_expert(expert_id, expert_cfg.epochs,
-                                    {"seed": seed, "lr": expert_cfg.lr,
-                                     "train_config": to_dict(expert_cfg)})
+        group = todo[first:first + group_size]
+        seeds = [expert_cfg.seed + i for i in group]
+        writers = [store.begin_expert(i, expert_cfg.epochs, {"seed": sd, "lr": expert_cfg.lr,
+                                                              "train_config": to_dict(expert_cfg)})
+                   for i, sd in zip(group, seeds)]
 
-        def on_epoch(epoch, epochs, train_loss, train_acc, test_acc, seconds, _id=expert_id):
-            sink.emit(events.Epoch(expert=_id, epoch=epoch, epochs=epochs, train_loss=train_loss,
-                                   train_acc=train_acc, test_acc=test_acc, seconds=seconds))
+        def snapshot_to(writer):
+            return lambda e, flat, acc: writer.write(e, flat, test_accuracy=acc)
+
+        def epoch_event(expert_id):
+            def emit(epoch, epochs, train_loss, train_acc, test_acc, seconds):
+                sink.emit(events.Epoch(expert=expert_id, epoch=epoch, epochs=epochs, train_loss=train_loss,
+                                       train_acc=train_acc, test_acc=test_acc, seconds=seconds))
+            return emit
 
         try:
-            history = train_expert(model, data, expert_cfg, seed=seed, device=device, augment=augment,
-                                   on_snapshot=lambda e, flat, acc: writer.write(e, flat, test_accuracy=acc),
-                                   on_epoch=on_epoch,
-                                   should_stop=(cancel.is_set if cancel is not None else None))
+            # the group trains together (vmap) where that is faster, i.e. on CUDA; each member
+            # draws exactly what it would alone, so the trajectories are the same
+            histories = train_experts_parallel(
+                [build_model(model_cfg, seed=sd) for sd in seeds], data, expert_cfg, seeds=seeds, device=device,
+                augment=augment, on_snapshot=[snapshot_to(w) for w in writers],
+                on_epoch=[epoch_event(i) for i in group],
+                should_stop=(cancel.is_set if cancel is not None else None))
         except TrainingStopped:
             status = "cancelled"
-            sink.emit(events.Warning(message=f"expert {expert_id} stopped before its last epoch; it will be "
-                                             "trained again from its seed on --resume"))
+            sink.emit(events.Warning(message=f"expert(s) {', '.join(map(str, group))} stopped before their last "
+                                             "epoch; they will be trained again from their seeds on --resume"))
             break
-        writer.finish()
-        trained.append(expert_id)
-        accuracy[expert_id] = history[-1]
-        from tesla.app.services.distributed import redact_url
-
-        sink.emit(events.Checkpoint(path=f"{redact_url(store.url)}#expert-{expert_id}", iteration=expert_id))
+        for expert_id, writer, history in zip(group, writers, histories):
+            writer.finish()
+            trained.append(expert_id)
+            accuracy[expert_id] = history[-1]
+            sink.emit(events.Checkpoint(path=f"{redact_url(store.url)}#expert-{expert_id}", iteration=expert_id))
     if announce:
         sink.emit(events.RunFinished(status=status, summary={"trained": trained, "skipped": sorted(done & set(wanted)),
                                                              "final_accuracy": accuracy}))

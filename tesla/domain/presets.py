@@ -69,10 +69,10 @@ def demo() -> Preset:
     model = ModelConfig(depth=2, width=32, image_size=16, num_classes=10)
     return Preset(
         name="demo", dataset="demo", zca=False, model=model,
-        experts=ExpertConfig(num_experts=3, epochs=8, lr=0.02, batch_size=128, eval_every=2),
-        distill=DistillConfig(ipc=1, syn_steps=10, expert_epochs=2, max_start_epoch=4, iterations=100,
-                              lr_img=100.0, lr_lr=1e-5, lr_init=0.02, checkpoint_every=25),
-        evaluate=EvalConfig(num_models=3, epochs=150, batch_size=128),
+        experts=ExpertConfig(num_experts=5, epochs=10, lr=0.02, batch_size=128, eval_every=2),
+        distill=DistillConfig(ipc=1, syn_steps=15, expert_epochs=2, max_start_epoch=6, iterations=300,
+                              lr_img=100.0, lr_lr=1e-5, lr_init=0.02, checkpoint_every=100),
+        evaluate=EvalConfig(num_models=5, epochs=300, batch_size=128),
     )
 
 

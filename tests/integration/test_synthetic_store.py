@@ -242,13 +242,16 @@ def test_export_png_grid(tmp_path):
     store.write_set(_set_arrays(soft=False), {"lr": 0.01})
     # no normaliser stored: per-image min-max scaling
     paths = export_png_grid(store.read_set(), str(tmp_path / "png"), per_row=2)
-    assert [os.path.basename(p) for p in paths] == ["class_000.png", "class_001.png", "class_002.png"]
+    assert [os.path.basename(p) for p in paths] == ["class_000.png", "class_001.png", "class_002.png", "overview.png"]
     with Image.open(paths[0]) as im:
         assert im.size == (2 * S + 3 * 2, S + 2 * 2)  # 2 images a row, padding 2
+    with Image.open(paths[-1]) as im:  # a row per class, IPC images a row, upsampled to >= 32 px
+        side = S * -(-32 // S) if S < 32 else S
+        assert im.size == (IPC * side + (IPC + 1) * 2, N_CLS * side + (N_CLS + 1) * 2)
     # a stored normaliser decodes (through helper A's Normalizer when it is there)
     store.write_set(_set_arrays(soft=False), {"lr": 0.01}, normalizer_state=NORM)
     paths = export_png_grid(store.read_set(), str(tmp_path / "png2"))
-    assert len(paths) == N_CLS and all(os.path.getsize(p) > 0 for p in paths)
+    assert len(paths) == N_CLS + 1 and all(os.path.getsize(p) > 0 for p in paths)
     # an explicit decode wins
     calls = []
 
@@ -257,4 +260,4 @@ def test_export_png_grid(tmp_path):
         return x.sigmoid()
 
     export_png_grid(store.read_set(), str(tmp_path / "png3"), decode=decode)
-    assert calls == [(IPC, C, S, S)] * N_CLS
+    assert calls == [(IPC, C, S, S)] * N_CLS + [(N_CLS * IPC, C, S, S)]

@@ -66,8 +66,10 @@ def export_png_grid(
     out_dir: str,
     decode: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     per_row: int = 10,
+    max_overview_classes: int = 20,
 ) -> list[str]:
-    """Write one PNG grid per class, ``class_<id>.png`` (``per_row`` images a row).
+    """Write one PNG grid per class, ``class_<id>.png`` (``per_row`` images a row), and
+    ``overview.png``: a row per class (the first ``max_overview_classes``) of up to 10 images.
 
     Args:
         syn: the set.
@@ -75,9 +77,10 @@ def export_png_grid(
         decode: maps model-space images (B, C, H, W) to [0, 1]; default
             :func:`default_decode`.
         per_row: images per grid row.
+        max_overview_classes: classes shown in ``overview.png``.
 
     Returns:
-        The paths written, in class order.
+        The paths written, in class order, the overview last.
     """
     from torchvision.utils import save_image
 
@@ -93,4 +96,26 @@ def export_png_grid(
         path = os.path.join(out_dir, f"class_{int(c):0{width}d}.png")
         save_image(shown, path, nrow=per_row, padding=2)
         paths.append(path)
+    overview = _overview(images, labels, decode, max_classes=max_overview_classes)
+    if overview is not None:
+        path = os.path.join(out_dir, "overview.png")
+        save_image(overview[0], path, nrow=overview[1], padding=2)
+        paths.append(path)
     return paths
+
+
+def _overview(images: torch.Tensor, labels: np.ndarray, decode: Callable, *, max_classes: int,
+              per_class: int = 10) -> Optional[tuple[torch.Tensor, int]]:
+    """Images for one grid of the first ``max_classes`` classes: a row per class, up to
+    ``per_class`` images each (nearest-upsampled to at least 32 px so small sets are visible)."""
+    classes = np.unique(labels)[:max_classes]
+    if classes.size == 0:
+        return None
+    k = min(per_class, min(int((labels == c).sum()) for c in classes))
+    idx = np.concatenate([np.flatnonzero(labels == c)[:k] for c in classes])
+    with torch.no_grad():
+        shown = decode(images[torch.from_numpy(idx)]).clamp(0.0, 1.0)
+    side = shown.shape[-1]
+    if side < 32:
+        shown = torch.nn.functional.interpolate(shown, scale_factor=-(-32 // side), mode="nearest")
+    return shown, k

@@ -34,7 +34,11 @@ def demo(
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title="tesla demo: embedded CIFAR-10 (16 px), IPC 1, ConvNet-D2")
+        from tesla.domain import presets
+
+        p = presets.demo()
+        table = Table(title=f"tesla demo: embedded CIFAR-10 ({p.model.image_size} px), IPC {p.distill.ipc}, "
+                            f"{p.model.name}, {p.distill.iterations} iterations")
         for col in ("trained on", "model", "top-1 % (mean +- std)", "networks"):
             table.add_column(col)
         for s in result.scores:
@@ -44,7 +48,7 @@ def demo(
         console.print(table)
         secs = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
         console.print(f"final matching loss {result.distill_loss:.3f}, learned lr {result.lr:.4f}; {secs}")
-        console.print(f"images: {result.images_dir}   events: {out / 'events.jsonl'}   "
+        console.print(f"images: {result.images_dir / 'overview.png'}   events: {out / 'events.jsonl'}   "
                       f"watch: tesla monitor {out}")
 
 

@@ -158,6 +158,7 @@ def memory(
                                     help="CPU: measure every point in this process (fast; RSS then cumulative)."),
     out: Path = typer.Option(Path("bench"), "--out", help="Folder for memory.csv and memory.png."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    json_mode: bool = typer.Option(False, "--json", help="Events as JSON lines, then the result as one JSON object."),
 ) -> None:
     """Peak memory of one iteration by number of matching steps (the paper's Table 4)."""
     with errors():
@@ -171,12 +172,15 @@ def memory(
         try:
             result = run_job(lambda sink, cancel: memory_bench(
                 s, steps=ns, engines=es, max_rss_gb=max_rss_gb, sink=sink, cancel=cancel, measure=measure),
-                run_dir=None, quiet=quiet)
+                run_dir=None, quiet=quiet, json_mode=json_mode)
         except BenchError as e:
             fail(str(e))
         out.mkdir(parents=True, exist_ok=True)
         csv_path = write_memory_csv(result, out / "memory.csv")
         png_path = plot_memory(result, out / "memory.png")
+        if json_mode:
+            typer.echo(_as_json(result, csv=csv_path, png=png_path))
+            return
         _print_memory(result)
         typer.echo(f"wrote {csv_path} and {png_path}")
 
@@ -202,6 +206,7 @@ def speed(
     threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
     out: Path = typer.Option(Path("bench"), "--out", help="Folder for speed.csv."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    json_mode: bool = typer.Option(False, "--json", help="Events as JSON lines, then the result as one JSON object."),
 ) -> None:
     """Seconds per iteration of each engine, interleaved; medians and ratios to unrolled."""
     with errors():
@@ -213,13 +218,28 @@ def speed(
         try:
             result = run_job(lambda sink, cancel: speed_bench(
                 s, steps=ns, engines=es, repeats=repeats, warmup=warmup, precisions=ps,
-                channels_last=channels_last, sink=sink, cancel=cancel), run_dir=None, quiet=quiet)
+                channels_last=channels_last, sink=sink, cancel=cancel), run_dir=None, quiet=quiet,
+                json_mode=json_mode)
         except BenchError as e:
             fail(str(e))
         out.mkdir(parents=True, exist_ok=True)
         csv_path = write_speed_csv(result, out / "speed.csv")
+        if json_mode:
+            typer.echo(_as_json(result, csv=csv_path))
+            return
         _print_speed(result)
         typer.echo(f"wrote {csv_path}")
+
+
+def _as_json(result, **files) -> str:
+    """One JSON object: the result's fields (settings, points or rows) and the files written."""
+    import json
+
+    import attr
+
+    data = attr.asdict(result, retain_collection_types=False)
+    data["files"] = {k: str(v) for k, v in files.items()}
+    return json.dumps(data, default=str)
 
 
 bench_app.command("memory")(memory)

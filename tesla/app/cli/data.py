@@ -77,20 +77,35 @@ def register(app: typer.Typer) -> None:
         storage_option: Optional[list[str]] = typer.Option(
             None, "--storage-option", help="fsspec option key=value for a remote DEST (repeatable)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+        json_mode: bool = typer.Option(False, "--json", help="Events as JSON lines, then the summary as JSON."),
     ) -> None:
         """Convert SRC once into a class-sorted uint8 array store at DEST (resumable)."""
         from tesla.app.services.prepare import prepare
 
         console = Console()
         options = storage_options(storage_option)
+        quiet = quiet or json_mode
         bar = _Bar(console, quiet)
+        sink = bar
+        if json_mode:
+            from tesla.adapters.events.progress import RichProgressSink
+            from tesla.domain.ports import FanOut
+
+            sink = FanOut(bar, RichProgressSink(json_mode=True))
         try:
             with cancel_on_signals() as cancel, bar.progress if not quiet else contextlib.nullcontext():
                 summary = prepare(src, dest, fmt=fmt.value if fmt else None, image_size=image_size, chunk=chunk,
-                                  sink=bar, storage_options=options, should_stop=cancel.is_set)
+                                  sink=sink, storage_options=options, should_stop=cancel.is_set)
         except (ValueError, OSError) as e:  # PrepareError, StoreError, DataError, missing files
             fail(str(e) or type(e).__name__)
-        _print_summary(console, summary)
+        if json_mode:
+            import json
+
+            import attr
+
+            typer.echo(json.dumps(attr.asdict(summary, retain_collection_types=False), default=str))
+        else:
+            _print_summary(console, summary)
         if not summary.complete:
             raise typer.Exit(130)
 

@@ -1,0 +1,47 @@
+"""Every long command speaks JSON for scripts: events as JSON lines, then a result object."""
+
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from tesla.adapters.data.imagenet64 import write_npz_batch
+from tesla.app.cli.main import app
+
+runner = CliRunner()
+
+
+def _objects(output):
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+def test_bench_memory_and_speed_json(tmp_path):
+    common = ["--device", "cpu", "--model-width", "4", "--image-size", "8", "--depth", "1", "--ipc", "1",
+              "--steps", "1,2", "--out", str(tmp_path), "--json"]
+    r = runner.invoke(app, ["bench", "memory", *common, "--in-process"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    objs = _objects(r.output)
+    assert objs[0]["type"] == "run_started" and any(o.get("type") == "run_finished" for o in objs)
+    result = objs[-1]
+    assert {(p["engine"], p["steps"]) for p in result["points"]} == {(e, n) for e in ("unrolled", "tesla", "exact")
+                                                                     for n in (1, 2)}
+    assert result["files"]["csv"].endswith("memory.csv")
+    r = runner.invoke(app, ["bench", "speed", *common, "--repeats", "1", "--warmup", "0", "--engines", "tesla,unrolled"],
+                      catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "rows" in _objects(r.output)[-1] or "points" in _objects(r.output)[-1]
+
+
+def test_data_prepare_json(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    write_npz_batch(src / "train_data_batch_1.npz", rng.integers(0, 255, (12, 3, 8, 8), dtype=np.uint8),
+                    [1, 2, 3] * 4)
+    write_npz_batch(src / "val_data.npz", rng.integers(0, 255, (6, 3, 8, 8), dtype=np.uint8), [1, 2, 3] * 2)
+    r = runner.invoke(app, ["data", "prepare", str(src), str(tmp_path / "p.zarr"), "--image-size", "8", "--json"],
+                      catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    objs = _objects(r.output)
+    assert any(o.get("type") == "progress" for o in objs)
+    assert objs[-1]["complete"] is True and objs[-1]["dest"].endswith("p.zarr")

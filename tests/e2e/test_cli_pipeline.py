@@ -110,3 +110,13 @@ def test_demo_beats_random_real(tmp_path):
     assert by["synthetic"].mean > by["random-real"].mean + 3.0, (by["synthetic"], by["random-real"])
     assert len(list((tmp_path / "demo" / "run" / "images").glob("class_*.png"))) == 10
     assert np.isfinite([e.loss for e in read_events(tmp_path / "demo" / "events.jsonl")[0] if e.type == "iteration"]).all()
+
+
+def test_tensorboard_without_the_package_is_a_one_line_error(tmp_path, experts):
+    from tesla.adapters.events.tensorboard import available
+
+    if available():
+        pytest.skip("tensorboard is installed here")
+    run = tmp_path / "run"
+    r = invoke("distill", "-t", experts, "-o", run, *DISTILL, "--tensorboard", tmp_path / "tb")
+    assert r.exit_code == 2 and "pip install tensorboard" in r.output and not run.exists()

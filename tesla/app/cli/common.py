@@ -41,7 +41,9 @@ def _input_errors() -> tuple:
 
     from tesla.adapters.torch.dist import DistributedError
 
-    errors += [DistillError, ExpertsError, DistributedError]
+    from tesla.adapters.events.tensorboard import TensorBoardUnavailable
+
+    errors += [DistillError, ExpertsError, DistributedError, TensorBoardUnavailable]
     return tuple(errors)
 
 

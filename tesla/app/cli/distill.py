@@ -57,6 +57,8 @@ def distill(
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     tui: bool = typer.Option(False, "--tui", help="Show the run in the terminal UI (c: cancel, q: quit)."),
+    tensorboard: Optional[str] = typer.Option(None, "--tensorboard", help="Also log events to TensorBoard in this "
+                                              "folder (needs the tensorboard package)."),
     storage_option: Optional[list[str]] = typer.Option(None, "--storage-option", help="key=value for fsspec URLs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
     json_mode: bool = typer.Option(False, "--json", help="Print events as JSON lines."),
@@ -69,6 +71,12 @@ def distill(
     with errors():
         from tesla.app.services.run import DistillRequest
 
+        if tensorboard:
+            from tesla.adapters.events.tensorboard import TensorBoardUnavailable, available
+
+            if not available():
+                raise TensorBoardUnavailable("TensorBoard is not installed: pip install tensorboard "
+                                             "(or tesla-distill[tensorboard]), or drop --tensorboard")
         if store_format not in SET_NAMES:
             from tesla.domain.config import ConfigError
 
@@ -83,11 +91,11 @@ def distill(
                                  set_name=SET_NAMES[store_format], device=device, resume=resume,
                                  eval_every=eval_every, eval_models=eval_models, eval_epochs=eval_epochs,
                                  preview_every=preview_every, storage_options=storage_options(storage_option))
-        run_ranked_distillation(request, store, distributed, tui, quiet, json_mode)
+        run_ranked_distillation(request, store, distributed, tui, quiet, json_mode, tensorboard)
 
 
 def run_ranked_distillation(request, store: Optional[str], distributed: bool, tui: bool, quiet: bool,
-                            json_mode: bool) -> None:
+                            json_mode: bool, tensorboard: Optional[str] = None) -> None:
     """Validate, then run in this process, or as one torchrun rank with ``--distributed``
     (rank 0 alone prints and logs); ``store`` is the synthetic store URL (default in the run dir)."""
     import contextlib
@@ -108,7 +116,8 @@ def run_ranked_distillation(request, store: Optional[str], distributed: bool, tu
             try:
                 prepared = prepare_distillation(request, ctx, store_url=store)  # validates before any work
                 if writer:
-                    result = run_job(prepared.job, run_dir=request.out, quiet=quiet, json_mode=json_mode, tui=tui)
+                    result = run_job(prepared.job, run_dir=request.out, quiet=quiet, json_mode=json_mode, tui=tui,
+                                     tensorboard=tensorboard)
                 else:
                     with cancel_on_signals() as cancel:
                         result = prepared.job(NullSink(), cancel)

@@ -119,4 +119,4 @@ def test_tensorboard_without_the_package_is_a_one_line_error(tmp_path, experts):
         pytest.skip("tensorboard is installed here")
     run = tmp_path / "run"
     r = invoke("distill", "-t", experts, "-o", run, *DISTILL, "--tensorboard", tmp_path / "tb")
-    assert r.exit_code == 2 and "pip install tensorboard" in r.output and not run.exists()
+    assert r.exit_code == 2 and "tesla-distill[tensorboard]" in r.output and not run.exists()

@@ -20,7 +20,10 @@ EXIT_NUMERICAL = 3
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     """Print one red line naming the problem and the fix, and exit."""
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # the message is text, not markup: "tesla-distill[tensorboard]" must print as written
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -144,7 +147,9 @@ def run_job(job: Callable[[Any, threading.Event], Any], *, run_dir: Optional[Pat
         box: dict = {}
         TeslaApp(Path(run_dir), job=logged_job(job, Path(run_dir), box)).run()
         if "error" in box:
-            err_console.print(f"[bold red]error:[/] {box['error']}", highlight=False, soft_wrap=True)
+            from rich.markup import escape
+
+            err_console.print(f"[bold red]error:[/] {escape(str(box['error']))}", highlight=False, soft_wrap=True)
             raise box["error"]
         return box.get("result")
     sink, closers = bootstrap.event_sinks(run_dir, quiet=quiet, json_mode=json_mode, tensorboard=tensorboard)

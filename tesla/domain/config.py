@@ -202,6 +202,8 @@ class DistillConfig:
         precision: forward passes in ``fp32`` (default), ``tf32`` (CUDA matmuls) or ``bf16``
             (autocast); measured by ``tesla bench speed --precision``.
         channels_last: NHWC memory format for the convolutions.
+        offload_weights: keep the N student weight vectors of pass 1 in host memory (CUDA),
+            so device memory does not grow with ``syn_steps`` at all.
     """
 
     ipc: int = attrs.field(default=10, validator=_int_at_least(1))
@@ -228,6 +230,7 @@ class DistillConfig:
     second_pass_chunk: int = attrs.field(default=1, validator=_int_at_least(1))
     precision: str = attrs.field(default="fp32", validator=_one_of("fp32", "tf32", "bf16"))
     channels_last: bool = False
+    offload_weights: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.labels == "teacher-epoch" and self.label_epoch is None:

@@ -80,15 +80,22 @@ def _distance(compute: Compute, start: Vec, target: Vec) -> float:
     return d
 
 
-def _forward(compute: Compute, start: Vec, alpha: float, steps: Sequence[Step]) -> tuple[list[Vec], Vec]:
-    """Pass 1: the student steps with plain gradients. Returns [w_0 .. w_N] and G."""
-    ws = [start]
+def _forward(compute: Compute, start: Vec, alpha: float, steps: Sequence[Step]) -> tuple[list[Vec], Vec, Vec]:
+    """Pass 1: the student steps with plain gradients.
+
+    Returns the kept [w_0 .. w_{N-1}] (through ``compute.keep`` when the compute has it,
+    e.g. copies in host memory so device memory does not grow with N), G, and w_N.
+    """
+    keep = getattr(compute, "keep", None) or (lambda w: w)
+    ws = []
+    w = start
     total = None
     for step in steps:
-        g = compute.grad(ws[-1], step)
-        ws.append(ws[-1] - alpha * g)
+        ws.append(keep(w))
+        g = compute.grad(w, step)
+        w = w - alpha * g
         total = g if total is None else total + g
-    return ws, total
+    return ws, total, w
 
 
 def first_order(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequence[Step],
@@ -105,14 +112,13 @@ def first_order(compute: Compute, start: Vec, target: Vec, alpha: float, steps: 
     """
     rank, world = shard
     distance = _distance(compute, start, target)
-    ws, total = _forward(compute, start, alpha, steps)
-    final = ws[-1]
+    ws, total, final = _forward(compute, start, alpha, steps)
     residual = final - target
     loss = compute.dot(residual, residual) / distance
     lr_grad = -(2.0 / distance) * compute.dot(residual, total)
     # v = (2/D)(alpha (target - start) + alpha^2 G) = -alpha * (2/D)(w_N - target)
     v = (2.0 / distance) * (alpha * (target - start) + (alpha * alpha) * total)
-    mine = [(w, step) for w, step in zip(ws[:-1], steps) if step.index % world == rank]
+    mine = [(w, step) for w, step in zip(ws, steps) if step.index % world == rank]
     many = getattr(compute, "vjp_many", None) if chunk > 1 else None
     for i in range(0, len(mine), chunk if many is not None else 1):
         group = mine[i:i + chunk] if many is not None else mine[i:i + 1]
@@ -128,8 +134,7 @@ def first_order(compute: Compute, start: Vec, target: Vec, alpha: float, steps: 
 def exact(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequence[Step]) -> Matched:
     """The exact gradient by the reverse-mode adjoint (module docstring)."""
     distance = _distance(compute, start, target)
-    ws, _ = _forward(compute, start, alpha, steps)
-    final = ws[-1]
+    ws, _, final = _forward(compute, start, alpha, steps)
     residual = final - target
     loss = compute.dot(residual, residual) / distance
     lam = (2.0 / distance) * residual
@@ -139,7 +144,7 @@ def exact(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequen
         compute.accumulate(steps[i], out.data, -alpha)
         lr_grad -= out.dot
         lam = lam - alpha * out.hvp
-        ws[i + 1] = None  # w_{i+1} is no longer needed: free it as we go
+        ws[i] = None  # w_i is no longer needed: free it as we go
     return Matched(loss=loss, lr_grad=lr_grad, distance=distance, final=final)
 
 

@@ -65,6 +65,8 @@ class Compute(Protocol):
 
     # Optional: ``vjp_many(ws, steps, v) -> list[VJP]`` computes several independent
     # first-order VJPs at once (batched pass 2); engines use it when present.
+    # Optional: ``keep(w) -> Vec`` stores a pass-1 weight vector for pass 2 (e.g. in host
+    # memory); ``grad``/``vjp`` then accept what ``keep`` returned.
 
     def accumulate(self, step: Step, data_grad: Any, scale: float) -> None:
         """Add ``scale * data_grad`` into the running gradient of the synthetic data."""

@@ -163,3 +163,25 @@ def test_public_api_validates_inputs():
         tesla.match_gradients(model, start[:-1], target, images, labels, 0.1, steps=2)
     with pytest.raises(ValueError, match="batches"):
         tesla.match_gradients(model, start, target, images, labels, 0.1, steps=2, batches=[torch.arange(4)])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("engine", ["tesla", "exact"])
+def test_offloaded_weights_equal_device_weights_on_cuda(engine):
+    from tesla.adapters.torch.compute import TorchCompute
+    from tesla.domain import matching, sampling
+    import random
+
+    model, start, target, images, labels = _problem(4)
+    model, start, target, images, labels = (model.cuda(), start.cuda(), target.cuda(), images.cuda(), labels.cuda())
+    view = FlatView(model)
+    plan = sampling.make_steps(N_IMG, 5, 4, random.Random(0), augment=False)
+    outs = []
+    for offload in (False, True):
+        c = TorchCompute(view, images, labels, offload=offload)
+        m = matching.match(c, start, target, 0.1, plan, engine)
+        outs.append((m.loss, c.data_grad()[0]))
+        if offload:
+            assert c.keep(start).device.type == "cpu"
+    assert outs[0][0] == pytest.approx(outs[1][0], rel=1e-12)
+    assert _relerr(outs[1][1], outs[0][1]) < 1e-12

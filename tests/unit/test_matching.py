@@ -125,3 +125,40 @@ def test_chunked_second_pass_equals_one_at_a_time(chunk):
     assert all(g <= chunk for g in many.groups) and many.groups
     for a, b in zip(many.grads, one.grads):
         assert list(a) == pytest.approx(list(b), rel=1e-12, abs=1e-15)
+
+
+class KeepingQuadratic(QuadraticCompute):
+    """The fake with the optional ``keep``: stored weights come back as a wrapped copy
+    (as a host copy would), and grad/vjp must accept that form."""
+
+    class Kept:
+        def __init__(self, w):
+            self.w = w
+
+    def __init__(self, images):
+        super().__init__(images)
+        self.kept = 0
+
+    def keep(self, w):
+        self.kept += 1
+        return self.Kept(w)
+
+    def _w(self, w):
+        return w.w if isinstance(w, self.Kept) else w
+
+    def grad(self, w, step):
+        return super().grad(self._w(w), step)
+
+    def vjp(self, w, step, v, *, wrt_weights):
+        return super().vjp(self._w(w), step, v, wrt_weights=wrt_weights)
+
+
+@pytest.mark.parametrize("engine", ["tesla", "exact"])
+def test_kept_weights_give_the_same_gradients(engine):
+    images, start, target, plan = _setup(steps=6)
+    plain = QuadraticCompute(images)
+    a = matching.match(plain, start, target, 0.3, plan, engine)
+    kept = KeepingQuadratic(images)
+    b = matching.match(kept, start, target, 0.3, plan, engine)
+    assert kept.kept == 6
+    assert a.loss == b.loss and a.lr_grad == b.lr_grad and kept.grads == plain.grads

@@ -103,8 +103,8 @@ class BatchedTorchCompute(TorchCompute):
 
     def __init__(self, view: FlatView, images: torch.Tensor, labels: torch.Tensor, *, augment: Any = None,
                  learned_labels: bool = False, precision: str = "fp32", channels_last: bool = False,
-                 mode: str = "auto") -> None:
-        super().__init__(view, images, labels, augment=augment, learned_labels=learned_labels)
+                 mode: str = "auto", offload: bool = False) -> None:
+        super().__init__(view, images, labels, augment=augment, learned_labels=learned_labels, offload=offload)
         self.precision = check_precision(precision)
         self.channels_last = bool(channels_last)
         if mode not in MODES:
@@ -190,7 +190,7 @@ class BatchedTorchCompute(TorchCompute):
 
         idxs = [self._index(s) for s in steps]
         with torch.enable_grad():
-            W = torch.stack([w.detach() for w in ws]).requires_grad_(True)  # (k, P)
+            W = torch.stack([self._on_device(w) for w in ws]).requires_grad_(True)  # (k, P)
             xs = [self.images[idx].requires_grad_(True) for idx in idxs]
             ys = [self.labels[idx].requires_grad_(True) if self.learned_labels else self.labels[idx] for idx in idxs]
             X = torch.stack([self._augmented(x, s) for x, s in zip(xs, steps)])  # (k, B, C, H, W)

@@ -40,10 +40,12 @@ class TorchCompute:
         augment: an object with ``sample(shape, generator, device)`` and
             ``apply(x, params)`` (``tesla.adapters.torch.augment.DSA``), or None.
         learned_labels: labels are logits to learn; ``data_grad`` returns their gradient.
+        offload: keep the N pass-1 weight vectors in (pinned) host memory instead of on
+            the device, so device memory does not grow with the number of steps.
     """
 
     def __init__(self, view: FlatView, images: torch.Tensor, labels: torch.Tensor, *, augment: Any = None,
-                 learned_labels: bool = False) -> None:
+                 learned_labels: bool = False, offload: bool = False) -> None:
         self.view = view
         self.images = images.detach()
         self.labels = labels.detach()
@@ -51,6 +53,7 @@ class TorchCompute:
         self.learned_labels = learned_labels
         if learned_labels and not (labels.dim() == 2 and labels.is_floating_point()):
             raise ValueError("learned labels must be (N, K) float logits")
+        self.offload = offload
         self._aug_params: dict[tuple[int, int], Any] = {}
         self._images_grad = torch.zeros_like(self.images)
         self._labels_grad = torch.zeros_like(self.labels) if learned_labels else None
@@ -77,11 +80,21 @@ class TorchCompute:
         logits = self.view(w, self._augmented(x, step))
         return F.cross_entropy(logits, self._targets(y))
 
+    def keep(self, w: torch.Tensor) -> torch.Tensor:
+        """Store a pass-1 weight vector: a host copy with ``offload`` (device memory flat in N)."""
+        if not self.offload or w.device.type == "cpu":
+            return w
+        host = torch.empty(w.shape, dtype=w.dtype, pin_memory=torch.cuda.is_available())
+        return host.copy_(w, non_blocking=True)
+
+    def _on_device(self, w: torch.Tensor) -> torch.Tensor:
+        return w.detach().to(self.images.device, non_blocking=True)
+
     # -- the port ------------------------------------------------------------------
     def grad(self, w: torch.Tensor, step: Step) -> torch.Tensor:
         idx = self._index(step)
         with torch.enable_grad():
-            w_ = w.detach().requires_grad_(True)
+            w_ = self._on_device(w).requires_grad_(True)
             loss = self._loss(w_, self.images[idx], self.labels[idx], step)
             (g,) = torch.autograd.grad(loss, w_)
         return g
@@ -89,7 +102,7 @@ class TorchCompute:
     def vjp(self, w: torch.Tensor, step: Step, v: torch.Tensor, *, wrt_weights: bool) -> VJP:
         idx = self._index(step)
         with torch.enable_grad():
-            w_ = w.detach().requires_grad_(True)
+            w_ = self._on_device(w).requires_grad_(True)
             x = self.images[idx].requires_grad_(True)
             y = self.labels[idx]
             if self.learned_labels:
@@ -103,7 +116,7 @@ class TorchCompute:
         dy = grads[1] if self.learned_labels else None
         hvp = grads[-1] if wrt_weights else None
         if hvp is None and wrt_weights:
-            hvp = torch.zeros_like(w)
+            hvp = torch.zeros_like(w_)
         return VJP(data=(idx, dx, dy), hvp=hvp, dot=float(s.detach()))
 
     def dot(self, a: torch.Tensor, b: torch.Tensor) -> float:

@@ -49,6 +49,8 @@ def distill(
     precision: Optional[str] = typer.Option(None, help="Forward passes in fp32 | tf32 | bf16 (see `tesla bench speed`)."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
                                                  help="NHWC memory format for the convolutions."),
+    offload_weights: Optional[bool] = typer.Option(None, "--offload-weights/--no-offload-weights",
+                                                   help="Keep pass-1 student weights in host memory (CUDA)."),
     store_format: str = typer.Option("zarr", "--format", help="Synthetic store format: zarr | h5."),
     eval_every: int = typer.Option(0, help="Evaluate the set every k iterations (0: never during the run)."),
     eval_models: int = typer.Option(2, help="Networks per evaluation during the run."),
@@ -86,7 +88,7 @@ def distill(
             batch_syn=batch_syn, iterations=iterations, lr_img=lr_img, lr_lr=lr_lr, lr_init=lr_init, engine=engine,
             labels=labels, label_epoch=label_epoch, init=init, dsa=dsa, seed=seed,
             checkpoint_every=checkpoint_every, max_grad_norm=max_grad_norm, second_pass_chunk=second_pass_chunk,
-            precision=precision, channels_last=channels_last))
+            precision=precision, channels_last=channels_last, offload_weights=offload_weights))
         request = DistillRequest(trajectories=trajectories, out=out, cfg=cfg, dataset=dataset, data=data,
                                  set_name=SET_NAMES[store_format], device=device, resume=resume,
                                  eval_every=eval_every, eval_models=eval_models, eval_epochs=eval_epochs,

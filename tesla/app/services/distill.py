@@ -95,13 +95,14 @@ def check_inputs(cfg: DistillConfig, model_cfg: ModelConfig, data: Any, trajecto
 
 def default_compute(cfg: DistillConfig) -> Callable:
     """The plain compute, or the batched one when a chunked pass 2 or another precision is asked."""
-    if cfg.second_pass_chunk > 1 or cfg.precision != "fp32" or cfg.channels_last:
-        import functools
+    import functools
 
+    if cfg.second_pass_chunk > 1 or cfg.precision != "fp32" or cfg.channels_last:
         from tesla.adapters.torch.batched import BatchedTorchCompute
 
-        return functools.partial(BatchedTorchCompute, precision=cfg.precision, channels_last=cfg.channels_last)
-    return TorchCompute
+        return functools.partial(BatchedTorchCompute, precision=cfg.precision, channels_last=cfg.channels_last,
+                                 offload=cfg.offload_weights)
+    return functools.partial(TorchCompute, offload=cfg.offload_weights)
 
 
 def check_resumable(cfg: DistillConfig, checkpoint_attrs: dict) -> None:

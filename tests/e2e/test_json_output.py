@@ -45,3 +45,10 @@ def test_data_prepare_json(tmp_path):
     objs = _objects(r.output)
     assert any(o.get("type") == "progress" for o in objs)
     assert objs[-1]["complete"] is True and objs[-1]["dest"].endswith("p.zarr")
+    info = runner.invoke(app, ["info", str(tmp_path / "p.zarr"), "--json"], catch_exceptions=False)
+    assert info.exit_code == 0, info.output
+    d = json.loads(info.output)
+    assert d["kind"] == "prepared" and d["num_classes"] == 3 and d["num_train"] == 12 and d["num_test"] == 6
+    assert d["image_shape"] == [3, 8, 8] and d["per_class_min"] == d["per_class_max"] == 4
+    text = runner.invoke(app, ["info", str(tmp_path / "p.zarr")], catch_exceptions=False)
+    assert text.exit_code == 0 and "prepared real images" in text.output

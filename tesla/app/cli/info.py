@@ -87,12 +87,13 @@ def info(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
-    """Say what a store holds: experts, model, dataset and size, or a synthetic set and its provenance."""
+    """Say what a store holds: experts, model, dataset and size; a synthetic set and its provenance;
+    or prepared real images (classes, counts, statistics)."""
     from tesla.adapters.stores import StoreError, describe_store
 
     options = storage_options(storage_option)
     try:
-        summary = describe_store(store, options)
+        summary = _describe_prepared(store, options) or describe_store(store, options)
     except (StoreError, OSError, ValueError) as exc:
         fail(str(exc) or type(exc).__name__)
     if as_json:
@@ -101,8 +102,44 @@ def info(
     console = Console(soft_wrap=True)
     if summary["kind"] == "trajectories":
         _print_trajectories(console, summary)
+    elif summary["kind"] == "prepared":
+        _print_prepared(console, summary)
     else:
         _print_synthetic(console, summary)
+
+
+def _describe_prepared(url: str, options: Optional[dict]) -> Optional[dict]:
+    """A summary of a prepared real-data store (``tesla data prepare``), or None for other stores."""
+    from tesla.adapters.stores.backend import open_backend
+
+    b = open_backend(url, "r", options)
+    try:
+        attrs_ = b.attrs("")
+        if attrs_.get("format") != "tesla-prepared":
+            return None
+        size = b.size_bytes()
+    finally:
+        b.close()
+    from tesla.adapters.data.prepared import open_prepared
+
+    with open_prepared(url, storage_options=options) as data:
+        counts = [len(ix) for ix in data.class_indices()]
+        return {"kind": "prepared", "url": url, "format_version": attrs_.get("format_version"),
+                "num_classes": data.num_classes, "image_shape": list(data.image_shape), "num_train": data.num_train,
+                "num_test": data.num_test, "per_class_min": min(counts), "per_class_max": max(counts),
+                "mean": attrs_.get("mean"), "std": attrs_.get("std"), "source": attrs_.get("source"),
+                "size_bytes": size}
+
+
+def _print_prepared(console: Console, d: dict) -> None:
+    console.print(f"[bold]{d['url']}[/]: prepared real images (format version {d['format_version']})")
+    console.print(f"  images   {d['num_train']:,} train / {d['num_test']:,} test, {d['num_classes']} classes "
+                  f"({d['per_class_min']}-{d['per_class_max']} per class), shape {tuple(d['image_shape'])}")
+    mean = ", ".join(f"{v:.3f}" for v in d["mean"] or [])
+    std = ", ".join(f"{v:.3f}" for v in d["std"] or [])
+    console.print(f"  mean     ({mean})   std ({std})")
+    console.print(f"  source   {d['source']}")
+    console.print(f"  size     {_size(d['size_bytes'])}")
 
 
 def register(app: typer.Typer) -> None:

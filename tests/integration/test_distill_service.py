@@ -219,3 +219,28 @@ def test_experts_in_groups_equal_experts_one_by_one(tmp_path, data):
     assert grouped.expert_ids() == [0, 1, 2]
     for e in range(3):
         assert np.allclose(one.load_trajectory(e), grouped.load_trajectory(e), rtol=1e-5, atol=1e-6)
+
+
+def test_resuming_a_finished_teacher_run_keeps_its_soft_labels(tmp_path, data, experts_store):
+    """A run that dies after its last checkpoint but before writing the set: --resume writes
+    the set with the soft labels of the teacher the checkpoint recorded."""
+    cfg = _cfg(labels="teacher-target", iterations=4, checkpoint_every=2)
+    whole = _run(data, experts_store, tmp_path / "a.zarr", cfg)
+
+    class Died(Exception):
+        pass
+
+    def die(*args, **kwargs):
+        raise Died
+
+    dying = open_synthetic_store(str(tmp_path / "b.zarr"), "a")
+    dying.write_set = die  # the process dies right where the set would be written
+    with pytest.raises(Died):
+        distill(cfg=cfg, model_cfg=MODEL, data=data, trajectories=open_trajectory_store(experts_store), store=dying)
+    assert not open_synthetic_store(str(tmp_path / "b.zarr")).has_set()
+    again = _run(data, experts_store, tmp_path / "b.zarr", cfg, resume=True)
+    a = open_synthetic_store(str(tmp_path / "a.zarr")).read_set()
+    b = open_synthetic_store(str(tmp_path / "b.zarr")).read_set()
+    assert again.iterations == whole.iterations == 4
+    assert b.attrs["label_source"] == a.attrs["label_source"] and b.soft_labels is not None
+    assert np.array_equal(a.soft_labels, b.soft_labels) and np.array_equal(a.images, b.images)

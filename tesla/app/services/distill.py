@@ -26,8 +26,10 @@ import attrs
 import numpy as np
 import torch
 
+from tesla.adapters.torch.augment import DSA
 from tesla.adapters.torch.compute import TorchCompute
 from tesla.adapters.torch.functional import FlatView
+from tesla.adapters.torch.memory import memory_sample
 from tesla.adapters.torch.models import build_model
 from tesla.adapters.torch.synthetic import SyntheticState, soft_labels
 from tesla.domain import events, matching, sampling
@@ -166,8 +168,6 @@ def distill(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Any, trajectori
     view = FlatView(model)
     expert_ids = check_inputs(cfg, model_cfg, data, trajectories, view)
     learned = cfg.labels == "learned"
-    from tesla.adapters.torch.augment import DSA
-
     augment = DSA() if cfg.dsa else None
     rng = random.Random(cfg.seed)
     first = 0
@@ -189,9 +189,10 @@ def distill(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Any, trajectori
         sink.emit(events.Warning(message=f"resumed from the checkpoint at iteration {first}", iteration=first))
 
     label_source: dict = {"kind": "hard" if not learned else "learned", "expert": None, "epoch": None}
+    if checkpoint is not None:
+        label_source = dict(checkpoint[2].get("label_source") or label_source)
     last_soft: Optional[torch.Tensor] = None
     loss: Optional[float] = None
-    from tesla.adapters.torch.memory import memory_sample
 
     def write_checkpoint(done: int) -> None:
         if not is_writer:
@@ -285,6 +286,12 @@ def distill(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Any, trajectori
 
     write_checkpoint(it)
     if status == "completed" and is_writer:
+        if label_source.get("kind") == "teacher":
+            # the stored labels are the last teacher's softmax on the *final* images (the ones
+            # stored beside them), made from the recorded teacher, so a run resumed after its
+            # last checkpoint stores exactly what an uninterrupted one does
+            teacher = torch.as_tensor(trajectories.load(label_source["expert"], label_source["epoch"]), device=device)
+            last_soft = soft_labels(view, teacher, state.images, cfg.soft_label_chunk)
         arrays = {"images": state.images.detach().cpu().numpy(), "lr": np.asarray(state.lr_value)}
         arrays.update(state.labels_for_store(last_soft))
         attrs_ = {"iteration": it, "distill": to_dict(cfg), "model": to_dict(model_cfg),

@@ -269,7 +269,6 @@ def distill(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Any, trajectori
         loss = out.loss
         if plan.kind == "teacher":
             label_source = plan.provenance()
-            last_soft = labels
             state.soft = labels
         it += 1
         ran += 1

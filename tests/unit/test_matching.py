@@ -5,7 +5,6 @@ import random
 import pytest
 
 from tesla.domain import matching, sampling
-from tesla.domain.ports import Step
 from tests.unit.fakes import QuadraticCompute, V
 
 

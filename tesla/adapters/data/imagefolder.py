@@ -106,7 +106,20 @@ def is_imagefolder(root: str | Path) -> bool:
     return train.is_dir() and any(d.is_dir() for d in train.iterdir())
 
 
-class ImageFolderSource:
+class _FileSource:
+    """What both folder layouts share once they have ``root``, ``train``, ``test`` and
+    ``class_names``: a fingerprint of the files (so a resumed prepare knows its source)."""
+
+    def fingerprint(self) -> str:
+        parts = [self.train.fingerprint(self.root), self.test.fingerprint(self.root) if self.test else None,
+                 self.class_names]
+        return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+    def close(self) -> None:
+        return None
+
+
+class ImageFolderSource(_FileSource):
     """``root/train/<class>/*`` (+ ``root/val`` or ``root/test``) as train and test splits.
 
     Attributes:
@@ -148,13 +161,6 @@ class ImageFolderSource:
         items = make_dataset(str(test_dir), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
         return FileSplit([p for p, _ in items], [y for _, y in items], self.image_size)
 
-    def fingerprint(self) -> str:
-        parts = [self.train.fingerprint(self.root), self.test.fingerprint(self.root) if self.test else None,
-                 self.class_names]
-        return hashlib.sha256(repr(parts).encode()).hexdigest()
-
-    def close(self) -> None:
-        return None
 
 
 # --- Tiny-ImageNet --------------------------------------------------------------------
@@ -175,7 +181,7 @@ def read_words(path: Path) -> dict[str, str]:
     return names
 
 
-class TinyImageNetSource:
+class TinyImageNetSource(_FileSource):
     """Tiny-ImageNet-200's layout as train and test (= val) splits.
 
     Attributes:
@@ -224,10 +230,3 @@ class TinyImageNetSource:
         img_dir = self.root / "val" / "images"
         return FileSplit([img_dir / name for name, _ in rows], [y for _, y in rows], self.image_size)
 
-    def fingerprint(self) -> str:
-        parts = [self.train.fingerprint(self.root), self.test.fingerprint(self.root) if self.test else None,
-                 self.class_names]
-        return hashlib.sha256(repr(parts).encode()).hexdigest()
-
-    def close(self) -> None:
-        return None

@@ -72,3 +72,39 @@ def test_bench_rejects_bad_options(tmp_path):
     assert bad_engine.exit_code == 2 and "fast" in bad_engine.output
     bad_precision = runner.invoke(app, ["bench", "speed", "--precision", "fp8", "--out", str(tmp_path), *TINY])
     assert bad_precision.exit_code == 2 and "precision" in bad_precision.output
+
+
+def test_bench_speed_out_of_memory_is_a_row(tmp_path):
+    # unrolled at 10 steps saves ~0.8 GiB for backward at this size, tesla ~0.1 GiB: under a
+    # 0.45 GiB limit unrolled must become an OOM row, not the end of the run. (It runs last:
+    # the heap glibc keeps after the failed iteration can count against the limit for a while.)
+    out = tmp_path / "speed-oom"
+    result = CliRunner().invoke(app, ["bench", "speed", "--steps", "10", "--engines", "tesla,exact,unrolled",
+                                      "--repeats", "1", "--warmup", "0", "--no-dsa", "--max-memory-gb", "0.45",
+                                      "--model-width", "16", "--device", "cpu", "--threads", "1",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "OOM" in result.output
+    status = {r["engine"]: r["status"] for r in _rows(out / "speed.csv")}
+    assert status == {"tesla": "ok", "unrolled": "OOM", "exact": "ok"}
+
+
+def test_host_memory_limit_refuses_past_it_and_is_lifted_after():
+    import resource
+
+    import pytest
+    import torch
+
+    from tesla.app.services.bench import _is_oom, host_memory_limit
+
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    with host_memory_limit(0.05):
+        with pytest.raises(BaseException) as info:
+            torch.empty(512 * 2**20, dtype=torch.uint8).fill_(1)
+        assert _is_oom(info.value)
+    assert resource.getrlimit(resource.RLIMIT_AS) == before
+    assert int(torch.empty(512 * 2**20, dtype=torch.uint8).fill_(1)[-1]) == 1
+    with pytest.raises(Exception, match="max_memory_gb"):
+        from tesla.app.services.bench import BenchSettings, speed_bench
+
+        speed_bench(BenchSettings(), max_memory_gb=0)

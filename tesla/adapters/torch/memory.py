@@ -67,6 +67,22 @@ def host_rss() -> int:
         return peak_rss()
 
 
+def release_host_memory() -> bool:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``); False where unavailable.
+
+    glibc keeps the top of a heap that tensors freed; after a failed (out-of-memory)
+    iteration that is gigabytes still mapped, which would count against an address-space
+    limit and make the next, smaller iteration fail too.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+        return False
+
+
 def _cuda_device(device: DeviceLike) -> Optional[torch.device]:
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if dev.type != "cuda" or not torch.cuda.is_available():

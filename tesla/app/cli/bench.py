@@ -204,6 +204,9 @@ def speed(
     chunk: int = typer.Option(10, help="Pass-2 chunk of the tesla-batched row."),
     seed: int = typer.Option(0, help="Seeds the network, images and steps."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
+    max_memory_gb: Optional[float] = typer.Option(
+        None, "--max-memory-gb",
+        help="CPU: GiB the iterations may map (RLIMIT_AS; default 90% of available); more is an OOM row."),
     out: Path = typer.Option(Path("bench"), "--out", help="Folder for speed.csv."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
     json_mode: bool = typer.Option(False, "--json", help="Events as JSON lines, then the result as one JSON object."),
@@ -218,7 +221,8 @@ def speed(
         try:
             result = run_job(lambda sink, cancel: speed_bench(
                 s, steps=ns, engines=es, repeats=repeats, warmup=warmup, precisions=ps,
-                channels_last=channels_last, sink=sink, cancel=cancel), run_dir=None, quiet=quiet,
+                channels_last=channels_last, max_memory_gb=max_memory_gb, sink=sink, cancel=cancel),
+                run_dir=None, quiet=quiet,
                 json_mode=json_mode)
         except BenchError as e:
             fail(str(e))

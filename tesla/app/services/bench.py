@@ -26,6 +26,10 @@ settings.
     the engines it times ``tesla-batched`` (:class:`BatchedTorchCompute` with the
     second pass in chunks of k) and, when asked, TF32 / bf16 / channels-last variants,
     each with the relative error of its image gradient against the same engine in fp32.
+    On a CPU the rounds run under an address-space limit (:func:`host_memory_limit`, by
+    default 90% of the available memory): an engine that would exhaust the host, as
+    ``unrolled`` does at the paper's ConvNet and 50 steps on a 24 GiB machine, becomes an
+    ``OOM`` row instead of a run the kernel's OOM killer ends with nothing written.
 
 Both publish ``RunStarted``, ``Progress`` (one per point), ``Warning`` (per OOM) and
 ``RunFinished`` events; the CLI renders the returned rows and writes CSV and PNG.
@@ -33,6 +37,7 @@ Both publish ``RunStarted``, ``Progress`` (one per point), ``Warning`` (per OOM)
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -42,7 +47,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import attrs
 import torch
@@ -296,6 +301,45 @@ def _limit_address_space(extra_gb: float) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
+def available_memory_gb() -> Optional[float]:
+    """The host's available memory in GiB (``MemAvailable`` of /proc/meminfo), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 / 2**30
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+@contextlib.contextmanager
+def host_memory_limit(extra_gb: Optional[float]) -> Iterator[None]:
+    """While inside, this process may map at most ``extra_gb`` GiB more than on entry.
+
+    An allocation past the limit then fails with a catchable error (an ``OOM`` row) instead
+    of the kernel's OOM killer ending the whole run and every row timed so far. The soft
+    limit is restored on exit. None, or a platform without ``resource``, limits nothing.
+    """
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        resource = None
+    size = _virtual_size()
+    if extra_gb is None or resource is None or size == 0:
+        yield
+        return
+    old = resource.getrlimit(resource.RLIMIT_AS)
+    limit = size + int(extra_gb * 2**30)
+    if old[1] != resource.RLIM_INFINITY:
+        limit = min(limit, old[1])
+    resource.setrlimit(resource.RLIMIT_AS, (limit, old[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, old)
+
+
 def _point_main(argv: Sequence[str]) -> int:
     """Child entry: ``_point <settings json> <engine> <steps> [max_rss_gb]``; prints one JSON line."""
     s = BenchSettings.from_json(argv[0])
@@ -493,7 +537,8 @@ class SpeedResult:
 
 def speed_bench(s: BenchSettings, *, steps: Sequence[int] = (50,), engines: Sequence[str] = BENCH_ENGINES,
                 repeats: int = 5, warmup: int = 1, precisions: Sequence[str] = ("fp32",),
-                channels_last: bool = False, sink: EventSink | None = None, cancel: Any = None,
+                channels_last: bool = False, max_memory_gb: Optional[float] = None,
+                sink: EventSink | None = None, cancel: Any = None,
                 clock: Callable[[], float] = time.perf_counter) -> SpeedResult:
     """Seconds per iteration, interleaved (A B C A B C ...); see the module docstring.
 
@@ -501,6 +546,11 @@ def speed_bench(s: BenchSettings, *, steps: Sequence[int] = (50,), engines: Sequ
         precisions: from ``fp32``, ``tf32``, ``bf16``; every engine runs in each.
         channels_last: also run every (engine, precision) with channels-last images.
         repeats, warmup: timed and untimed rounds (every configuration once per round).
+        max_memory_gb: CPU: GiB the timed iterations may map beyond the built problem
+            (:func:`host_memory_limit`); default 90% of the host's available memory, so an
+            engine that would exhaust it (``unrolled`` at many steps) is an ``OOM`` row
+            rather than the OOM killer ending the run. Ignored on CUDA (its OOM is an error
+            torch raises).
     """
     from tesla.adapters.torch.batched import check_precision
 
@@ -529,6 +579,41 @@ def speed_bench(s: BenchSettings, *, steps: Sequence[int] = (50,), engines: Sequ
     times: dict = {c: [] for c in configs}
     grads: dict = {}
     failed: set = set()
+    limit = None
+    if device.type == "cpu":
+        if max_memory_gb is not None and not max_memory_gb > 0:
+            raise BenchError(f"max_memory_gb must be > 0 (got {max_memory_gb})")
+        available = available_memory_gb()
+        limit = max_memory_gb if max_memory_gb is not None else (0.9 * available if available else None)
+    with host_memory_limit(limit):
+        status = _timed_rounds(p, s, configs, warmup, repeats, times, grads, failed, device, sink, cancel, clock,
+                               total)
+    rows = []
+    for c in configs:
+        engine, pr, cl, n = c
+        med = statistics.median(times[c]) if times[c] else None
+        ref_t = times.get(("unrolled", "fp32", False, n))
+        ratio = med / statistics.median(ref_t) if med is not None and ref_t else None
+        ref_engine = "tesla" if engine == "tesla-batched" else engine
+        ref_g = grads.get((ref_engine, "fp32", False, n))
+        err = None
+        if c in grads and ref_g is not None:
+            err = float((grads[c] - ref_g).norm() / ref_g.norm().clamp_min(1e-30))
+        rows.append(SpeedRow(engine=engine, precision=pr, channels_last=cl, steps=n,
+                             status=OOM if c in failed else "ok", median=med, times=tuple(times[c]),
+                             ratio=ratio, grad_error=err))
+    sink.emit(events.RunFinished(status=status, summary={"speed": [
+        {"engine": r.label, "steps": r.steps, "median_s": r.median, "ratio_to_unrolled": r.ratio,
+         "grad_error": r.grad_error} for r in rows]}))
+    return SpeedResult(settings=s, rows=tuple(rows), repeats=repeats, warmup=warmup)
+
+
+def _timed_rounds(p: Problem, s: BenchSettings, configs: list, warmup: int, repeats: int, times: dict,
+                  grads: dict, failed: set, device: torch.device, sink: EventSink, cancel: Any,
+                  clock: Callable[[], float], total: int) -> str:
+    """Run every configuration once per round; fills ``times``, ``grads`` and ``failed``."""
+    from tesla.adapters.torch.memory import release_host_memory
+
     done = 0
     status = "completed"
     for r in range(warmup + repeats):
@@ -550,8 +635,12 @@ def speed_bench(s: BenchSettings, *, steps: Sequence[int] = (50,), engines: Sequ
                 if not _is_oom(e):
                     raise
                 failed.add(c)
+            if c in failed:
+                # outside the handler: its traceback no longer holds the failed iteration's tensors
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
+                else:
+                    release_host_memory()
                 sink.emit(events.Warning(message=f"{engine} ({pr}) ran out of memory at {n} steps"))
                 continue
             if r >= warmup:
@@ -562,24 +651,7 @@ def speed_bench(s: BenchSettings, *, steps: Sequence[int] = (50,), engines: Sequ
             sink.emit(events.Progress(label="bench speed", done=done, total=total))
         if status == "cancelled":
             break
-    rows = []
-    for c in configs:
-        engine, pr, cl, n = c
-        med = statistics.median(times[c]) if times[c] else None
-        ref_t = times.get(("unrolled", "fp32", False, n))
-        ratio = med / statistics.median(ref_t) if med is not None and ref_t else None
-        ref_engine = "tesla" if engine == "tesla-batched" else engine
-        ref_g = grads.get((ref_engine, "fp32", False, n))
-        err = None
-        if c in grads and ref_g is not None:
-            err = float((grads[c] - ref_g).norm() / ref_g.norm().clamp_min(1e-30))
-        rows.append(SpeedRow(engine=engine, precision=pr, channels_last=cl, steps=n,
-                             status=OOM if c in failed else "ok", median=med, times=tuple(times[c]),
-                             ratio=ratio, grad_error=err))
-    sink.emit(events.RunFinished(status=status, summary={"speed": [
-        {"engine": r.label, "steps": r.steps, "median_s": r.median, "ratio_to_unrolled": r.ratio,
-         "grad_error": r.grad_error} for r in rows]}))
-    return SpeedResult(settings=s, rows=tuple(rows), repeats=repeats, warmup=warmup)
+    return status
 
 
 def write_speed_csv(result: SpeedResult, path: Path) -> Path:

@@ -438,9 +438,9 @@ class PreparedWriter:
             "plan": self.plan,
         }
         self.dest.update_attrs("", info)
-        self.dest.flush()
+        self.dest.sync()  # every chunk durable before the marker that vouches for them
         self.dest.update_attrs("", {"complete": True})
-        self.dest.flush()
+        self.dest.sync()
         self.work.close()
         self.work = None
         remove_store(self.work_url, self._work_options)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import math
+import os
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -66,6 +67,20 @@ def as_numpy(x: Any, dtype: Any = None) -> np.ndarray:
         x = x.detach().cpu().numpy()
     arr = np.asarray(x)
     return arr.astype(dtype, copy=False) if dtype is not None else arr
+
+
+def fsync_path(path: str) -> None:
+    """fsync a file or a folder (folders: where the platform allows opening them)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (IsADirectoryError, PermissionError):  # a folder on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
 
 
 class Backend(abc.ABC):
@@ -126,6 +141,15 @@ class Backend(abc.ABC):
 
     def flush(self) -> None:
         """Push buffered writes to storage (HDF5); a no-op where writes are immediate."""
+
+    def sync(self, path: str = "") -> None:
+        """Make what was written under ``path`` durable (``fsync``), not just handed to the OS.
+
+        Called before and after a completion marker, so a power loss cannot leave a marker
+        that vouches for data still in the page cache. Flushes where there is nothing
+        local to sync (object stores, whose writes are durable when they return).
+        """
+        self.flush()
 
     def close(self) -> None:
         """Release the file or connection."""

@@ -162,6 +162,17 @@ class H5Backend(Backend):
             with self._guard():
                 self.file.flush()
 
+    def sync(self, path: str = "") -> None:
+        """Flush, then ``fsync`` the whole file (HDF5 keeps one file for every group)."""
+        if self.read_only:
+            return
+        self.flush()
+        fd = os.open(self.url, os.O_RDONLY)  # fsync reaches the inode's pages through any descriptor
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.file.close()

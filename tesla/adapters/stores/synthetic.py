@@ -44,7 +44,7 @@ import numpy as np
 
 from attrs import field, frozen
 
-from .backend import Backend, as_numpy, copy_tree, is_hdf5_url, open_backend, plain, plain_attrs
+from .backend import Backend, as_numpy, copy_tree, fsync_path, is_hdf5_url, open_backend, plain, plain_attrs
 from .errors import StoreError
 
 FORMAT = "tesla-synthetic"
@@ -159,9 +159,9 @@ def _write_group(b: Backend, path: str, arrays: Mapping[str, np.ndarray], attrs_
                 scalars[k] = plain(v, f"normalizer.{k}")
         b.update_attrs(npath, scalars)
     b.update_attrs(path, {**attrs_, "crc32": crcs})
-    b.flush()
+    b.sync(path)  # the arrays are on disk before the marker that vouches for them
     b.update_attrs(path, {"complete": True})
-    b.flush()
+    b.sync(path)
 
 
 def _complete(b: Backend, container: str) -> list[int]:
@@ -298,6 +298,7 @@ class SyntheticStore:
                 old.close()
                 old = None
             os.replace(tmp, self.url)
+            fsync_path(folder)  # and the new name is on disk too
         except BaseException:
             if os.path.exists(tmp):
                 os.remove(tmp)

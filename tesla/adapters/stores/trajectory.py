@@ -172,9 +172,9 @@ class ExpertWriter:
             raise StoreError(f"expert {self.expert_id}: snapshots {missing} were not written; cannot finish it")
         b = self.store.backend
         b.update_attrs(self.path, {"test_accuracy": self._acc, "crc32": self._crc})
-        b.flush()
+        b.sync(self.path)  # the snapshots are on disk before the marker that vouches for them
         b.update_attrs(self.path, {"complete": True})
-        b.flush()
+        b.sync(self.path)
         self.finished = True
         return self.expert_id
 

@@ -20,7 +20,7 @@ import zarr
 from zarr.errors import ContainsGroupError
 from zarr.storage import FsspecStore, LocalStore
 
-from .backend import Backend, plain_attrs
+from .backend import Backend, fsync_path, plain_attrs
 from .errors import StoreError
 
 # LocalStore writes each object as "<name>.partial" and renames it, and a new group's
@@ -73,6 +73,26 @@ class ZarrBackend(Backend):
                 self.root = zarr.open_group(store=store, mode="a")
         except Exception as exc:  # GroupNotFoundError, FileNotFoundError, bad JSON ...
             raise StoreError(f"{self.url}: no readable Zarr store here ({type(exc).__name__}: {exc})") from exc
+
+    def sync(self, path: str = "") -> None:
+        """``fsync`` every file and folder of the group at ``path`` and the folders above it.
+
+        A local store only (the objects of a remote one are durable when written). The
+        folders are synced too: a renamed chunk is durable only once its folder is.
+        """
+        if self.read_only or self.local_root is None:
+            return
+        top = os.path.join(self.local_root, *[p for p in path.split("/") if p])
+        if not os.path.exists(top):
+            return
+        for folder, _, files in os.walk(top, topdown=False):
+            for name in files:
+                fsync_path(os.path.join(folder, name))
+            fsync_path(folder)
+        parent = top
+        while os.path.abspath(parent) != os.path.abspath(self.local_root):
+            parent = os.path.dirname(parent)
+            fsync_path(parent)
 
     def _node(self, path: str) -> Any:
         if path in ("", "/"):

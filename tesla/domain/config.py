@@ -197,6 +197,9 @@ class DistillConfig:
         soft_label_chunk: images per teacher forward when making soft labels.
         min_lr: the learned lr is clamped to at least this (kept positive).
         max_grad_norm: None, or clip the image gradient to this norm.
+        max_loss: stop the run (keeping its last checkpoint) when the matching loss goes
+            above this: it is normalised to start near 1, so a loss in the thousands is a
+            run that diverged without (yet) reaching NaN. ``inf`` never stops.
         second_pass_chunk: ``tesla`` engine: pass-2 steps computed together (batched,
             memory bounded by the chunk, not the steps); 1 = one at a time.
         precision: forward passes in ``fp32`` (default), ``tf32`` (CUDA matmuls) or ``bf16``
@@ -227,6 +230,7 @@ class DistillConfig:
     soft_label_chunk: int = attrs.field(default=1000, validator=_int_at_least(1))
     min_lr: float = attrs.field(default=1e-6, validator=_positive)
     max_grad_norm: Optional[float] = attrs.field(default=None, validator=_positive)
+    max_loss: float = attrs.field(default=1000.0, validator=_positive)
     second_pass_chunk: int = attrs.field(default=1, validator=_int_at_least(1))
     precision: str = attrs.field(default="fp32", validator=_one_of("fp32", "tf32", "bf16"))
     channels_last: bool = False

@@ -101,3 +101,30 @@ def test_nan_images_from_the_data_are_named_and_not_checkpointed(traj, tmp_path)
     msg, store = _run_with_nan_data(traj, tmp_path)
     assert "images" in msg.split("became")[0]
     assert store.checkpoints() == []
+
+
+def test_a_finite_loss_above_max_loss_stops_the_run_and_keeps_the_last_checkpoint(traj, tmp_path):
+    # a healthy run first: its losses tell where to put the limit so that iteration 1 is fine
+    out = tmp_path / "run"
+    assert invoke(distill_args(traj, out, "--iterations", "2", "--checkpoint-every", "1")).exit_code == 0
+    losses = [e["loss"] for e in _events(out) if e["type"] == "iteration"]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    # the same run with a limit under iteration 1's loss stops there and writes no set
+    low = tmp_path / "low"
+    res = invoke(distill_args(traj, low, "--iterations", "2", "--max-loss", f"{losses[0] * 0.5}"))
+    assert res.exit_code == 3, res.output
+    line = " ".join(res.output.split())
+    assert "above max_loss" in line and "at iteration 1" in line and "--max-loss" in line and "--resume" in line
+    assert [e["status"] for e in _events(low) if e["type"] == "run_finished"] == ["failed"]
+    with open_synthetic_store(str(low / "synthetic.zarr"), "r") as s:
+        assert not s.has_set()
+    # raising the limit on resume is allowed (a usual fix), and the run then completes
+    res = invoke(distill_args(traj, low, "--iterations", "2", "--max-loss", "inf", "--resume"))
+    assert res.exit_code == 0, res.output
+    with open_synthetic_store(str(low / "synthetic.zarr"), "r") as s:
+        assert s.has_set()
+
+
+def test_max_loss_must_be_positive(traj, tmp_path):
+    res = invoke(distill_args(traj, tmp_path / "run", "--max-loss", "0"))
+    assert res.exit_code == 2 and "max_loss" in res.output

@@ -44,6 +44,8 @@ def distill(
     seed: Optional[int] = typer.Option(None, help="Seeds every random choice of the run."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Iterations between checkpoints."),
     max_grad_norm: Optional[float] = typer.Option(None, help="Clip the image gradient to this norm."),
+    max_loss: Optional[float] = typer.Option(None, help="Stop, keeping the last checkpoint, when the matching "
+                                             "loss (about 1 at the start) exceeds this [1000; inf: never]."),
     second_pass_chunk: Optional[int] = typer.Option(None, help="tesla engine: pass-2 steps computed together "
                                                     "(memory bounded by this, not by the steps)."),
     precision: Optional[str] = typer.Option(None, help="Forward passes in fp32 | tf32 | bf16 (see `tesla bench speed`)."),
@@ -87,7 +89,7 @@ def distill(
             ipc=ipc, syn_steps=syn_steps, expert_epochs=expert_epochs, max_start_epoch=max_start_epoch,
             batch_syn=batch_syn, iterations=iterations, lr_img=lr_img, lr_lr=lr_lr, lr_init=lr_init, engine=engine,
             labels=labels, label_epoch=label_epoch, init=init, dsa=dsa, seed=seed,
-            checkpoint_every=checkpoint_every, max_grad_norm=max_grad_norm, second_pass_chunk=second_pass_chunk,
+            checkpoint_every=checkpoint_every, max_grad_norm=max_grad_norm, max_loss=max_loss, second_pass_chunk=second_pass_chunk,
             precision=precision, channels_last=channels_last, offload_weights=offload_weights))
         request = DistillRequest(trajectories=trajectories, out=out, cfg=cfg, dataset=dataset, data=data,
                                  set_name=SET_NAMES[store_format], device=device, resume=resume,

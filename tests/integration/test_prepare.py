@@ -232,3 +232,44 @@ def test_cli_prepare(release, tmp_path):
     assert len([line for line in r.output.splitlines() if line.strip()]) == 1
     r = runner.invoke(app, ["data", "prepare", str(src), str(tmp_path / "y.zarr"), "--format", "tiny-imagenet"])
     assert r.exit_code == 2 and "Tiny-ImageNet" in r.output
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_an_altered_chunk_fails_its_checksum(release, tmp_path, suffix):
+    src, _ = release
+    dest = str(tmp_path / f"out{suffix}")
+    prepare(src, dest, **SMALL)
+    with open_prepared(dest) as p:
+        before = [x.clone() for x, _ in p.train_batches(16, seed=0)]
+    b = open_backend(dest, "a")  # alter chunk 1's pixels behind the store's back (bit rot, a bad copy)
+    rows = b.read("train/images", slice(16, 32))
+    b.write("train/images", slice(16, 32), 255 - rows)
+    b.close()
+    with open_prepared(dest) as p:
+        with pytest.raises(StoreError, match=r"train/images chunk 1 \(rows 16\.\.31\) fails its CRC-32"):
+            list(p.train_batches(16, seed=0))
+        with pytest.raises(StoreError, match="prepare it again"):
+            p.sample_class(int(p._labels("train", 16, 17)[0]), 40, seed=0)
+        last = p.num_classes - 1  # its rows lie in the last chunks, which are intact and still read
+        assert p.sample_class(last, 3, seed=0).shape == (3, 3, 64, 64)
+    # a store prepared before checksums existed (no chunk_crc32) reads unchecked, as before
+    b = open_backend(dest, "a")
+    b.write("train/images", slice(16, 32), rows)
+    b.delete("train/chunk_crc32")
+    b.delete("test/chunk_crc32")
+    b.close()
+    with open_prepared(dest) as p:
+        after = [x for x, _ in p.train_batches(16, seed=0)]
+    assert all(torch.equal(a, c) for a, c in zip(before, after)) and len(before) == len(after)
+
+
+def test_a_lost_zarr_chunk_is_an_error_not_zeros(release, tmp_path):
+    src, _ = release
+    dest = tmp_path / "out.zarr"
+    prepare(src, str(dest), **SMALL)
+    chunk_files = sorted(p for p in (dest / "train" / "images").rglob("*") if p.is_file() and p.name != "zarr.json")
+    assert len(chunk_files) >= 2
+    chunk_files[-1].unlink()  # a Zarr store reads a missing chunk as its fill value
+    with open_prepared(str(dest)) as p:
+        with pytest.raises(StoreError, match="fails its CRC-32 check"):
+            list(p.test_batches(8)) + list(p.train_batches(8, seed=1))

@@ -9,6 +9,8 @@ Zarr v3 (directory or fsspec URL) or HDF5 (``.h5``), by suffix, through the stor
     train/images         (N, 3, S, S) uint8, chunked along N (``chunk`` images a chunk)
     train/labels         (N,) int64, 0-based, sorted by class
     train/class_offsets  (K+1,) int64: class k is rows offsets[k]:offsets[k+1]
+    train/chunk_crc32    (ceil(N / chunk),) int64: CRC-32 of each images chunk's bytes,
+                         checked on every read (a lost or altered chunk is an error, not zeros)
     test/...             the same for the test split (possibly empty)
     attrs: format="tesla-prepared", format_version, name, source, source_format,
            num_classes, class_names, image_size, mean, std (per channel, [0, 1] space),
@@ -53,6 +55,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import zlib
 from typing import Any, Iterator, Optional, Protocol, Sequence
 
 import attrs
@@ -119,6 +122,11 @@ def remove_store(url: str, storage_options: Optional[dict] = None) -> None:
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+def chunk_crc(x: np.ndarray) -> int:
+    """CRC-32 of a uint8 images chunk's bytes (C order), as stored in ``chunk_crc32``."""
+    return zlib.crc32(np.ascontiguousarray(x, dtype=np.uint8).tobytes())
 
 
 def _native(backend: Backend, path: str) -> Any:
@@ -341,6 +349,9 @@ class PreparedWriter:
                                    data=labels)
             self.dest.create_array(f"{split}/class_offsets", p.offsets.shape, np.int64, chunks=p.offsets.shape,
                                    data=p.offsets)
+            nc = max(p.num_chunks, 1)
+            self.dest.create_array(f"{split}/chunk_crc32", (nc,), np.int64, chunks=(nc,),
+                                   data=np.full(nc, -1, np.int64))
         self.dest.flush()
         remove_store(self.work_url, self._work_options)
         self.work = open_backend(self.work_url, "a", self._work_options)
@@ -411,6 +422,7 @@ class PreparedWriter:
             out[lo - p0:hi - p0] = cache.read(int(p.seg_block[i]), r0, r0 + hi - lo)
             i += 1
         _native(self.dest, f"{split}/images")[p0:p1] = out
+        self.dest.write(f"{split}/chunk_crc32", j, np.int64(chunk_crc(out)))
 
     # -- finishing
 
@@ -509,6 +521,9 @@ class PreparedImages:
         self._images = {sp: _native(backend, f"{sp}/images") for sp in SPLITS}
         self._offsets = {sp: np.asarray(backend.read(f"{sp}/class_offsets"), np.int64) for sp in SPLITS}
         self._chunk = {sp: int((backend.chunks(f"{sp}/images") or (max(1, self._count(sp)),))[0]) for sp in SPLITS}
+        # stores prepared before checksums existed have none: they read unchecked
+        self._crc = {sp: (np.asarray(backend.read(f"{sp}/chunk_crc32"), np.int64)
+                          if backend.exists(f"{sp}/chunk_crc32") else None) for sp in SPLITS}
         self._indices: Optional[list] = None
 
     def __repr__(self) -> str:
@@ -531,9 +546,23 @@ class PreparedImages:
     def _labels(self, split: str, start: int, stop: int) -> np.ndarray:
         return np.searchsorted(self._offsets[split], np.arange(start, stop), side="right").astype(np.int64) - 1
 
+    def _chunk_rows(self, split: str, k: int) -> np.ndarray:
+        """Images chunk ``k`` of ``split``, whole, checked against its stored CRC-32."""
+        c, n = self._chunk[split], self._count(split)
+        lo, hi = k * c, min((k + 1) * c, n)
+        block = np.asarray(self._images[split][lo:hi])
+        crcs = self._crc[split]
+        if crcs is not None and k < len(crcs) and crcs[k] >= 0:
+            got = chunk_crc(block)
+            if got != int(crcs[k]):
+                raise StoreError(f"{self.url}: {split}/images chunk {k} (rows {lo}..{hi - 1}) fails its CRC-32 "
+                                 f"check (stored {int(crcs[k]):08x}, read {got:08x}): the store is damaged; "
+                                 "prepare it again with `tesla data prepare` into a new path")
+        return block
+
     def _read_sorted(self, split: str, idx: np.ndarray) -> np.ndarray:
         """Rows ``idx`` (sorted, unique) read chunk by chunk: each touched chunk once."""
-        arr, c = self._images[split], self._chunk[split]
+        c = self._chunk[split]
         out = np.empty((len(idx),) + self.image_shape, np.uint8)
         which = idx // c
         bounds = np.flatnonzero(np.diff(which)) + 1
@@ -541,7 +570,7 @@ class PreparedImages:
             if len(part) == 0:
                 continue
             ci = int(which[part[0]])
-            block = np.asarray(arr[ci * c:min((ci + 1) * c, self._count(split))])
+            block = self._chunk_rows(split, ci)
             out[part] = block[idx[part] - ci * c]
         return out
 
@@ -617,7 +646,7 @@ class PreparedImages:
     def _batches(self, split: str, chunk_order: Sequence[int], batch_size: int, group: int, g) -> Iterator:
         import torch
 
-        arr, c, n = self._images[split], self._chunk[split], self._count(split)
+        c, n = self._chunk[split], self._count(split)
         left_x = np.empty((0,) + self.image_shape, np.uint8)
         left_y = np.empty(0, np.int64)
         for i in range(0, len(chunk_order), group):
@@ -628,8 +657,8 @@ class PreparedImages:
             pool_y = np.empty(len(pool_x), np.int64)
             pool_x[:len(left_x)], pool_y[:len(left_y)] = left_x, left_y
             at = len(left_x)
-            for lo, hi in spans:
-                pool_x[at:at + hi - lo] = arr[lo:hi]
+            for k, (lo, hi) in zip(ids, spans):
+                pool_x[at:at + hi - lo] = self._chunk_rows(split, k)
                 pool_y[at:at + hi - lo] = self._labels(split, lo, hi)
                 at += hi - lo
             perm = torch.randperm(len(pool_x), generator=g).numpy() if g is not None else np.arange(len(pool_x))

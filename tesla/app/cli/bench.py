@@ -19,6 +19,21 @@ bench_app = typer.Typer(name="bench", help="Memory and speed of the gradient eng
                         no_args_is_help=True)
 
 
+# The problem's options, shared by both commands (typer reads these as each parameter's default).
+WIDTH = typer.Option(128, "--model-width", help="ConvNet filters per layer.")
+DEPTH = typer.Option(3, help="ConvNet blocks.")
+IMAGE_SIZE = typer.Option(32, help="Image side.")
+CHANNELS = typer.Option(3, help="Image channels.")
+CLASSES = typer.Option(10, help="Classes.")
+IPC = typer.Option(10, help="Synthetic images per class.")
+BATCH_SYN = typer.Option(None, help="Images per student step (default: all).")
+DEVICE = typer.Option("auto", help="auto | cpu | cuda[:N].")
+DSA = typer.Option(True, "--dsa/--no-dsa", help="Replayed DSA in every step.")
+CHUNK = typer.Option(10, help="Pass-2 chunk of the tesla-batched row.")
+SEED = typer.Option(0, help="Seeds the network, images and steps.")
+THREADS = typer.Option(None, help="torch CPU threads.")
+
+
 def _ints(text: str, option: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
@@ -140,18 +155,18 @@ def _print_speed(result) -> None:
 def memory(
     steps: str = typer.Option("1,10,20,30,40,50,60,70,80,90,100", help="Matching steps N, comma-separated."),
     engines: str = typer.Option("unrolled,tesla,exact", help="Rows: unrolled,tesla,exact,tesla-batched."),
-    model_width: int = typer.Option(128, "--model-width", help="ConvNet filters per layer."),
-    depth: int = typer.Option(3, help="ConvNet blocks."),
-    image_size: int = typer.Option(32, help="Image side."),
-    channels: int = typer.Option(3, help="Image channels."),
-    classes: int = typer.Option(10, help="Classes."),
-    ipc: int = typer.Option(10, help="Synthetic images per class."),
-    batch_syn: Optional[int] = typer.Option(None, help="Images per student step (default: all)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
-    dsa: bool = typer.Option(True, "--dsa/--no-dsa", help="Replayed DSA in every step."),
-    chunk: int = typer.Option(10, help="Pass-2 chunk of the tesla-batched row."),
-    seed: int = typer.Option(0, help="Seeds the network, images and steps."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
+    model_width: int = WIDTH,
+    depth: int = DEPTH,
+    image_size: int = IMAGE_SIZE,
+    channels: int = CHANNELS,
+    classes: int = CLASSES,
+    ipc: int = IPC,
+    batch_syn: Optional[int] = BATCH_SYN,
+    device: str = DEVICE,
+    dsa: bool = DSA,
+    chunk: int = CHUNK,
+    seed: int = SEED,
+    threads: Optional[int] = THREADS,
     max_rss_gb: Optional[float] = typer.Option(
         None, "--max-rss-gb", help="CPU: GiB each child may map beyond its imports (RLIMIT_AS); more is OOM."),
     in_process: bool = typer.Option(False, "--in-process",
@@ -192,18 +207,18 @@ def speed(
     warmup: int = typer.Option(1, help="Untimed rounds first."),
     precision: str = typer.Option("fp32", help="Comma-separated: fp32,tf32,bf16."),
     channels_last: bool = typer.Option(False, "--channels-last", help="Also time channels-last images."),
-    model_width: int = typer.Option(128, "--model-width", help="ConvNet filters per layer."),
-    depth: int = typer.Option(3, help="ConvNet blocks."),
-    image_size: int = typer.Option(32, help="Image side."),
-    channels: int = typer.Option(3, help="Image channels."),
-    classes: int = typer.Option(10, help="Classes."),
-    ipc: int = typer.Option(10, help="Synthetic images per class."),
-    batch_syn: Optional[int] = typer.Option(None, help="Images per student step (default: all)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
-    dsa: bool = typer.Option(True, "--dsa/--no-dsa", help="Replayed DSA in every step."),
-    chunk: int = typer.Option(10, help="Pass-2 chunk of the tesla-batched row."),
-    seed: int = typer.Option(0, help="Seeds the network, images and steps."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
+    model_width: int = WIDTH,
+    depth: int = DEPTH,
+    image_size: int = IMAGE_SIZE,
+    channels: int = CHANNELS,
+    classes: int = CLASSES,
+    ipc: int = IPC,
+    batch_syn: Optional[int] = BATCH_SYN,
+    device: str = DEVICE,
+    dsa: bool = DSA,
+    chunk: int = CHUNK,
+    seed: int = SEED,
+    threads: Optional[int] = THREADS,
     max_memory_gb: Optional[float] = typer.Option(
         None, "--max-memory-gb",
         help="CPU: GiB the iterations may map (RLIMIT_AS; default 90% of available); more is an OOM row."),

@@ -206,7 +206,9 @@ class DistillConfig:
             (autocast); measured by ``tesla bench speed --precision``.
         channels_last: NHWC memory format for the convolutions.
         offload_weights: keep the N student weight vectors of pass 1 in host memory (CUDA),
-            so device memory does not grow with ``syn_steps`` at all.
+            so device memory does not grow with ``syn_steps`` at all. Only the engines that
+            store them use it: ``exact``, and ``tesla`` with a chunked or distributed pass 2
+            (the plain ``tesla`` pass 2 remakes each w_i and stores none).
     """
 
     ipc: int = attrs.field(default=10, validator=_int_at_least(1))

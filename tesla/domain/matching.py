@@ -21,10 +21,14 @@ dL/dalpha. The three engines below differ only in how they get them:
         dL/dX += vjp_X(g_i at w_i, v),   v = (2/D) (alpha (target - start) + alpha^2 G)
         dL/dalpha = (2/D) (w_N - target) . (-G)
 
-    Pass 1 runs the steps with plain gradients (no double-backward graph) and keeps the
-    w_i; pass 2 recomputes one step's graph at a time. Activation memory is constant in
-    N. Unlike the published code the image gradient keeps its factor 2. It drops the
-    Hessian chain (X[b_i] moving w_j for j > i), so it is not the exact gradient.
+    Pass 1 runs the steps with plain gradients (no double-backward graph) and keeps only
+    G and w_N; pass 2 starts again from ``start`` and recomputes one step's graph at a
+    time, which yields g_i on the way, so it walks the same trajectory again
+    (w_{i+1} = w_i - alpha g_i) instead of storing it: memory is constant in N, the
+    weights included (the published code keeps all N + 1 of them). The chunked and
+    sharded variants of pass 2 need their w_i out of order, so they keep them. Unlike
+    the published code the image gradient keeps its factor 2. It drops the Hessian
+    chain (X[b_i] moving w_j for j > i), so it is not the exact gradient.
 
 ``exact``
     Reverse-mode adjoint over the stored w_i (not in any published code):
@@ -98,6 +102,16 @@ def _forward(compute: Compute, start: Vec, alpha: float, steps: Sequence[Step]) 
     return ws, total, w
 
 
+def _sums(compute: Compute, start: Vec, alpha: float, steps: Sequence[Step]) -> tuple[Vec, Vec]:
+    """Pass 1 keeping nothing per step: returns G = sum g_i and w_N."""
+    w, total = start, None
+    for step in steps:
+        g = compute.grad(w, step)
+        w = w - alpha * g
+        total = g if total is None else total + g
+    return total, w
+
+
 def first_order(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequence[Step],
                 *, shard: tuple[int, int] = (0, 1), chunk: int = 1) -> Matched:
     """TESLA's first-order gradient (module docstring) with the correct factor 2.
@@ -112,14 +126,27 @@ def first_order(compute: Compute, start: Vec, target: Vec, alpha: float, steps: 
     """
     rank, world = shard
     distance = _distance(compute, start, target)
-    ws, total, final = _forward(compute, start, alpha, steps)
+    many = getattr(compute, "vjp_many", None) if chunk > 1 else None
+    streaming = world == 1 and many is None
+    if streaming:
+        total, final = _sums(compute, start, alpha, steps)
+    else:
+        ws, total, final = _forward(compute, start, alpha, steps)
     residual = final - target
     loss = compute.dot(residual, residual) / distance
     lr_grad = -(2.0 / distance) * compute.dot(residual, total)
     # v = (2/D)(alpha (target - start) + alpha^2 G) = -alpha * (2/D)(w_N - target)
     v = (2.0 / distance) * (alpha * (target - start) + (alpha * alpha) * total)
+    if streaming:  # walk the trajectory again; every w_i but the current one is garbage
+        w = start
+        for step in steps:
+            out = compute.vjp(w, step, v, wrt_weights=False)
+            compute.accumulate(step, out.data, 1.0)
+            g = out.grad if out.grad is not None else compute.grad(w, step)
+            del out
+            w = w - alpha * g
+        return Matched(loss=loss, lr_grad=lr_grad, distance=distance, final=final)
     mine = [(w, step) for w, step in zip(ws, steps) if step.index % world == rank]
-    many = getattr(compute, "vjp_many", None) if chunk > 1 else None
     for i in range(0, len(mine), chunk if many is not None else 1):
         group = mine[i:i + chunk] if many is not None else mine[i:i + 1]
         if many is not None and len(group) > 1:

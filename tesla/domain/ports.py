@@ -42,11 +42,16 @@ class VJP:
             and, where learned, label logits); hand it back to ``Compute.accumulate``.
         hvp: ``d(v . g(w))/dw = H(w) v`` when asked for (``wrt_weights=True``), else None.
         dot: the scalar ``v . g(w)``.
+        grad: ``g(w)`` itself, no graph attached, where the compute has it (it computes it
+            on the way): the first-order pass 2 then walks the student's trajectory again,
+            ``w_{i+1} = w_i - alpha g_i``, instead of storing every ``w_i``. None: the
+            engine asks ``grad`` for it (one more forward and backward).
     """
 
     data: Any
     hvp: Optional[Vec]
     dot: float
+    grad: Optional[Vec] = None
 
 
 @runtime_checkable

@@ -62,7 +62,7 @@ class QuadraticCompute:
         g = w - self._mean(step.batch)
         per_image = v * (-1.0 / len(step.batch))
         data = [(j, per_image) for j in step.batch]
-        return VJP(data=data, hvp=v if wrt_weights else None, dot=v.dot(g))
+        return VJP(data=data, hvp=v if wrt_weights else None, dot=v.dot(g), grad=g)
 
     def dot(self, a: V, b: V) -> float:
         return V(a).dot(b)

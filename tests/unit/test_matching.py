@@ -159,5 +159,70 @@ def test_kept_weights_give_the_same_gradients(engine):
     a = matching.match(plain, start, target, 0.3, plan, engine)
     kept = KeepingQuadratic(images)
     b = matching.match(kept, start, target, 0.3, plan, engine)
-    assert kept.kept == 6
+    # exact walks the steps backwards and keeps every w_i; tesla's pass 2 walks forwards
+    # and remakes them, so it keeps none
+    assert kept.kept == (6 if engine == "exact" else 0)
     assert a.loss == b.loss and a.lr_grad == b.lr_grad and kept.grads == plain.grads
+    if engine == "tesla":  # the chunked pass 2 takes its steps out of order: it keeps them
+        chunked = type("ChunkedKeeping", (KeepingQuadratic, BatchedQuadratic), {})(images)
+        c = matching.first_order(chunked, start, target, 0.3, plan, chunk=3)
+        assert chunked.kept == 6 and c.loss == a.loss
+
+
+class Counted(V):
+    """A vector that counts how many of its kind are alive (for the memory tests)."""
+
+    alive = 0
+    most = 0
+
+    def __new__(cls, values):
+        obj = super().__new__(cls, values)
+        Counted.alive += 1
+        Counted.most = max(Counted.most, Counted.alive)
+        return obj
+
+    def __del__(self):
+        Counted.alive -= 1
+
+    def __add__(self, other):
+        return Counted(V.__add__(self, other))
+
+    def __sub__(self, other):
+        return Counted(V.__sub__(self, other))
+
+    def __mul__(self, k):
+        return Counted(V.__mul__(self, k))
+
+    __rmul__ = __mul__
+
+
+def _most_vectors_alive(engine: str, steps: int) -> int:
+    images, start, target, plan = _setup(steps=steps)
+    Counted.alive = Counted.most = 0
+    matching.match(QuadraticCompute(images), Counted(start), Counted(target), 0.3, plan, engine)
+    return Counted.most
+
+
+def test_tesla_holds_a_constant_number_of_vectors_whatever_the_steps():
+    """Memory flat in N, weights included: the most parameter vectors alive at once is the
+    same at 5 and at 50 steps; ``exact`` holds N more (its adjoint needs every w_i)."""
+    tesla = {n: _most_vectors_alive("tesla", n) for n in (5, 50)}
+    exact = {n: _most_vectors_alive("exact", n) for n in (5, 50)}
+    assert tesla[5] == tesla[50], tesla
+    assert exact[50] - exact[5] >= 45, exact
+
+
+def test_a_compute_that_returns_no_grad_is_asked_for_it():
+    """VJP.grad is optional: without it pass 2 asks ``grad`` (one more pass), same result."""
+
+    class NoGrad(QuadraticCompute):
+        def vjp(self, w, step, v, *, wrt_weights):
+            out = super().vjp(w, step, v, wrt_weights=wrt_weights)
+            return type(out)(data=out.data, hvp=out.hvp, dot=out.dot)
+
+    images, start, target, plan = _setup(steps=5)
+    plain, bare = QuadraticCompute(images), NoGrad(images)
+    a = matching.first_order(plain, start, target, 0.3, plan)
+    b = matching.first_order(bare, start, target, 0.3, plan)
+    assert (plain.calls["grad"], bare.calls["grad"]) == (5, 10)
+    assert a == b and bare.grads == plain.grads

@@ -117,7 +117,7 @@ class TorchCompute:
         hvp = grads[-1] if wrt_weights else None
         if hvp is None and wrt_weights:
             hvp = torch.zeros_like(w_)
-        return VJP(data=(idx, dx, dy), hvp=hvp, dot=float(s.detach()))
+        return VJP(data=(idx, dx, dy), hvp=hvp, dot=float(s.detach()), grad=g.detach())
 
     def dot(self, a: torch.Tensor, b: torch.Tensor) -> float:
         return float(torch.dot(a.reshape(-1), b.reshape(-1)))

@@ -52,7 +52,7 @@ def distill(
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
                                                  help="NHWC memory format for the convolutions."),
     offload_weights: Optional[bool] = typer.Option(None, "--offload-weights/--no-offload-weights",
-                                                   help="Keep pass-1 student weights in host memory (CUDA)."),
+                                                   help="Keep pass-1 student weights in host memory (CUDA; for exact, chunked or distributed pass 2)."),
     store_format: str = typer.Option("zarr", "--format", help="Synthetic store format: zarr | h5."),
     eval_every: int = typer.Option(0, help="Evaluate the set every k iterations (0: never during the run)."),
     eval_models: int = typer.Option(2, help="Networks per evaluation during the run."),

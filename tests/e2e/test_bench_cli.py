@@ -76,15 +76,20 @@ def test_bench_rejects_bad_options(tmp_path):
 
 def test_bench_speed_out_of_memory_is_a_row(tmp_path):
     # unrolled at 10 steps saves ~0.8 GiB for backward at this size, tesla ~0.1 GiB: under a
-    # 0.45 GiB limit unrolled must become an OOM row, not the end of the run. (It runs last:
-    # the heap glibc keeps after the failed iteration can count against the limit for a while.)
+    # 0.45 GiB limit unrolled must become an OOM row, not the end of the run. In a fresh
+    # process: the limit counts address space beyond what the process maps at the start,
+    # and heap that earlier tests freed (still mapped) would be reused under it. Unrolled
+    # runs last: the heap glibc keeps after the failed iteration counts against the limit.
+    import subprocess
+    import sys
+
     out = tmp_path / "speed-oom"
-    result = CliRunner().invoke(app, ["bench", "speed", "--steps", "10", "--engines", "tesla,exact,unrolled",
-                                      "--repeats", "1", "--warmup", "0", "--no-dsa", "--max-memory-gb", "0.45",
-                                      "--model-width", "16", "--device", "cpu", "--threads", "1",
-                                      "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    assert "OOM" in result.output
+    proc = subprocess.run([sys.executable, "-m", "tesla", "bench", "speed", "--steps", "10",
+                           "--engines", "tesla,exact,unrolled", "--repeats", "1", "--warmup", "0", "--no-dsa",
+                           "--max-memory-gb", "0.45", "--model-width", "16", "--device", "cpu", "--threads", "1",
+                           "--quiet", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "OOM" in proc.stdout
     status = {r["engine"]: r["status"] for r in _rows(out / "speed.csv")}
     assert status == {"tesla": "ok", "unrolled": "OOM", "exact": "ok"}
 

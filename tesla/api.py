@@ -39,7 +39,8 @@ class MatchOutput:
 def match_gradients(model: nn.Module, start: torch.Tensor, target: torch.Tensor, images: torch.Tensor,
                     labels: torch.Tensor, lr: float, *, steps: int, batches: Optional[Sequence[torch.Tensor]] = None,
                     batch_size: Optional[int] = None, engine: str = "tesla", augment: Any = None,
-                    generator: Optional[torch.Generator] = None, learned_labels: bool = False) -> MatchOutput:
+                    generator: Optional[torch.Generator] = None, learned_labels: bool = False,
+                    segment: Optional[int] = None) -> MatchOutput:
     """Loss and gradients of one trajectory-matching iteration.
 
     Args:
@@ -56,12 +57,18 @@ def match_gradients(model: nn.Module, start: torch.Tensor, target: torch.Tensor,
             ``unrolled``, constant activation memory) or ``unrolled`` (MTT reference).
         augment: a DSA-like object (``sample``/``apply``) replayed exactly in pass 2, or None.
         generator: seeds the batch order and augmentation (default: torch's global RNG).
+        segment: ``exact`` only: keep every ``segment``-th student weight vector and remake
+            the others in the backward sweep (``matching.sqrt_segment(steps)`` keeps the
+            fewest: about 2 sqrt(N)); None keeps all N. Same numbers, one more backward
+            per step.
 
     Returns:
         :class:`MatchOutput` with ``loss``, ``images_grad`` and ``lr_grad``.
     """
     if engine not in matching.ENGINES:
         raise ValueError(f"engine must be one of {', '.join(matching.ENGINES)} (got {engine!r})")
+    if segment is not None and engine != "exact":
+        raise ValueError(f"segment applies to the exact engine only (got engine {engine!r})")
     view = FlatView(model)
     for name, vec in (("start", start), ("target", target)):
         if vec.dim() != 1 or vec.numel() != view.num_params:
@@ -78,6 +85,7 @@ def match_gradients(model: nn.Module, start: torch.Tensor, target: torch.Tensor,
     else:
         plan = sampling.make_steps(images.shape[0], steps, batch_size, rng, augment=augment is not None)
     compute = TorchCompute(view, images, labels, augment=augment, learned_labels=learned_labels)
-    out = matching.match(compute, start.detach(), target.detach(), float(lr), plan, engine)
+    extra = {"segment": segment} if segment is not None else {}
+    out = matching.match(compute, start.detach(), target.detach(), float(lr), plan, engine, **extra)
     images_grad, labels_grad = compute.data_grad()
     return MatchOutput(loss=out.loss, images_grad=images_grad, lr_grad=out.lr_grad, labels_grad=labels_grad)

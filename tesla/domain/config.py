@@ -209,6 +209,9 @@ class DistillConfig:
             so device memory does not grow with ``syn_steps`` at all. Only the engines that
             store them use it: ``exact``, and ``tesla`` with a chunked or distributed pass 2
             (the plain ``tesla`` pass 2 remakes each w_i and stores none).
+        remake_weights: ``exact`` engine: keep every ceil(sqrt(N))-th student weight vector
+            of pass 1 and remake the others during the backward sweep: about 2 sqrt(N)
+            vectors instead of N, for one more forward and backward per step; same numbers.
     """
 
     ipc: int = attrs.field(default=10, validator=_int_at_least(1))
@@ -237,12 +240,16 @@ class DistillConfig:
     precision: str = attrs.field(default="fp32", validator=_one_of("fp32", "tf32", "bf16"))
     channels_last: bool = False
     offload_weights: bool = False
+    remake_weights: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.labels == "teacher-epoch" and self.label_epoch is None:
             raise ConfigError("label_epoch is required when labels is 'teacher-epoch': pass --label-epoch E")
         if self.min_lr >= self.lr_init:
             raise ConfigError(f"min_lr ({self.min_lr}) must be below lr_init ({self.lr_init})")
+        if self.remake_weights and self.engine != "exact":
+            raise ConfigError(f"remake_weights applies to engine 'exact' only (got {self.engine!r}); "
+                              "drop --remake-weights or use --engine exact")
 
     @property
     def last_epoch_needed(self) -> int:

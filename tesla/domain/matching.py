@@ -49,6 +49,7 @@ the data gradient is accumulated inside the compute (``accumulate``/``data_grad`
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import attrs
@@ -158,21 +159,50 @@ def first_order(compute: Compute, start: Vec, target: Vec, alpha: float, steps: 
     return Matched(loss=loss, lr_grad=lr_grad, distance=distance, final=final)
 
 
-def exact(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequence[Step]) -> Matched:
-    """The exact gradient by the reverse-mode adjoint (module docstring)."""
+def exact(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequence[Step],
+          *, segment: Optional[int] = None) -> Matched:
+    """The exact gradient by the reverse-mode adjoint (module docstring).
+
+    Args:
+        segment: None (or 1) keeps every w_i of pass 1: N vectors. k > 1 keeps only
+            w_0, w_k, w_2k, ... and, walking the segments backwards, remakes each
+            segment's weights from its first one just before its adjoint steps: at most
+            N/k + k vectors (about 2 sqrt(N) at :func:`sqrt_segment`) for one more
+            ``grad`` per step. The numbers are the same either way.
+    """
+    if segment is not None and segment < 1:
+        raise ValueError(f"segment must be >= 1 (got {segment})")
     distance = _distance(compute, start, target)
-    ws, _, final = _forward(compute, start, alpha, steps)
+    n, k = len(steps), segment or 1
+    keep = getattr(compute, "keep", None) or (lambda w: w)
+    marks: dict = {}
+    w = start
+    for i, step in enumerate(steps):  # pass 1, keeping the first weights of every segment
+        if i % k == 0:
+            marks[i] = keep(w)
+        w = w - alpha * compute.grad(w, step)
+    final = w
     residual = final - target
     loss = compute.dot(residual, residual) / distance
     lam = (2.0 / distance) * residual
     lr_grad = 0.0
-    for i in range(len(steps) - 1, -1, -1):
-        out = compute.vjp(ws[i], steps[i], lam, wrt_weights=True)
-        compute.accumulate(steps[i], out.data, -alpha)
-        lr_grad -= out.dot
-        lam = lam - alpha * out.hvp
-        ws[i] = None  # w_i is no longer needed: free it as we go
+    for first in reversed(range(0, n, k)):
+        last = min(first + k, n)
+        ws = [marks.pop(first)]
+        for i in range(first, last - 1):  # remake w_{first+1} .. w_{last-1}
+            ws.append(keep(ws[-1] - alpha * compute.grad(ws[-1], steps[i])))
+        for i in range(last - 1, first - 1, -1):
+            out = compute.vjp(ws[i - first], steps[i], lam, wrt_weights=True)
+            compute.accumulate(steps[i], out.data, -alpha)
+            lr_grad -= out.dot
+            lam = lam - alpha * out.hvp
+            ws[i - first] = None  # w_i is no longer needed: free it as we go
     return Matched(loss=loss, lr_grad=lr_grad, distance=distance, final=final)
+
+
+def sqrt_segment(steps: int) -> int:
+    """ceil(sqrt(N)): the segment of :func:`exact` that keeps the fewest weight vectors."""
+    return math.isqrt(steps - 1) + 1 if steps > 1 else 1
 
 
 def unrolled(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequence[Step]) -> Matched:
@@ -192,7 +222,7 @@ def match(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequen
     if engine == "tesla":
         return first_order(compute, start, target, alpha, steps, **kwargs)
     if engine == "exact":
-        return exact(compute, start, target, alpha, steps)
+        return exact(compute, start, target, alpha, steps, **kwargs)
     if engine == "unrolled":
         return unrolled(compute, start, target, alpha, steps)
     raise ValueError(f"engine must be one of {', '.join(ENGINES)} (got {engine!r})")

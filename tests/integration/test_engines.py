@@ -85,6 +85,26 @@ def test_exact_equals_unrolled(soft, aug):
     assert ex.images_grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("segment", [2, 3])
+def test_exact_with_remade_weights_equals_unrolled(segment):
+    """``exact`` keeping every segment-th weight vector (7 steps: partial last segment)."""
+    augment = _dsa_or_replay()
+    ex = _run("exact", steps=7, augment=augment)
+    re_ = _run_exact_segment(segment, steps=7, augment=augment)
+    un = _run("unrolled", steps=7, augment=augment)
+    assert _relerr(re_.images_grad, un.images_grad) < 1e-8
+    assert abs(re_.lr_grad - un.lr_grad) / abs(un.lr_grad) < 1e-8
+    # remade with the same kernels: the numbers of keeping them, to rounding
+    assert _relerr(re_.images_grad, ex.images_grad) < 1e-12 and re_.loss == pytest.approx(ex.loss, rel=1e-14)
+
+
+def _run_exact_segment(segment, *, steps, augment):
+    model, start, target, images, labels = _problem(0, False)
+    return tesla.match_gradients(model, start, target, images, labels, 0.1, steps=steps, batch_size=4,
+                                 engine="exact", augment=augment, generator=torch.Generator().manual_seed(123),
+                                 segment=segment)
+
+
 def test_exact_equals_unrolled_with_learned_labels():
     model, start, target, images, _ = _problem(1)
     logits = torch.randn(N_IMG, K, dtype=torch.float64, generator=torch.Generator().manual_seed(5))

@@ -88,3 +88,9 @@ def test_model_config_round_trips_through_json_dicts(depth, size, classes):
 def test_from_dict_refuses_unknown_keys():
     with pytest.raises(ConfigError, match="bogus"):
         from_dict(DistillConfig, {"bogus": 1})
+
+
+def test_remake_weights_is_for_the_exact_engine_only():
+    assert DistillConfig(engine="exact", remake_weights=True).remake_weights
+    with pytest.raises(ConfigError, match="remake_weights applies to engine 'exact' only"):
+        DistillConfig(engine="tesla", remake_weights=True)

@@ -196,10 +196,10 @@ class Counted(V):
     __rmul__ = __mul__
 
 
-def _most_vectors_alive(engine: str, steps: int) -> int:
+def _most_vectors_alive(engine: str, steps: int, **kwargs) -> int:
     images, start, target, plan = _setup(steps=steps)
     Counted.alive = Counted.most = 0
-    matching.match(QuadraticCompute(images), Counted(start), Counted(target), 0.3, plan, engine)
+    matching.match(QuadraticCompute(images), Counted(start), Counted(target), 0.3, plan, engine, **kwargs)
     return Counted.most
 
 
@@ -226,3 +226,25 @@ def test_a_compute_that_returns_no_grad_is_asked_for_it():
     b = matching.first_order(bare, start, target, 0.3, plan)
     assert (plain.calls["grad"], bare.calls["grad"]) == (5, 10)
     assert a == b and bare.grads == plain.grads
+
+
+@pytest.mark.parametrize("segment", [1, 2, 3, 4, 5, 11, 12, 40])
+def test_exact_with_remade_weights_equals_exact_with_kept_ones(segment):
+    images, start, target, plan = _setup(steps=12)
+    kept, remade = QuadraticCompute(images), QuadraticCompute(images)
+    a = matching.exact(kept, start, target, 0.3, plan)
+    b = matching.exact(remade, start, target, 0.3, plan, segment=segment)
+    assert a == b and remade.grads == kept.grads
+    # one more grad for every step that does not start a segment
+    k = min(segment, 12)
+    assert remade.calls["grad"] == 12 + sum(min(k, 12 - f) - 1 for f in range(0, 12, k))
+    assert remade.calls["vjp"] == 12
+
+
+def test_exact_with_sqrt_segments_holds_about_two_sqrt_n_vectors():
+    assert [matching.sqrt_segment(n) for n in (1, 2, 4, 5, 16, 17, 100)] == [1, 2, 2, 3, 4, 5, 10]
+    most = {n: _most_vectors_alive("exact", n, segment=matching.sqrt_segment(n)) for n in (16, 100)}
+    # 4 + 4 kept at 16 steps, 10 + 10 at 100: 12 more, where keeping all of them is 84 more
+    assert most[100] - most[16] <= 12 + 2, most
+    with pytest.raises(ValueError, match="segment"):
+        matching.exact(QuadraticCompute([[1.0]]), V([0.0]), V([1.0]), 0.1, _setup(steps=2)[3], segment=0)

@@ -121,7 +121,7 @@ def memory_summary(result, field: str = "primary") -> list[str]:
     name = result.measure if field == "primary" else "peak RSS"
     lines = []
     un = table.get("unrolled", {}).get(hi)
-    for e in ("tesla", "exact", "tesla-batched"):
+    for e in ("tesla", "exact", "tesla-batched", "exact-remake"):
         row = table.get(e)
         if not row or not isinstance(row.get(lo), int) or not isinstance(row.get(hi), int):
             continue
@@ -154,7 +154,8 @@ def _print_speed(result) -> None:
 
 def memory(
     steps: str = typer.Option("1,10,20,30,40,50,60,70,80,90,100", help="Matching steps N, comma-separated."),
-    engines: str = typer.Option("unrolled,tesla,exact", help="Rows: unrolled,tesla,exact,tesla-batched."),
+    engines: str = typer.Option("unrolled,tesla,exact",
+                                help="Rows: unrolled,tesla,exact,tesla-batched,exact-remake."),
     model_width: int = WIDTH,
     depth: int = DEPTH,
     image_size: int = IMAGE_SIZE,
@@ -202,7 +203,8 @@ def memory(
 
 def speed(
     steps: str = typer.Option("50", help="Matching steps N, comma-separated."),
-    engines: str = typer.Option("unrolled,tesla,exact,tesla-batched", help="Engines to time."),
+    engines: str = typer.Option("unrolled,tesla,exact,tesla-batched",
+                                help="Engines to time (also: exact-remake)."),
     repeats: int = typer.Option(5, help="Timed rounds (each configuration once per round, interleaved)."),
     warmup: int = typer.Option(1, help="Untimed rounds first."),
     precision: str = typer.Option("fp32", help="Comma-separated: fp32,tf32,bf16."),

@@ -53,6 +53,9 @@ def distill(
                                                  help="NHWC memory format for the convolutions."),
     offload_weights: Optional[bool] = typer.Option(None, "--offload-weights/--no-offload-weights",
                                                    help="Keep pass-1 student weights in host memory (CUDA; for exact, chunked or distributed pass 2)."),
+    remake_weights: Optional[bool] = typer.Option(None, "--remake-weights/--keep-weights",
+                                                  help="exact engine: keep ~2 sqrt(N) student weight vectors, not N "
+                                                  "(one more forward/backward per step)."),
     store_format: str = typer.Option("zarr", "--format", help="Synthetic store format: zarr | h5."),
     eval_every: int = typer.Option(0, help="Evaluate the set every k iterations (0: never during the run)."),
     eval_models: int = typer.Option(2, help="Networks per evaluation during the run."),
@@ -90,7 +93,8 @@ def distill(
             batch_syn=batch_syn, iterations=iterations, lr_img=lr_img, lr_lr=lr_lr, lr_init=lr_init, engine=engine,
             labels=labels, label_epoch=label_epoch, init=init, dsa=dsa, seed=seed,
             checkpoint_every=checkpoint_every, max_grad_norm=max_grad_norm, max_loss=max_loss, second_pass_chunk=second_pass_chunk,
-            precision=precision, channels_last=channels_last, offload_weights=offload_weights))
+            precision=precision, channels_last=channels_last, offload_weights=offload_weights,
+            remake_weights=remake_weights))
         request = DistillRequest(trajectories=trajectories, out=out, cfg=cfg, dataset=dataset, data=data,
                                  set_name=SET_NAMES[store_format], device=device, resume=resume,
                                  eval_every=eval_every, eval_models=eval_models, eval_epochs=eval_epochs,

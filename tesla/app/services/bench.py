@@ -23,7 +23,8 @@ settings.
     Seconds per iteration of every configuration, interleaved in one run (A B C A B C
     ...) after warm-up rounds, so background load hits all of them alike and the ratios
     to ``unrolled`` stay meaningful on a busy machine; medians over ``repeats``. Besides
-    the engines it times ``tesla-batched`` (:class:`BatchedTorchCompute` with the
+    the engines it can time ``exact-remake`` (``exact`` keeping about 2 sqrt(N) weight
+    vectors and remaking the rest) and ``tesla-batched`` (:class:`BatchedTorchCompute` with the
     second pass in chunks of k) and, when asked, TF32 / bf16 / channels-last variants,
     each with the relative error of its image gradient against the same engine in fp32.
     On a CPU the rounds run under an address-space limit (:func:`host_memory_limit`, by
@@ -57,7 +58,8 @@ from tesla.domain.config import ModelConfig, to_dict
 from tesla.domain.ports import EventSink, NullSink
 
 ENGINES = ("unrolled", "tesla", "exact")
-BENCH_ENGINES = ENGINES + ("tesla-batched",)
+BENCH_ENGINES = ENGINES + ("tesla-batched", "exact-remake")
+BASE_ENGINE = {"tesla-batched": "tesla", "exact-remake": "exact"}
 DEFAULT_STEPS = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
 OOM = "OOM"
 
@@ -148,7 +150,7 @@ def plan_steps(s: BenchSettings, steps: int) -> list:
 
 def run_iteration(p: Problem, s: BenchSettings, engine: str, steps: int, *, precision: str = "fp32",
                   channels_last: bool = False) -> tuple[float, torch.Tensor]:
-    """One iteration of ``engine`` (``tesla``, ``exact``, ``unrolled``, ``tesla-batched``).
+    """One iteration of ``engine`` (``tesla``, ``exact``, ``unrolled``, ``tesla-batched``, ``exact-remake``).
 
     Returns:
         (loss, dL/dimages (N, C, H, W)).
@@ -160,8 +162,10 @@ def run_iteration(p: Problem, s: BenchSettings, engine: str, steps: int, *, prec
     compute = BatchedTorchCompute(p.view, p.images, p.labels, augment=p.augment, precision=precision,
                                   channels_last=channels_last,
                                   mode="vmap" if engine == "tesla-batched" else "loop")
-    base = "tesla" if engine == "tesla-batched" else engine
+    base = BASE_ENGINE.get(engine, engine)
     extra = {"chunk": s.chunk} if engine == "tesla-batched" else {}
+    if engine == "exact-remake":
+        extra = {"segment": matching.sqrt_segment(steps)}
     out = matching.match(compute, p.start, p.target, s.lr, plan_steps(s, steps), base, **extra)
     return out.loss, compute.data_grad()[0]
 
@@ -389,7 +393,7 @@ def memory_bench(s: BenchSettings, *, steps: Sequence[int] = DEFAULT_STEPS, engi
     Args:
         s: the problem.
         steps: numbers of student steps (columns of the table).
-        engines: rows, from ``unrolled``, ``tesla``, ``exact``, ``tesla-batched``.
+        engines: rows, from ``unrolled``, ``tesla``, ``exact``, ``tesla-batched``, ``exact-remake``.
         max_rss_gb: CPU only: each child may map at most this many GiB beyond what it
             maps after its imports (RLIMIT_AS); a point that needs more is ``OOM``.
         cancel: a ``threading.Event``; when set, the remaining points are skipped.
@@ -501,13 +505,14 @@ class SpeedRow:
     """Timings of one configuration.
 
     Attributes:
-        engine: ``unrolled``, ``tesla``, ``exact`` or ``tesla-batched``.
+        engine: ``unrolled``, ``tesla``, ``exact``, ``tesla-batched`` or ``exact-remake``.
         precision, channels_last: the forward's precision options.
         steps: student steps.
         median, times: seconds per iteration (median and every repeat), or OOM status.
         ratio: median / median of ``unrolled`` fp32 at the same steps (None without it).
         grad_error: ||dX - dX_fp32|| / ||dX_fp32|| against the same engine in fp32 without
-            channels-last (0 for that reference itself; for ``tesla-batched``, against ``tesla``).
+            channels-last (0 for that reference itself; for ``tesla-batched`` and
+            ``exact-remake``, against ``tesla`` and ``exact``).
     """
 
     engine: str
@@ -594,7 +599,7 @@ def speed_bench(s: BenchSettings, *, steps: Sequence[int] = (50,), engines: Sequ
         med = statistics.median(times[c]) if times[c] else None
         ref_t = times.get(("unrolled", "fp32", False, n))
         ratio = med / statistics.median(ref_t) if med is not None and ref_t else None
-        ref_engine = "tesla" if engine == "tesla-batched" else engine
+        ref_engine = BASE_ENGINE.get(engine, engine)
         ref_g = grads.get((ref_engine, "fp32", False, n))
         err = None
         if c in grads and ref_g is not None:

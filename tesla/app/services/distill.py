@@ -47,7 +47,8 @@ class NumericalError(RuntimeError):
 
 
 # fields that may differ when a run is resumed (the usual fixes and the run length)
-RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "lr_img", "lr_lr", "lr_label", "max_grad_norm", "max_loss"}
+RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "lr_img", "lr_lr", "lr_label", "max_grad_norm", "max_loss",
+                     "remake_weights"}  # memory only: the same numbers either way
 
 
 @attrs.frozen
@@ -229,7 +230,9 @@ def distill(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Any, trajectori
         extra = {}
         if cfg.engine == "tesla":
             extra = {"shard": shard, "chunk": cfg.second_pass_chunk}
-        elif shard[1] > 1:
+        elif cfg.engine == "exact" and cfg.remake_weights:
+            extra = {"segment": matching.sqrt_segment(len(steps))}
+        if cfg.engine != "tesla" and shard[1] > 1:
             raise DistillError(f"engine {cfg.engine!r} cannot split its steps across processes: use --engine tesla")
         out = matching.match(compute, start, target, state.lr_value, steps, cfg.engine, **extra)
         images_grad, logits_grad = compute.data_grad()

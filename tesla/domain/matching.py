@@ -41,7 +41,9 @@ dL/dalpha. The three engines below differ only in how they get them:
         lambda_i   = lambda_{i+1} - alpha * H_i lambda_{i+1}
 
     Equal to ``unrolled`` up to rounding, at the activation memory of ``first_order``
-    plus N stored parameter vectors.
+    plus N stored parameter vectors, or, with ``segment`` (checkpointing the weights
+    themselves: every k-th kept, the others remade segment by segment in the backward
+    sweep), about 2 sqrt(N) of them for one more ``grad`` per step.
 
 Everything here works on opaque vectors through :class:`~tesla.domain.ports.Compute`;
 the data gradient is accumulated inside the compute (``accumulate``/``data_grad``).

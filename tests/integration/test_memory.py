@@ -39,3 +39,20 @@ def test_cuda_sample_sees_allocations():
     end = memory_sample("cuda")
     assert mid.device_allocated - base.device_allocated >= 64 * 2**20
     assert end.device_peak >= mid.device_allocated > end.device_allocated
+
+
+def test_saved_tensors_meter_counts_each_storage_once_while_held():
+    from tesla.adapters.torch.saved import SavedTensorsMeter
+
+    x = torch.randn(1000, dtype=torch.float32, requires_grad=True)
+    with SavedTensorsMeter() as meter:
+        y = x.exp()  # ExpBackward keeps y
+        z = (y * y).sum()  # MulBackward keeps y twice: one storage, 4000 bytes in all
+        assert meter.current == 4000
+        z.backward()
+        assert meter.current == 0  # the graph is freed: nothing held
+    assert meter.peak == 4000
+    w = torch.randn(100, requires_grad=True)
+    with SavedTensorsMeter() as meter:
+        (w[:50] * w[50:]).sum().backward()  # two views of one 400-byte storage
+    assert meter.peak == 400

@@ -8,8 +8,11 @@ them with ``torch.autograd.graph.saved_tensors_hooks``: every packed tensor is w
 in a small holder whose finaliser subtracts its bytes when the graph releases it, so
 ``peak`` is the largest number of bytes held for backward at any moment.
 
-Storage shared by several saved tensors is counted once per save (an upper bound,
-the same for every engine), which is what makes the figure comparable across them.
+Bytes are counted per *storage*: a tensor saved by several nodes (an activation that
+the ReLU and the next convolution both keep, a double-backward graph re-saving its
+inputs) or several views of one storage (the layers' weights, views of one flat vector)
+count once, as the memory they really hold, for as long as any save holds them.
+Tensors without a plain storage (functorch's batched wrappers) are counted per save.
 """
 
 from __future__ import annotations
@@ -41,18 +44,40 @@ class SavedTensorsMeter:
         self.peak = 0
         self._lock = threading.Lock()
         self._ctx = None
+        self._refs: dict = {}  # storage key -> [saves holding it, bytes]
 
-    def _release(self, nbytes: int) -> None:
+    def _release(self, key) -> None:
         with self._lock:
-            self.current -= nbytes
+            entry = self._refs[key]
+            entry[0] -= 1
+            if entry[0] == 0:
+                self.current -= entry[1]
+                del self._refs[key]
+
+    @staticmethod
+    def _key(tensor: torch.Tensor) -> tuple:
+        """(storage identity, its bytes); per save where there is no plain storage."""
+        try:
+            storage = tensor.untyped_storage()
+            ptr = storage.data_ptr()
+            if ptr:
+                return (tensor.device.type, tensor.device.index, ptr), storage.nbytes()
+        except (RuntimeError, NotImplementedError):  # batched/functional wrappers, sparse
+            pass
+        return ("save", id(tensor), object()), tensor.numel() * tensor.element_size()
 
     def _pack(self, tensor: torch.Tensor) -> _Held:
-        nbytes = tensor.numel() * tensor.element_size()
+        key, nbytes = self._key(tensor)
         held = _Held(tensor)
         with self._lock:
-            self.current += nbytes
-            self.peak = max(self.peak, self.current)
-        weakref.finalize(held, self._release, nbytes)
+            entry = self._refs.get(key)
+            if entry is None:
+                self._refs[key] = [1, nbytes]
+                self.current += nbytes
+                self.peak = max(self.peak, self.current)
+            else:
+                entry[0] += 1
+        weakref.finalize(held, self._release, key)
         return held
 
     @staticmethod

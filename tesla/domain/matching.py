@@ -87,32 +87,25 @@ def _distance(compute: Compute, start: Vec, target: Vec) -> float:
     return d
 
 
-def _forward(compute: Compute, start: Vec, alpha: float, steps: Sequence[Step]) -> tuple[list[Vec], Vec, Vec]:
+def _forward(compute: Compute, start: Vec, alpha: float, steps: Sequence[Step],
+             every: Optional[int] = 1) -> tuple[dict, Vec, Vec]:
     """Pass 1: the student steps with plain gradients.
 
-    Returns the kept [w_0 .. w_{N-1}] (through ``compute.keep`` when the compute has it,
-    e.g. copies in host memory so device memory does not grow with N), G, and w_N.
+    Returns the kept weights ``{i: w_i}`` for every ``i % every == 0`` (none when
+    ``every`` is None; through ``compute.keep`` when the compute has it, e.g. copies in
+    host memory so device memory does not grow with N), G = sum g_i, and w_N.
     """
     keep = getattr(compute, "keep", None) or (lambda w: w)
-    ws = []
+    kept: dict = {}
     w = start
     total = None
-    for step in steps:
-        ws.append(keep(w))
+    for i, step in enumerate(steps):
+        if every is not None and i % every == 0:
+            kept[i] = keep(w)
         g = compute.grad(w, step)
         w = w - alpha * g
         total = g if total is None else total + g
-    return ws, total, w
-
-
-def _sums(compute: Compute, start: Vec, alpha: float, steps: Sequence[Step]) -> tuple[Vec, Vec]:
-    """Pass 1 keeping nothing per step: returns G = sum g_i and w_N."""
-    w, total = start, None
-    for step in steps:
-        g = compute.grad(w, step)
-        w = w - alpha * g
-        total = g if total is None else total + g
-    return total, w
+    return kept, total, w
 
 
 def first_order(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequence[Step],
@@ -131,10 +124,7 @@ def first_order(compute: Compute, start: Vec, target: Vec, alpha: float, steps: 
     distance = _distance(compute, start, target)
     many = getattr(compute, "vjp_many", None) if chunk > 1 else None
     streaming = world == 1 and many is None
-    if streaming:
-        total, final = _sums(compute, start, alpha, steps)
-    else:
-        ws, total, final = _forward(compute, start, alpha, steps)
+    kept, total, final = _forward(compute, start, alpha, steps, every=None if streaming else 1)
     residual = final - target
     loss = compute.dot(residual, residual) / distance
     lr_grad = -(2.0 / distance) * compute.dot(residual, total)
@@ -149,7 +139,7 @@ def first_order(compute: Compute, start: Vec, target: Vec, alpha: float, steps: 
             del out
             w = w - alpha * g
         return Matched(loss=loss, lr_grad=lr_grad, distance=distance, final=final)
-    mine = [(w, step) for w, step in zip(ws, steps) if step.index % world == rank]
+    mine = [(kept[i], step) for i, step in enumerate(steps) if step.index % world == rank]
     for i in range(0, len(mine), chunk if many is not None else 1):
         group = mine[i:i + chunk] if many is not None else mine[i:i + 1]
         if many is not None and len(group) > 1:
@@ -177,13 +167,7 @@ def exact(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequen
     distance = _distance(compute, start, target)
     n, k = len(steps), segment or 1
     keep = getattr(compute, "keep", None) or (lambda w: w)
-    marks: dict = {}
-    w = start
-    for i, step in enumerate(steps):  # pass 1, keeping the first weights of every segment
-        if i % k == 0:
-            marks[i] = keep(w)
-        w = w - alpha * compute.grad(w, step)
-    final = w
+    marks, _, final = _forward(compute, start, alpha, steps, every=k)  # the first weights of every segment
     residual = final - target
     loss = compute.dot(residual, residual) / distance
     lam = (2.0 / distance) * residual

@@ -251,28 +251,27 @@ def distill(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Any, trajectori
         already = state.finite()
         if already is not None:  # ... unless it was not (NaN data, a bad resumed state)
             bad, kept = f"the {already} (before any update of this run)", None
-        what = f"{bad} became NaN/inf at iteration {it + 1} (loss {out.loss})"
-        if bad is None and out.loss > cfg.max_loss:
-            # finite but diverged: the images that gave this loss are not a good state either
+        diverged = bad is None and out.loss > cfg.max_loss
+        if diverged:  # finite, but the images that gave this loss are not a good state either
             bad, kept = "the loss", None
-            what = (f"the matching loss {out.loss:.4g} at iteration {it + 1} is above max_loss {cfg.max_loss:g} "
-                    "(the run diverged)")
         if bad is None:
             grad_norm = state.apply(images_grad, out.lr_grad, logits_grad)
             broken = state.finite()
             if broken is not None:  # the update itself overflowed: the last checkpoint stays the good state
                 bad = f"the {broken} after the update"
                 kept = None
-                what = f"{bad} became NaN/inf at iteration {it + 1} (loss {out.loss})"
         if bad is not None:
             if kept is not None:
                 write_checkpoint(it)
             else:
                 last = store.latest_checkpoint()
                 kept = last[0] if last is not None else 0
+            what = (f"the matching loss {out.loss:.4g} at iteration {it + 1} is above max_loss {cfg.max_loss:g} "
+                    "(the run diverged)" if diverged
+                    else f"{bad} became NaN/inf at iteration {it + 1} (loss {out.loss})")
             msg = (f"{what}; the last good state (after iteration {kept}) is kept in the checkpoint: "
-                   "lower --lr-img or --lr-lr (or set --max-grad-norm"
-                   + (", or raise --max-loss" if "max_loss" in what else "") + ") and continue with --resume")
+                   "lower --lr-img or --lr-lr (or set --max-grad-norm" + (", or raise --max-loss" if diverged else "")
+                   + ") and continue with --resume")
             sink.emit(events.Error(message=msg, iteration=it))
             sink.emit(events.RunFinished(status="failed", summary={"iteration": it, "error": msg}))
             raise NumericalError(msg)

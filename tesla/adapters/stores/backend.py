@@ -70,15 +70,24 @@ def as_numpy(x: Any, dtype: Any = None) -> np.ndarray:
 
 
 def fsync_path(path: str) -> None:
-    """fsync a file or a folder (folders: where the platform allows opening them)."""
+    """fsync a file (errors raise: the data may not be on disk) or a folder (best effort).
+
+    fsync reaches a file's pages through any descriptor, so this works on a file another
+    handle (h5py's) wrote. Folders cannot be opened on Windows, and some filesystems refuse
+    fsync on them; a folder is then skipped.
+    """
+    folder = os.path.isdir(path)
     try:
         fd = os.open(path, os.O_RDONLY)
-    except (IsADirectoryError, PermissionError):  # a folder on Windows
-        return
+    except (IsADirectoryError, PermissionError):
+        if folder:
+            return
+        raise
     try:
         os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on folders
-        pass
+    except OSError:
+        if not folder:
+            raise
     finally:
         os.close(fd)
 

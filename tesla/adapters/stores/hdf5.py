@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping, Optional
 import h5py
 import numpy as np
 
-from .backend import Backend, plain
+from .backend import Backend, fsync_path, plain
 from .errors import StoreError
 
 _JSON = "json:"
@@ -167,11 +167,7 @@ class H5Backend(Backend):
         if self.read_only:
             return
         self.flush()
-        fd = os.open(self.url, os.O_RDONLY)  # fsync reaches the inode's pages through any descriptor
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(self.url)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -292,8 +292,7 @@ class SyntheticStore:
                 new.flush()
             finally:
                 new.close()
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())  # the data is on disk before the name points at it
+            fsync_path(tmp)  # the data is on disk before the name points at it
             if old is not None:
                 old.close()
                 old = None

@@ -293,18 +293,6 @@ def _virtual_size() -> int:
         return 0
 
 
-def _limit_address_space(extra_gb: float) -> None:
-    """Let this process map at most ``extra_gb`` GiB beyond what it maps now (RLIMIT_AS).
-
-    Counting from the current size keeps the limit about the iteration, not about the
-    gigabytes of shared libraries torch maps at import.
-    """
-    import resource
-
-    limit = _virtual_size() + int(extra_gb * 2**30)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-
 def available_memory_gb() -> Optional[float]:
     """The host's available memory in GiB (``MemAvailable`` of /proc/meminfo), None where unknown."""
     try:
@@ -348,7 +336,8 @@ def _point_main(argv: Sequence[str]) -> int:
     """Child entry: ``_point <settings json> <engine> <steps> [max_rss_gb]``; prints one JSON line."""
     s = BenchSettings.from_json(argv[0])
     engine, steps = argv[1], int(argv[2])
-    if len(argv) > 3:
+    limit = float(argv[3]) if len(argv) > 3 else None
+    if limit is not None:
         # load every library first: a shared object that cannot be mapped under the limit
         # fails with unrelated errors, and that is not what the limit is about
         import tesla.adapters.torch.augment  # noqa: F401
@@ -360,11 +349,12 @@ def _point_main(argv: Sequence[str]) -> int:
         if s.threads:
             torch.set_num_threads(s.threads)
         torch.ones(256, 256) @ torch.ones(256, 256)  # start the thread pool (its stacks) before the limit
-        _limit_address_space(float(argv[3]))
-    try:
-        point = measure_point_here(s, engine, steps)
-    except MemoryError:
-        point = MemoryPoint(engine, steps, OOM)
+    # the limit counts from what is mapped now: the iteration, not the libraries torch maps at import
+    with host_memory_limit(limit):
+        try:
+            point = measure_point_here(s, engine, steps)
+        except MemoryError:
+            point = MemoryPoint(engine, steps, OOM)
     print(json.dumps(attrs.asdict(point)), flush=True)
     return 0
 

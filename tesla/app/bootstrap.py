@@ -17,13 +17,12 @@ from typing import Any, Optional
 import torch
 
 from tesla.domain.config import ConfigError, DataConfig
+from tesla.domain.errors import RunDirError
 
 RUN_CONFIG = "config.json"
 EVENTS = "events.jsonl"
 
 
-class RunDirError(ValueError):
-    """The output directory cannot take this run (message names the fix)."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -11,28 +11,42 @@ The domain keeps no framework imports: these classes are plain data.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import attr
 import attrs
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field and the fix."""
-
+from tesla.domain.errors import ConfigError  # noqa: E402  (re-exported: tesla.domain.config.ConfigError)
 
 # --- small validators that name the field -------------------------------------------
-
-def _positive(inst: Any, attr: attrs.Attribute, value: Any) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"{attr.name} must be a number > 0 (got {value!r})")
+# Required fields refuse None (attrs passes whatever the caller gave, and a None that
+# slipped through would fail much later, far from its cause); ``optional=True`` admits it.
 
 
-def _int_at_least(lo: int):
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+def _positive_check(optional: bool, infinite: bool = False):
     def check(inst: Any, attr: attrs.Attribute, value: Any) -> None:
-        if value is None:
+        if value is None and optional:
+            return
+        if not _is_number(value) or not value > 0 or (value == math.inf and not infinite):
+            bound = "a number > 0" + (" (inf allowed)" if infinite else ", finite")
+            raise ConfigError(f"{attr.name} must be {bound} (got {value!r})")
+
+    return check
+
+
+_positive = _positive_check(optional=False)
+_positive_or_none = _positive_check(optional=True)
+
+
+def _int_at_least(lo: int, *, optional: bool = False):
+    def check(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+        if value is None and optional:
             return
         if isinstance(value, bool) or not isinstance(value, int) or value < lo:
             raise ConfigError(f"{attr.name} must be an integer >= {lo} (got {value!r})")
@@ -41,13 +55,23 @@ def _int_at_least(lo: int):
 
 
 def _non_negative(inst: Any, attr: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"{attr.name} must be a number >= 0 (got {value!r})")
+    if not _is_number(value) or not 0 <= value < math.inf:
+        raise ConfigError(f"{attr.name} must be a finite number >= 0 (got {value!r})")
+
+
+def _flag(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{attr.name} must be true or false (got {value!r})")
+
+
+def _text_or_none(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{attr.name} must be text (got {value!r})")
 
 
 def _one_of(*choices: Any):
     def check(inst: Any, attr: attrs.Attribute, value: Any) -> None:
-        if value not in choices:
+        if not isinstance(value, (str, int)) or isinstance(value, bool) or value not in choices:
             allowed = ", ".join(repr(c) for c in choices)
             raise ConfigError(f"{attr.name} must be one of {allowed} (got {value!r})")
 
@@ -135,9 +159,9 @@ class DataConfig:
     """
 
     name: str = attrs.field(default="cifar10", validator=_one_of(*DATASETS))
-    root: Optional[str] = None
-    zca: bool = False
-    image_size: Optional[int] = attrs.field(default=None, validator=_int_at_least(1))
+    root: Optional[str] = attrs.field(default=None, validator=_text_or_none)
+    zca: bool = attrs.field(default=False, validator=_flag)
+    image_size: Optional[int] = attrs.field(default=None, validator=_int_at_least(1, optional=True))
 
     def __attrs_post_init__(self) -> None:
         if self.name != "demo" and not self.root:
@@ -165,7 +189,7 @@ class ExpertConfig:
     momentum: float = attrs.field(default=0.0, validator=_non_negative)
     weight_decay: float = attrs.field(default=0.0, validator=_non_negative)
     batch_size: int = attrs.field(default=256, validator=_int_at_least(1))
-    dsa: bool = True
+    dsa: bool = attrs.field(default=True, validator=_flag)
     seed: int = attrs.field(default=0, validator=_int_at_least(0))
     eval_every: int = attrs.field(default=1, validator=_int_at_least(0))
     parallel: int = attrs.field(default=1, validator=_int_at_least(1))
@@ -218,7 +242,7 @@ class DistillConfig:
     syn_steps: int = attrs.field(default=30, validator=_int_at_least(1))
     expert_epochs: int = attrs.field(default=2, validator=_int_at_least(1))
     max_start_epoch: int = attrs.field(default=20, validator=_int_at_least(1))
-    batch_syn: Optional[int] = attrs.field(default=None, validator=_int_at_least(1))
+    batch_syn: Optional[int] = attrs.field(default=None, validator=_int_at_least(1, optional=True))
     iterations: int = attrs.field(default=5000, validator=_int_at_least(1))
     lr_img: float = attrs.field(default=1000.0, validator=_positive)
     lr_lr: float = attrs.field(default=1e-5, validator=_non_negative)
@@ -227,20 +251,20 @@ class DistillConfig:
     momentum: float = attrs.field(default=0.5, validator=_non_negative)
     engine: str = attrs.field(default="tesla", validator=_one_of(*ENGINES))
     labels: str = attrs.field(default="hard", validator=_one_of(*LABELS))
-    label_epoch: Optional[int] = attrs.field(default=None, validator=_int_at_least(0))
+    label_epoch: Optional[int] = attrs.field(default=None, validator=_int_at_least(0, optional=True))
     init: str = attrs.field(default="real", validator=_one_of("real", "noise"))
-    dsa: bool = True
+    dsa: bool = attrs.field(default=True, validator=_flag)
     seed: int = attrs.field(default=0, validator=_int_at_least(0))
     checkpoint_every: int = attrs.field(default=100, validator=_int_at_least(1))
     soft_label_chunk: int = attrs.field(default=1000, validator=_int_at_least(1))
     min_lr: float = attrs.field(default=1e-6, validator=_positive)
-    max_grad_norm: Optional[float] = attrs.field(default=None, validator=_positive)
-    max_loss: float = attrs.field(default=1000.0, validator=_positive)
+    max_grad_norm: Optional[float] = attrs.field(default=None, validator=_positive_or_none)
+    max_loss: float = attrs.field(default=1000.0, validator=_positive_check(optional=False, infinite=True))
     second_pass_chunk: int = attrs.field(default=1, validator=_int_at_least(1))
     precision: str = attrs.field(default="fp32", validator=_one_of("fp32", "tf32", "bf16"))
-    channels_last: bool = False
-    offload_weights: bool = False
-    remake_weights: bool = False
+    channels_last: bool = attrs.field(default=False, validator=_flag)
+    offload_weights: bool = attrs.field(default=False, validator=_flag)
+    remake_weights: bool = attrs.field(default=False, validator=_flag)
 
     def __attrs_post_init__(self) -> None:
         if self.labels == "teacher-epoch" and self.label_epoch is None:
@@ -277,11 +301,11 @@ class EvalConfig:
     models: tuple = attrs.field(default=("convnet",), converter=_as_tuple)
     num_models: int = attrs.field(default=5, validator=_int_at_least(1))
     epochs: int = attrs.field(default=1000, validator=_int_at_least(1))
-    lr: Optional[float] = attrs.field(default=None, validator=_positive)
+    lr: Optional[float] = attrs.field(default=None, validator=_positive_or_none)
     momentum: float = attrs.field(default=0.9, validator=_non_negative)
     weight_decay: float = attrs.field(default=5e-4, validator=_non_negative)
     batch_size: int = attrs.field(default=256, validator=_int_at_least(1))
-    dsa: bool = True
+    dsa: bool = attrs.field(default=True, validator=_flag)
     seed: int = attrs.field(default=0, validator=_int_at_least(0))
 
     def __attrs_post_init__(self) -> None:

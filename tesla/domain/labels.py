@@ -42,10 +42,6 @@ class LabelPlan:
     expert: Optional[int] = None
     epoch: Optional[int] = None
 
-    @property
-    def needs_teacher(self) -> bool:
-        return self.kind == "teacher"
-
     def provenance(self) -> dict:
         """What a stored synthetic set records about its labels."""
         return {"kind": self.kind, "expert": self.expert, "epoch": self.epoch}
@@ -79,8 +75,3 @@ def plan_labels(strategy: str, *, expert: int, start_epoch: int, expert_epochs: 
     if not 0 <= epoch < num_snapshots:
         raise ValueError(f"label epoch {epoch} is outside expert {expert}'s snapshots 0..{num_snapshots - 1}")
     return LabelPlan("teacher", expert=expert, epoch=epoch)
-
-
-def default_strategy(num_classes: int) -> str:
-    """SLA for many classes (where hard labels fail, NOTES §3), hard labels otherwise."""
-    return "teacher-target" if num_classes >= 100 else "hard"

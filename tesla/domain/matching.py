@@ -200,15 +200,8 @@ def unrolled(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Seq
 
 def match(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequence[Step], engine: str = "tesla",
           **kwargs) -> Matched:
-    """Run one engine by name (``tesla`` | ``exact`` | ``unrolled``)."""
-    if not steps:
-        raise ValueError("at least one student step is needed (steps >= 1)")
-    if not alpha > 0.0:
-        raise ValueError(f"the student lr must be > 0 (got {alpha})")
-    if engine == "tesla":
-        return first_order(compute, start, target, alpha, steps, **kwargs)
-    if engine == "exact":
-        return exact(compute, start, target, alpha, steps, **kwargs)
-    if engine == "unrolled":
-        return unrolled(compute, start, target, alpha, steps)
-    raise ValueError(f"engine must be one of {', '.join(ENGINES)} (got {engine!r})")
+    """Run one engine by name (``tesla`` | ``exact`` | ``unrolled``) with its options
+    (``chunk``/``shard``, ``segment``); see :func:`tesla.domain.engines.engine_for`."""
+    from tesla.domain.engines import engine_for
+
+    return engine_for(engine, **kwargs)(compute, start, target, alpha, steps)

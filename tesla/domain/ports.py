@@ -158,3 +158,6 @@ class ListSink:
 
     def of(self, type_: str) -> list:
         return [e for e in self.events if e.type == type_]
+
+
+# === ports of the experts, evaluation, bench, prepare and info services (below this line) ===

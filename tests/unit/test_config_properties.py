@@ -40,16 +40,46 @@ def test_integer_fields_accept_exactly_their_range(cls, name, lo, value):
             cls(**{name: value})
 
 
-@pytest.mark.parametrize("cls,name", [(DistillConfig, "ipc"), (ExpertConfig, "epochs"), (DistillConfig, "lr_img")])
+REQUIRED = [(DistillConfig, "ipc"), (DistillConfig, "syn_steps"), (ExpertConfig, "epochs"), (DistillConfig, "lr_img"),
+            (DistillConfig, "lr_lr"), (ModelConfig, "depth"), (ModelConfig, "num_classes"), (DistillConfig, "dsa"),
+            (DistillConfig, "engine"), (EvalConfig, "momentum"), (DataConfig, "zca")]
+
+
+@pytest.mark.parametrize("cls,name", REQUIRED, ids=[f"{c.__name__}.{n}" for c, n in REQUIRED])
 @FEW
-@given(value=st.one_of(st.booleans(), st.text(max_size=3), st.none(), st.floats(allow_nan=True)))
-def test_wrong_types_are_refused_by_name(cls, name, value):
-    if value is None or (isinstance(value, float) and name == "lr_img" and value > 0 and value != float("inf")):
-        return  # None means "default" for optional fields; a positive float is a valid lr
-    if isinstance(value, float) and name == "lr_img" and value == float("inf"):
-        return  # inf > 0 passes the range check; the NaN guard catches what it does
-    with pytest.raises(ConfigError, match=name):
-        cls(**{name: value})
+@given(value=st.one_of(st.booleans(), st.text(max_size=3), st.none(), st.floats(allow_nan=True), st.integers(-3, 3)))
+def test_wrong_types_and_none_are_refused_by_name(cls, name, value):
+    """None is no default for a required field: it is refused like any wrong type."""
+    extra = {"name": "demo"} if cls is DataConfig else {}
+    default = attrs.fields_dict(cls)[name].default
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str) and value in ENGINES
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= (2 if name == "num_classes" else 1)
+    else:  # a float: lr_img (> 0, finite), lr_lr and momentum (>= 0, finite)
+        lo_ok = (lambda v: v > 0) if name == "lr_img" else (lambda v: v >= 0)
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and lo_ok(value)
+              and value != float("inf"))
+    if name == "lr_img" and ok and value <= 1e-6:
+        ok = True  # any positive lr_img is valid
+    if ok:
+        try:
+            cls(**extra, **{name: value})
+        except ConfigError as e:  # only a cross-field rule may object, and it names its fields
+            assert name in str(e) or "divisible" in str(e) or "min_lr" in str(e)
+    else:
+        with pytest.raises(ConfigError, match=name):
+            cls(**extra, **{name: value})
+
+
+def test_none_for_a_required_field_is_a_config_error_not_a_type_error():
+    for cls, name in [(DistillConfig, "ipc"), (DistillConfig, "syn_steps"), (ExpertConfig, "epochs"),
+                      (ModelConfig, "depth")]:
+        with pytest.raises(ConfigError, match=name):
+            cls(**{name: None})
+    assert DistillConfig(batch_syn=None).batch_syn is None  # optional fields still admit None
 
 
 @FEW

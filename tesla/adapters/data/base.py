@@ -26,8 +26,7 @@ if TYPE_CHECKING:  # the normaliser lives with the torch adapters; only its type
     from tesla.adapters.torch.normalize import Normalizer
 
 
-class DataError(ValueError):
-    """Real data is missing or malformed; the message names the path and the fix."""
+from tesla.domain.errors import DataError  # noqa: E402  (the domain's; re-exported here)
 
 
 def _generator(seed: int) -> torch.Generator:

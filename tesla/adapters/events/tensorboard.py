@@ -11,8 +11,10 @@ import importlib.util
 import os
 from typing import Any, Union
 
+from tesla.domain.errors import UserError
 
-class TensorBoardUnavailable(RuntimeError):
+
+class TensorBoardUnavailable(UserError):
     """TensorBoard is not installed."""
 
 

@@ -7,7 +7,7 @@ problem is a :class:`StoreError` with a one-line message. Exports and the MTT im
 """
 
 from .errors import StoreError
-from .open import describe_store, open_store, parse_storage_options, store_kind
+from .open import describe_store, open_store, store_kind
 from .synthetic import SyntheticSet, SyntheticStore, open_synthetic_store
 from .trajectory import ExpertWriter, TrajectoryMeta, TrajectoryStore, open_trajectory_store
 
@@ -23,5 +23,4 @@ __all__ = [
     "describe_store",
     "open_store",
     "store_kind",
-    "parse_storage_options",
 ]

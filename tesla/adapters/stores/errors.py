@@ -3,12 +3,13 @@
 Every problem a store meets on disk (missing path, damaged file, wrong format, a model
 that does not fit the stored layout, a missing chunk) is raised as :class:`StoreError`
 with a one-line message that names the path and says what to do, so the CLI can print it
-as a single red line and exit 2. It derives from ``ValueError`` so callers that already
-treat bad input as ``ValueError`` catch it too.
+as a single red line and exit 2. It is defined in the domain (a :class:`UserError`), so
+services can catch it without importing an adapter.
 """
 
 from __future__ import annotations
 
 
-class StoreError(ValueError):
-    """A store cannot be read or written as asked; the message names the path and the fix."""
+from tesla.domain.errors import StoreError
+
+__all__ = ["StoreError"]

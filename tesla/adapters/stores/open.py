@@ -74,23 +74,3 @@ def describe_store(url: str, storage_options: Optional[dict] = None) -> dict[str
         return {"kind": "synthetic", "url": url, **summary, "size_bytes": store.size_bytes()}
     finally:
         store.close()
-
-
-def parse_storage_options(items: Optional[list[str]]) -> dict[str, Any]:
-    """``["anon=true", "endpoint_url=http://x"]`` -> ``{"anon": True, "endpoint_url": "http://x"}``.
-
-    Values are read as JSON where they parse (numbers, true/false, null, objects), else
-    kept as strings.
-    """
-    import json
-
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise StoreError(f"storage option {item!r} is not KEY=VALUE; e.g. --storage-option anon=true")
-        try:
-            out[key.strip()] = json.loads(value)
-        except ValueError:
-            out[key.strip()] = value
-    return out

@@ -132,12 +132,6 @@ class TorchCompute:
     def data_grad(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         return self._images_grad, self._labels_grad
 
-    def reset(self) -> None:
-        """Zero the accumulated data gradient (keeps recorded augmentation)."""
-        self._images_grad.zero_()
-        if self._labels_grad is not None:
-            self._labels_grad.zero_()
-
     def unrolled(self, start: torch.Tensor, target: torch.Tensor, alpha: float, steps: Sequence[Step]) -> tuple[float, float]:
         with torch.enable_grad():
             X = self.images.clone().requires_grad_(True)

@@ -31,13 +31,15 @@ import attrs
 import torch
 import torch.distributed as dist
 
+from tesla.domain.errors import UserError
+
 T = TypeVar("T")
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 DEFAULT_TIMEOUT_S = 3600  # generous: rank 0 may evaluate or write a large checkpoint meanwhile
 
 
-class DistributedError(ValueError):
+class DistributedError(UserError):
     """The process group cannot be set up, or another rank failed (message names which)."""
 
 

@@ -59,12 +59,6 @@ class FlatView:
             out[name] = chunk.view(shape)
         return out
 
-    def load_(self, w: torch.Tensor) -> None:
-        """Copy ``w`` into the module's parameters in place."""
-        with torch.no_grad():
-            for p, v in zip(self.module.parameters(), self.unflatten(w.to(next(self.module.parameters()).device)).values()):
-                p.copy_(v)
-
     def __call__(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Forward of the module at parameters ``w`` (P,) on inputs ``x`` (B, C, H, W)."""
         params = self.unflatten(w)

@@ -27,33 +27,15 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     raise typer.Exit(code)
 
 
-def _input_errors() -> tuple:
-    from tesla.adapters.stores.errors import StoreError
-    from tesla.app.bootstrap import RunDirError
-    from tesla.domain.config import ConfigError
-
-    errors: list = [ConfigError, RunDirError, StoreError, FileNotFoundError, NotADirectoryError, PermissionError]
-    try:
-        from tesla.adapters.data.base import DataError
-
-        errors.append(DataError)
-    except ImportError:  # pragma: no cover
-        pass
-    from tesla.app.services.distill import DistillError
-    from tesla.app.services.experts import ExpertsError
-
-    from tesla.adapters.torch.dist import DistributedError
-
-    from tesla.adapters.events.tensorboard import TensorBoardUnavailable
-
-    errors += [DistillError, ExpertsError, DistributedError, TensorBoardUnavailable]
-    return tuple(errors)
+# the OS errors a command maps to one line (a missing or unreadable path the user named);
+# every other refusal is a UserError, raised by whichever layer found the problem
+OS_INPUT_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 @contextlib.contextmanager
 def errors() -> Iterator[None]:
     """Turn the project's input errors into one line and exit code 2; NaN stops into 3."""
-    from tesla.app.services.distill import NumericalError
+    from tesla.domain.errors import NumericalError, UserError
 
     try:
         yield
@@ -63,7 +45,7 @@ def errors() -> Iterator[None]:
         # the job emitted an Error event with this message first, and the terminal display
         # (or --json, or the TUI's log) has shown it: exit without printing it twice
         raise typer.Exit(EXIT_NUMERICAL) from None
-    except _input_errors() as e:
+    except (UserError, *OS_INPUT_ERRORS) as e:
         msg = str(e) or e.__class__.__name__
         if isinstance(e, OSError) and e.filename:
             msg = f"{e.strerror or e}: {e.filename}"

@@ -55,6 +55,7 @@ import torch
 
 from tesla.domain import events, matching, sampling
 from tesla.domain.config import ModelConfig, to_dict
+from tesla.domain.errors import UserError
 from tesla.domain.ports import EventSink, NullSink
 
 ENGINES = ("unrolled", "tesla", "exact")
@@ -64,7 +65,7 @@ DEFAULT_STEPS = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
 OOM = "OOM"
 
 
-class BenchError(ValueError):
+class BenchError(UserError):
     """A benchmark cannot run as asked (the message names the fix)."""
 
 

@@ -34,16 +34,11 @@ from tesla.adapters.torch.models import build_model
 from tesla.adapters.torch.synthetic import SyntheticState, soft_labels
 from tesla.domain import events, matching, sampling
 from tesla.domain.config import DistillConfig, ModelConfig, to_dict
+from tesla.domain.errors import DistillError, NumericalError
 from tesla.domain.labels import plan_labels
 from tesla.domain.ports import EventSink, NullSink
 
 
-class DistillError(ValueError):
-    """A run cannot start: the message names what does not fit and how to fix it."""
-
-
-class NumericalError(RuntimeError):
-    """NaN or inf appeared; the last good state was checkpointed."""
 
 
 # fields that may differ when a run is resumed (the usual fixes and the run length)

@@ -26,11 +26,10 @@ from tesla.adapters.torch.parallel import train_experts_parallel
 from tesla.adapters.torch.training import TrainingStopped
 from tesla.domain import events
 from tesla.domain.config import ExpertConfig, ModelConfig, to_dict
+from tesla.domain.errors import ExpertsError
 from tesla.domain.ports import EventSink, NullSink
 
 
-class ExpertsError(ValueError):
-    """The experts cannot be trained as asked (message names the fix)."""
 
 
 @attrs.frozen

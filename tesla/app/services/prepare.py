@@ -19,12 +19,13 @@ from typing import Any, Callable, Optional
 import attrs
 
 from tesla.domain import events as ev
+from tesla.domain.errors import UserError
 from tesla.domain.ports import EventSink, NullSink
 
 FORMATS = ("imagenet64", "imagefolder", "tiny-imagenet")
 
 
-class PrepareError(ValueError):
+class PrepareError(UserError):
     """The source cannot be prepared as asked; the message names the path and the fix."""
 
 

@@ -1,0 +1,45 @@
+"""The project's error types: one user-error base that every refusal subclasses.
+
+A :class:`UserError` is bad input or a state the user can fix: its message names the
+problem and the fix in one line, and the CLI prints exactly that and exits 2 before
+anything is written. Every layer raises a subclass (configs, stores, data, runs), so
+the entry points catch one type instead of a list that grows with the adapters.
+
+:class:`NumericalError` is not a user error in that sense: a run met NaN/inf, diverged
+or collapsed; the last good state is kept and the CLI exits 3 (the run's ``Error``
+event has already said what happened and what to change).
+"""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """Bad input or an unfixable state: the message names the problem and the fix."""
+
+
+class ConfigError(UserError):
+    """A configuration value is invalid; the message names the field and the fix."""
+
+
+class StoreError(UserError):
+    """A store cannot be opened, read or written as asked (missing, damaged, mismatched)."""
+
+
+class DataError(UserError):
+    """Real data cannot be read as asked (missing files, wrong layout, bad shapes)."""
+
+
+class RunDirError(UserError):
+    """The output directory cannot take this run."""
+
+
+class DistillError(UserError):
+    """A distillation cannot start: what does not fit and how to fix it."""
+
+
+class ExpertsError(UserError):
+    """Experts cannot be trained as asked."""
+
+
+class NumericalError(RuntimeError):
+    """NaN/inf, divergence or collapsed labels stopped a run; the last good state is kept."""

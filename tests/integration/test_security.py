@@ -1,8 +1,10 @@
 """Nothing the user did not create is unpickled unsafely; credentials never reach logs.
 
-* An AST walk of the package: every ``torch.load`` passes ``weights_only=True``; the only
-  ``pickle.load``/``pickle.loads`` is the CIFAR reader's (the official dataset format);
-  every ``pickle.Unpickler`` subclass restricts ``find_class``.
+* An AST walk of the package: every ``torch.load`` passes ``weights_only=True``; no
+  ``pickle.load``/``pickle.loads`` anywhere (the CIFAR and Downsampled-ImageNet batch files go
+  through a restricted unpickler); every ``pickle.Unpickler`` subclass restricts ``find_class``.
+* A CIFAR folder whose pickles name a code-running global is refused with one line, and the
+  code does not run; the official format (dicts of numpy arrays) still reads.
 * A run with ``--storage-option secret=...`` on a ``memory://`` store: the secret appears
   in no event, no config file, no store attribute and no terminal output.
 """
@@ -19,7 +21,7 @@ import tesla
 from tests.faults.common import one_thread, DISTILL, MODEL, invoke  # noqa: F401 - autouse fixture
 
 PACKAGE = Path(tesla.__file__).parent
-PICKLE_ALLOWED = {"adapters/data/cifar.py"}
+PICKLE_ALLOWED: set = set()  # nowhere: data files go through adapters/data/safe_pickle.py
 
 
 def _modules():
@@ -57,7 +59,7 @@ def test_no_from_torch_import_load_that_could_hide_a_call():
                 assert "load" not in {a.name for a in node.names}, rel
 
 
-def test_pickle_load_only_in_the_cifar_reader_and_unpicklers_are_restricted():
+def test_no_pickle_load_anywhere_and_unpicklers_are_restricted():
     offenders = []
     for rel, tree in _modules():
         for node in ast.walk(tree):
@@ -78,6 +80,84 @@ def test_pickle_load_only_in_the_cifar_reader_and_unpicklers_are_restricted():
                 if isinstance(kw.get("allow_pickle"), ast.Constant) and kw["allow_pickle"].value is True:
                     offenders.append(f"{rel}:{node.lineno} np.load(allow_pickle=True)")
     assert not offenders, offenders
+
+
+class _RunsCode:
+    """Unpickling this calls ``os.system`` (what a malicious batches.meta can do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _cifar_folder(root: Path, meta: object, *, batches: object = None) -> Path:
+    """A CIFAR-10 folder in the official layout: dicts of numpy arrays, pickled."""
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = [i % 10 for i in range(20)]
+        batch = batches if batches is not None else {
+            "batch_label": name, "labels": labels, "data": rng.integers(0, 256, (20, 3072), dtype=np.uint8),
+            "filenames": [f"{name}-{i}.png" for i in range(20)]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return root
+
+
+def test_official_cifar_pickles_of_numpy_arrays_still_read(tmp_path):
+    import numpy as np
+
+    from tesla.adapters.data.cifar import load_cifar
+
+    names = np.array([f"class{i}" for i in range(10)])  # a numpy array: needs numpy's globals
+    root = _cifar_folder(tmp_path, {"label_names": names, "num_cases_per_batch": 20})
+    data = load_cifar(str(root), name="cifar10", cache_dir=str(tmp_path / "cache"))
+    assert data.num_classes == 10 and data.class_names[3] == "class3"
+    assert tuple(data.train_x.shape) == (100, 3, 32, 32)
+
+
+@pytest.mark.parametrize("where", ["meta", "batch"])
+def test_a_code_running_cifar_pickle_is_refused_and_does_not_run(tmp_path, where):
+    from tesla.adapters.data.cifar import load_cifar
+    from tesla.domain.errors import DataError
+
+    marker = tmp_path / "pwned"
+    evil = {"label_names": [f"c{i}" for i in range(10)], "x": _RunsCode(marker)}
+    root = (_cifar_folder(tmp_path / "d", evil) if where == "meta"
+            else _cifar_folder(tmp_path / "d", {"label_names": [f"c{i}" for i in range(10)]}, batches=evil))
+    with pytest.raises(DataError, match="refusing to unpickle global (posix|os).system"):
+        load_cifar(str(root), name="cifar10", cache_dir=str(tmp_path / "cache"))
+    assert not marker.exists()
+
+
+def test_a_code_running_cifar_pickle_is_one_line_through_the_cli(tmp_path):
+    marker = tmp_path / "pwned"
+    root = _cifar_folder(tmp_path / "d", {"label_names": [f"c{i}" for i in range(10)], "x": _RunsCode(marker)})
+    res = invoke(["experts", "--dataset", "cifar10", "--data", str(root), "--out", str(tmp_path / "e.zarr"),
+                  "--depth", "3", "--width", "8", "--num-experts", "1", "--epochs", "1", "--device", "cpu"])
+    assert res.exit_code == 2, res.output
+    assert "refusing to unpickle" in res.output and "Traceback" not in res.output
+    assert not marker.exists() and not (tmp_path / "e.zarr").exists()
+
+
+def test_a_truncated_cifar_batch_is_one_data_error(tmp_path):
+    from tesla.adapters.data.cifar import load_cifar
+    from tesla.domain.errors import DataError
+
+    root = _cifar_folder(tmp_path, {"label_names": [f"c{i}" for i in range(10)]})
+    batch = root / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:100])
+    with pytest.raises(DataError, match="data_batch_3: not a readable cifar10 batch file"):
+        load_cifar(str(root), name="cifar10", cache_dir=str(tmp_path / "cache"))
 
 
 SECRET = "XYZ-not-for-logs-8841"

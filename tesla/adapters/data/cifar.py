@@ -16,7 +16,6 @@ eps, so a changed data set never reuses a stale transform.
 from __future__ import annotations
 
 import hashlib
-import pickle
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from tesla.adapters.data.base import DataError, ImageSet, encode_uint8
+from tesla.adapters.data.safe_pickle import UnsafePickle, load_arrays
 from tesla.adapters.torch.normalize import Normalizer
 
 ZCA_EPS = 0.1
@@ -78,8 +78,24 @@ def find_folder(root: str | Path, name: str = "cifar10") -> Path:
 def _unpickle(path: Path, name: str) -> dict:
     if not path.is_file():
         raise DataError(f"missing {name} file: {path} (expected {_expected(name)})")
-    with path.open("rb") as f:
-        return pickle.load(f, encoding="latin1")  # the dataset's own format (trusted files)
+    try:
+        obj = load_arrays(path)  # never plain pickle.load: a data folder is not trusted input
+    except UnsafePickle as e:
+        raise DataError(f"{path}: {e}; a {name} batch file holds only arrays, lists and strings: "
+                        "replace the file with the official one") from None
+    except Exception as e:  # truncated, damaged, or not a pickle at all
+        raise DataError(f"{path}: not a readable {name} batch file ({type(e).__name__}: {e}): "
+                        "replace it with the official one") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: a {name} batch file holds a dict (got {type(obj).__name__}): "
+                        "replace it with the official one")
+    return obj
+
+
+def _entry(d: dict, key: str, path: Path, name: str):
+    if key not in d:
+        raise DataError(f"{path}: no {key!r} entry in this {name} file: replace it with the official one")
+    return d[key]
 
 
 def _read_split(folder: Path, name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -87,11 +103,11 @@ def _read_split(folder: Path, name: str, split: str) -> tuple[np.ndarray, np.nda
     xs, ys = [], []
     for fname in lay[split]:
         d = _unpickle(folder / fname, name)
-        data = np.asarray(d["data"], dtype=np.uint8)
+        data = np.asarray(_entry(d, "data", folder / fname, name), dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
             raise DataError(f"{folder / fname}: 'data' must be (N, 3072) uint8, got {data.shape}")
         xs.append(data.reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(d[lay["labels"]], dtype=np.int64))
+        ys.append(np.asarray(_entry(d, lay["labels"], folder / fname, name), dtype=np.int64))
     return np.concatenate(xs), np.concatenate(ys)
 
 
@@ -155,7 +171,7 @@ def load_cifar(
     folder = find_folder(root, name)
     lay = _LAYOUT[name]
     meta = _unpickle(folder / lay["meta"], name)
-    class_names = [str(n) for n in meta[lay["names"]]]
+    class_names = [str(n) for n in _entry(meta, lay["names"], folder / lay["meta"], name)]
     train_x, train_y = _read_split(folder, name, "train")
     test_x, test_y = _read_split(folder, name, "test")
     if limit_per_class is not None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import pickle
 import re
 import struct
 import zipfile
@@ -35,6 +34,7 @@ import attrs
 import numpy as np
 
 from tesla.adapters.data.base import DataError
+from tesla.adapters.data.safe_pickle import UnsafePickle, load_arrays
 
 TRAIN_DIRS = ("", "Imagenet64_train_npz", "Imagenet64_train", "Imagenet32_train_npz", "Imagenet32_train")
 VAL_DIRS = ("", "Imagenet64_val_npz", "Imagenet64_val", "Imagenet32_val_npz", "Imagenet32_val")
@@ -46,36 +46,10 @@ class Imagenet64Error(DataError):
     """A Downsampled-ImageNet file is missing, malformed or unsafe to read."""
 
 
-# --- restricted unpickling of the older release ---------------------------------------
-
-_SAFE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-}
-
-
-class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that builds only dicts, lists, numbers, strings and numpy arrays.
-
-    ``find_class`` is the one place a pickle can reach code; allowing just numpy's
-    reconstruction functions makes loading a data file unable to run anything else.
-    """
-
-    def find_class(self, module: str, name: str):  # noqa: D102 - pickle hook
-        if (module, name) in _SAFE_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle global {module}.{name}")
-
-
 def _load_pickled_batch(path: Path) -> dict:
     try:
-        with open(path, "rb") as f:
-            obj = _ArrayOnlyUnpickler(f, encoding="latin1").load()
-    except pickle.UnpicklingError as err:
+        obj = load_arrays(path)
+    except UnsafePickle as err:
         raise Imagenet64Error(
             f"{path}: pickle holds more than plain arrays ({err}); use the .npz release of Downsampled ImageNet"
         ) from None

@@ -157,7 +157,7 @@ class SetStore(Protocol):
         """Release the store."""
 
 
-class Normalizer(Protocol):
+class Normalization(Protocol):
     """How a data source's images map to model space and back."""
 
     def decode(self, images: Images) -> Images:
@@ -173,7 +173,7 @@ class DataSource(Protocol):
     num_classes: int
     image_shape: tuple  # (C, H, W)
     class_names: list
-    normalizer: Optional[Normalizer]
+    normalizer: Optional[Normalization]
 
     def sample_class(self, c: int, n: int, seed: int) -> Images:
         """``n`` random real images of class ``c`` (without replacement where possible), (n, C, H, W)."""

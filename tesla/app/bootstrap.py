@@ -238,8 +238,7 @@ def distill_in_process(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Data
                        store: Any, sink: Optional[EventSink] = None, device: Any = "cpu", cancel: Any = None,
                        resume: bool = False, run_config: Optional[dict] = None, decode: Optional[Callable] = None,
                        preview_every: int = 0, memory_every: int = 10, evaluator: Optional[Evaluator] = None,
-                       eval_every: int = 0, provenance: Optional[dict] = None, ctx: Any = None,
-                       compute_factory: Optional[Callable] = None) -> Any:
+                       eval_every: int = 0, provenance: Optional[dict] = None, ctx: Any = None) -> Any:
     """One distillation on data and stores the caller opened (scripts, the demo, tests).
 
     Args:
@@ -251,7 +250,6 @@ def distill_in_process(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Data
         evaluator: ``evaluator(state, iteration)`` every ``eval_every`` iterations.
         ctx: this rank's DistContext in a ``torchrun`` job (None: one process). Ranks
             other than 0 read ``store``'s checkpoints but write nothing.
-        compute_factory: builds the compute of an iteration (default: as the config says).
 
     Returns:
         the :class:`~tesla.app.services.distill.DistillResult`.
@@ -270,7 +268,7 @@ def distill_in_process(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Data
         run_store = FollowerStore(lambda: SyntheticSetStore(open_synthetic(url, "r")))
     run = service.DistillRun(
         cfg=cfg, model=model_cfg, data=data, trajectories=trajectories, store=run_store,
-        student=TorchStudent(model_cfg, cfg, device, compute_factory=compute_factory),
+        student=TorchStudent(model_cfg, cfg, device),
         engine=from_config(cfg, shard=ranks.shard), ranks=ranks,
         gauges=TorchGauges(device, decode, cfg.ipc, model_cfg.num_classes),
         evaluator=evaluator or service.no_evaluation,

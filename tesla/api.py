@@ -1,7 +1,8 @@
 """The public, scriptable entry point: one matching iteration on any module.
 
 ``match_gradients`` wires a :class:`~tesla.adapters.torch.compute.TorchCompute` to the
-domain's engines for callers who bring their own model, images and expert snapshots,
+domain's engines (:func:`tesla.domain.engines.engine_for`, the one name -> engine
+mapping) for callers who bring their own model, images and expert snapshots,
 and hands back the loss and the gradients the distillation service would apply.
 """
 
@@ -17,6 +18,7 @@ from torch import nn
 from tesla.adapters.torch.compute import TorchCompute
 from tesla.adapters.torch.functional import FlatView
 from tesla.domain import matching, sampling
+from tesla.domain.engines import engine_for
 
 
 @attrs.frozen
@@ -84,8 +86,8 @@ def match_gradients(model: nn.Module, start: torch.Tensor, target: torch.Tensor,
                                            augment=augment is not None)
     else:
         plan = sampling.make_steps(images.shape[0], steps, batch_size, rng, augment=augment is not None)
+    run = engine_for(engine, segment=segment)
     compute = TorchCompute(view, images, labels, augment=augment, learned_labels=learned_labels)
-    extra = {"segment": segment} if segment is not None else {}
-    out = matching.match(compute, start.detach(), target.detach(), float(lr), plan, engine, **extra)
+    out = run(compute, start.detach(), target.detach(), float(lr), plan)
     images_grad, labels_grad = compute.data_grad()
     return MatchOutput(loss=out.loss, images_grad=images_grad, lr_grad=out.lr_grad, labels_grad=labels_grad)

@@ -46,6 +46,16 @@ class LabelPlan:
         """What a stored synthetic set records about its labels."""
         return {"kind": self.kind, "expert": self.expert, "epoch": self.epoch}
 
+    @classmethod
+    def from_provenance(cls, record: dict) -> "LabelPlan":
+        """The plan a checkpoint or a set recorded with :meth:`provenance`."""
+        return cls(record.get("kind"), expert=record.get("expert"), epoch=record.get("epoch"))
+
+    @property
+    def teacher(self) -> bool:
+        """The labels are a teacher's softmax (expert ``expert`` at ``epoch``)."""
+        return self.kind == "teacher"
+
 
 def plan_labels(strategy: str, *, expert: int, start_epoch: int, expert_epochs: int, num_snapshots: int,
                 fixed_epoch: Optional[int] = None) -> LabelPlan:

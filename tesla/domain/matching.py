@@ -56,7 +56,7 @@ from typing import Optional, Sequence
 
 import attrs
 
-from tesla.domain.ports import Compute, Step, Vec
+from tesla.domain.ports import BatchedVJP, Compute, KeepsWeights, Step, Vec
 
 ENGINES = ("tesla", "exact", "unrolled")
 
@@ -87,6 +87,11 @@ def _distance(compute: Compute, start: Vec, target: Vec) -> float:
     return d
 
 
+def _keeper(compute: Compute):
+    """How pass-1 weights are stored: by the compute where it keeps them itself, else as they are."""
+    return compute.keep if isinstance(compute, KeepsWeights) else (lambda w: w)
+
+
 def _forward(compute: Compute, start: Vec, alpha: float, steps: Sequence[Step],
              every: Optional[int] = 1) -> tuple[dict, Vec, Vec]:
     """Pass 1: the student steps with plain gradients.
@@ -95,7 +100,7 @@ def _forward(compute: Compute, start: Vec, alpha: float, steps: Sequence[Step],
     ``every`` is None; through ``compute.keep`` when the compute has it, e.g. copies in
     host memory so device memory does not grow with N), G = sum g_i, and w_N.
     """
-    keep = getattr(compute, "keep", None) or (lambda w: w)
+    keep = _keeper(compute)
     kept: dict = {}
     w = start
     total = None
@@ -122,7 +127,7 @@ def first_order(compute: Compute, start: Vec, target: Vec, alpha: float, steps: 
     """
     rank, world = shard
     distance = _distance(compute, start, target)
-    many = getattr(compute, "vjp_many", None) if chunk > 1 else None
+    many = compute.vjp_many if chunk > 1 and isinstance(compute, BatchedVJP) else None
     streaming = world == 1 and many is None
     kept, total, final = _forward(compute, start, alpha, steps, every=None if streaming else 1)
     residual = final - target
@@ -166,7 +171,7 @@ def exact(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequen
         raise ValueError(f"segment must be >= 1 (got {segment})")
     distance = _distance(compute, start, target)
     n, k = len(steps), segment or 1
-    keep = getattr(compute, "keep", None) or (lambda w: w)
+    keep = _keeper(compute)
     marks, _, final = _forward(compute, start, alpha, steps, every=k)  # the first weights of every segment
     residual = final - target
     loss = compute.dot(residual, residual) / distance

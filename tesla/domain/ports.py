@@ -1,20 +1,43 @@
-"""Ports: the small protocols through which the pure domain reaches the outside world.
+"""Ports: the small protocols through which the pure domain and the services reach the
+outside world.
 
 The domain holds the maths of trajectory matching but never a tensor library: it asks
 a :class:`Compute` for everything that needs a network and treats what it gets back
-(``Vec``, ``Images``) as opaque values supporting ``+``, ``-`` and scalar ``*``.
+(``Vec``, ``Images``) as opaque values supporting ``+``, ``-`` and scalar ``*``. The
+services are loops over these protocols: a distillation reads a :class:`Trajectories`,
+keeps its state in a :class:`SetStore`, leaves its numerics to a :class:`Student`, and
+talks through an :class:`EventSink`. Each protocol declares exactly what its callers
+use, with types; an optional capability is a protocol of its own, found by
+``isinstance`` (:class:`KeepsWeights`, :class:`BatchedVJP`).
+
 Adapters implement these protocols (``tesla.adapters``); ``tesla.app.bootstrap``
-wires them together. Fakes in ``tests/unit`` implement them too.
+builds them and hands them to the services. Hand-written fakes in ``tests/unit``
+implement them too, so a service can be run and tested with only the domain in view.
+Where a role has a do-nothing form (one process, a rank that does not write, a run
+without previews) the null object lives here beside its protocol: the caller chooses
+it once instead of testing a flag on every call.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Protocol, Sequence, runtime_checkable
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence, TypeVar, runtime_checkable
 
 import attrs
 
+from tesla.domain import events
+from tesla.domain.config import DataConfig, DistillConfig, EvalConfig, ModelConfig
+from tesla.domain.labels import LabelPlan
+from tesla.domain.records import Array, Checkpoint, FinalSet, TrajectoryMeta
+
 Vec = Any  # a flat parameter vector, opaque to the domain
 Images = Any  # a batch of images, opaque to the domain
+Labels = Any  # class ids (N,), probabilities or logits (N, K), opaque to the domain
+State = Any  # a synthetic set being learned (images, lr, labels, optimiser state), opaque
+T = TypeVar("T")
+
+
+# --- the network maths of one iteration ------------------------------------------------
 
 
 @attrs.frozen
@@ -68,24 +91,44 @@ class Compute(Protocol):
     def dot(self, a: Vec, b: Vec) -> float:
         """Inner product of two vectors."""
 
-    # Optional: ``vjp_many(ws, steps, v) -> list[VJP]`` computes several independent
-    # first-order VJPs at once (batched pass 2); engines use it when present.
-    # Optional: ``keep(w) -> Vec`` stores a pass-1 weight vector for pass 2 (e.g. in host
-    # memory); ``grad``/``vjp`` then accept what ``keep`` returned.
-
     def accumulate(self, step: Step, data_grad: Any, scale: float) -> None:
         """Add ``scale * data_grad`` into the running gradient of the synthetic data."""
 
-    def data_grad(self) -> tuple[Images, Any]:
-        """The accumulated gradient: (images, label logits or None)."""
+    def data_grad(self) -> tuple[Images, Optional[Labels]]:
+        """The accumulated gradient: (images (N, C, H, W), label logits (N, K) or None)."""
 
     def unrolled(self, start: Vec, target: Vec, alpha: float, steps: Sequence[Step]) -> tuple[float, float]:
         """Reference: autograd through all steps. Accumulates the data gradient and
         returns (loss, dL/dalpha)."""
 
 
-class TrajectoryStore(Protocol):
-    """Expert trajectories: per expert an (epochs+1, P) array of flat parameters."""
+@runtime_checkable
+class KeepsWeights(Protocol):
+    """A compute that stores the pass-1 weight vectors itself (e.g. in host memory, so
+    device memory does not grow with N); ``grad``/``vjp`` accept what ``keep`` returned."""
+
+    def keep(self, w: Vec) -> Vec:
+        """A stored copy of ``w`` for pass 2."""
+
+
+@runtime_checkable
+class BatchedVJP(Protocol):
+    """A compute that takes several independent first-order VJPs at once (batched pass 2)."""
+
+    def vjp_many(self, ws: Sequence[Vec], steps: Sequence[Step], v: Vec) -> list[VJP]:
+        """``[vjp(w, s, v, wrt_weights=False) for w, s in zip(ws, steps)]``, computed together."""
+
+
+# --- what a distillation reads, keeps and computes --------------------------------------
+
+
+class Trajectories(Protocol):
+    """The read side of a trajectory store: per expert an (epochs + 1, P) array of flat
+    parameters."""
+
+    @property
+    def meta(self) -> TrajectoryMeta:
+        """Model, layout, P and dataset of the experts."""
 
     def expert_ids(self) -> list[int]:
         """Ids of the complete experts."""
@@ -93,34 +136,231 @@ class TrajectoryStore(Protocol):
     def num_snapshots(self, expert: int) -> int:
         """Snapshots of an expert (epochs + 1)."""
 
-    def load(self, expert: int, epoch: int) -> Any:
+    def load(self, expert: int, epoch: int) -> Array:
         """Flat parameters of an expert after ``epoch`` epochs (0 = init), (P,) float32."""
 
 
-class SyntheticStore(Protocol):
-    """Synthetic sets and distillation checkpoints."""
+class SetStore(Protocol):
+    """Where a distillation keeps its checkpoints and its finished set; every write is
+    atomic (a reader sees the previous complete state or the new one)."""
 
-    def write_checkpoint(self, iteration: int, arrays: dict, attrs: dict) -> str:
-        """Write a complete checkpoint atomically; returns where."""
+    def last_checkpoint(self) -> Optional[Checkpoint]:
+        """The newest complete checkpoint, or None."""
 
-    def latest_checkpoint(self) -> Optional[tuple[int, dict, dict]]:
-        """(iteration, arrays, attrs) of the last complete checkpoint, or None."""
+    def save_checkpoint(self, checkpoint: Checkpoint) -> str:
+        """Write a checkpoint; returns where (for the ``Checkpoint`` event)."""
+
+    def save_set(self, final: FinalSet) -> str:
+        """Write the finished set; returns where."""
+
+    def close(self) -> None:
+        """Release the store."""
+
+
+class Normalization(Protocol):
+    """How a data source's images map to model space and back."""
+
+    def decode(self, images: Images) -> Images:
+        """Model-space images (N, C, H, W) to [0, 1] for display."""
+
+    def to_state(self) -> dict:
+        """What a stored set records to be shown and evaluated without the data."""
 
 
 class DataSource(Protocol):
     """Real images: class-balanced sampling, training batches and the test set."""
 
     num_classes: int
-    image_shape: tuple
+    image_shape: tuple  # (C, H, W)
+    class_names: list
+    normalizer: Optional[Normalization]
 
     def sample_class(self, c: int, n: int, seed: int) -> Images:
-        """``n`` random real images of class ``c`` (without replacement where possible)."""
+        """``n`` random real images of class ``c`` (without replacement where possible), (n, C, H, W)."""
 
     def train_batches(self, batch_size: int, seed: int) -> Iterator[tuple[Images, Any]]:
         """One epoch of shuffled (images, labels) training batches."""
 
     def test_batches(self, batch_size: int) -> Iterator[tuple[Images, Any]]:
         """The test set in batches."""
+
+
+class Student(Protocol):
+    """The numerics a distillation does outside the engines, on one device: the student
+    network's flat view, the synthetic set being learned (an opaque ``State``) and its
+    optimiser, the labels and the finiteness checks.
+
+    The service never looks inside a ``State``; it hands it back to the student.
+    """
+
+    @property
+    def num_params(self) -> int:
+        """P: the length of the student network's flat parameter vector."""
+
+    def initial(self, data: DataSource) -> State:
+        """A fresh set: real images of each class, or noise, as the config says (seeded)."""
+
+    def restore(self, arrays: Mapping[str, Array]) -> State:
+        """The set (and its optimiser state) a checkpoint holds, to continue bit for bit."""
+
+    def checkpoint_arrays(self, state: State) -> dict[str, Array]:
+        """Everything needed to continue exactly (optimiser buffers included)."""
+
+    def final_arrays(self, state: State, soft: Optional[Labels]) -> dict[str, Array]:
+        """``images``, ``lr``, ``labels`` and the soft labels or learned logits to store."""
+
+    def size(self, state: State) -> int:
+        """N: the number of synthetic images."""
+
+    def lr(self, state: State) -> float:
+        """The learned student learning rate."""
+
+    def weights(self, snapshot: Array) -> Vec:
+        """An expert snapshot (P,) as a vector on the student's device."""
+
+    def labels(self, state: State, plan: LabelPlan, teacher: Optional[Vec]) -> Labels:
+        """The labels of an iteration: class ids, the learned logits, or the softmax of the
+        network at ``teacher`` on the current images (then also what an evaluation of the
+        set now would use)."""
+
+    def compute(self, state: State, labels: Labels) -> Compute:
+        """The compute of one iteration over the current images and ``labels``."""
+
+    def step(self, state: State, images_grad: Images, labels_grad: Optional[Labels], lr_grad: float) -> float:
+        """One optimiser step on the images, the lr (and the logits); returns the
+        image-gradient norm (before clipping)."""
+
+    def problem(self, state: State) -> Optional[str]:
+        """None when the set is finite, else the name of what is not (``images``, ``lr`` ...)."""
+
+    def finite(self, value: Images) -> bool:
+        """Whether every entry of ``value`` (e.g. the image gradient) is finite."""
+
+
+class Gauges(Protocol):
+    """What a run shows of itself while it goes: image previews and memory figures."""
+
+    def preview(self, state: State, iteration: int) -> Optional[events.Preview]:
+        """A small grid of the current images, or None when there is nothing to show."""
+
+    def memory(self, iteration: int) -> Optional[events.Memory]:
+        """Device and host memory now, or None."""
+
+
+class NoGauges:
+    """Gauges of a process that shows nothing (ranks other than 0)."""
+
+    def preview(self, state: State, iteration: int) -> None:
+        return None
+
+    def memory(self, iteration: int) -> None:
+        return None
+
+
+class Evaluator(Protocol):
+    """Scores the set during a run (it publishes its own ``Evaluation`` events)."""
+
+    def __call__(self, state: State, iteration: int) -> None: ...
+
+
+class Cancel(Protocol):
+    """A stop request, read once per iteration (``threading.Event`` is one)."""
+
+    def is_set(self) -> bool: ...
+
+
+class Ranks(Protocol):
+    """This process's place in a job of one or more processes, and the collectives a run
+    uses. Every rank calls the collectives the same number of times, in the same order."""
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        """(rank, world)."""
+
+    @property
+    def is_writer(self) -> bool:
+        """Whether this rank writes checkpoints, sets, logs (rank 0)."""
+
+    def sum(self, value: Images) -> Images:
+        """``value`` summed over the ranks, in place; every rank gets identical values."""
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any."""
+
+    def agree(self, fn: Callable[[], T], *, only_writer: bool = False) -> Optional[T]:
+        """Run ``fn`` (on every rank, or on the writer only) and stop every rank if any
+        failed; returns ``fn()``'s value (None where it did not run)."""
+
+
+@attrs.frozen
+class SingleProcess:
+    """The ranks of a plain run: rank 0 of 1, every collective the identity."""
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        return (0, 1)
+
+    @property
+    def is_writer(self) -> bool:
+        return True
+
+    def sum(self, value: Images) -> Images:
+        return value
+
+    def any(self, flag: bool) -> bool:
+        return bool(flag)
+
+    def agree(self, fn: Callable[[], T], *, only_writer: bool = False) -> Optional[T]:
+        return fn()
+
+
+class RunFiles(Protocol):
+    """The file operations of a run directory (local files)."""
+
+    def kind(self, path: Path) -> str:
+        """``missing``, ``dir`` or ``file``."""
+
+    def read_text(self, path: Path) -> str:
+        """The text of a file (OSError when unreadable)."""
+
+    def make_writable_dir(self, path: Path) -> None:
+        """Create ``path`` (and its parents) and prove a file can be written in it (OSError if not)."""
+
+    def write_atomic(self, path: Path, text: str) -> None:
+        """Write ``text`` through a temporary file and an atomic rename."""
+
+
+class DistillParts(Protocol):
+    """What the distillation set-up asks the composition root to open and build for this
+    rank (stores at URLs, with the request's storage options; the device is the rank's)."""
+
+    ranks: Ranks
+    files: RunFiles
+
+    def open_trajectories(self, url: str) -> Trajectories:
+        """The trajectory store at ``url``, for reading."""
+
+    def load_data(self, cfg: DataConfig) -> DataSource:
+        """The real data ``cfg`` names."""
+
+    def student(self, model_cfg: ModelConfig, cfg: DistillConfig) -> Student:
+        """The student network (seeded by ``cfg.seed``) and the set's numerics."""
+
+    def gauges(self, data: DataSource, model_cfg: ModelConfig, cfg: DistillConfig) -> Gauges:
+        """Previews (un-whitened through the data's normaliser) and memory samples."""
+
+    def open_set_store(self, url: str, *, write: bool) -> SetStore:
+        """The synthetic store at ``url``: created for writing, or opened to read (StoreError if absent)."""
+
+    def evaluator(self, data: DataSource, model_cfg: ModelConfig, cfg: EvalConfig, ipc: int,
+                  sink: "EventSink") -> Evaluator:
+        """Scores of the set during the run beside random real images at ``ipc``."""
+
+    def export_images(self, store: SetStore, folder: Path) -> None:
+        """PNG grids per class of the store's finished set (un-whitened)."""
+
+
+# --- events ---------------------------------------------------------------------------
 
 
 class EventSink(Protocol):

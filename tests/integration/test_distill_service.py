@@ -12,10 +12,12 @@ import torch
 from tesla.adapters.data.demo import load_demo
 from tesla.adapters.stores.synthetic import open_synthetic_store
 from tesla.adapters.stores.trajectory import open_trajectory_store
-from tesla.app.services.distill import DistillError, NumericalError, distill
+from tesla.app.bootstrap import distill_in_process as distill
+from tesla.app.services.distill import DistillError, NumericalError
 from tesla.app.services.experts import train_experts
 from tesla.domain.config import DistillConfig, ExpertConfig, ModelConfig, to_dict
 from tesla.domain.ports import ListSink
+from tests.unit.fakes import StopAfter
 
 MODEL = ModelConfig(depth=2, width=8, image_size=16, num_classes=10)
 
@@ -64,7 +66,7 @@ def test_resume_equals_uninterrupted(tmp_path, data, experts_store):
     cfg = _cfg()
     whole = _run(data, experts_store, tmp_path / "a.zarr", cfg)
     assert whole.status == "completed" and whole.iterations == 6
-    part = _run(data, experts_store, tmp_path / "b.zarr", cfg, stop_after=3)
+    part = _run(data, experts_store, tmp_path / "b.zarr", cfg, cancel=StopAfter(3))
     assert part.status == "cancelled" and part.iterations == 3
     rest = _run(data, experts_store, tmp_path / "b.zarr", cfg, resume=True)
     assert rest.status == "completed" and rest.iterations == 6
@@ -165,7 +167,7 @@ def test_inputs_are_checked_before_any_work(tmp_path, data, experts_store):
 
 
 def test_resume_refuses_a_different_run(tmp_path, data, experts_store):
-    _run(data, experts_store, tmp_path / "s.zarr", _cfg(), stop_after=2)
+    _run(data, experts_store, tmp_path / "s.zarr", _cfg(), cancel=StopAfter(2))
     with pytest.raises(DistillError, match="ipc"):
         _run(data, experts_store, tmp_path / "s.zarr", _cfg(ipc=3), resume=True)
     # the usual fixes may change on resume

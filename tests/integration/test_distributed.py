@@ -98,15 +98,15 @@ def distill_once(trajectories: str, store_url: str, ctx) -> Capture:
     """distill() on this rank (or alone with the single-process context)."""
     from tesla.adapters.data.demo import load_demo
     from tesla.adapters.stores import open_synthetic_store, open_trajectory_store
-    from tesla.app.services.distill import distill
-    from tesla.app.services.distributed import AgreedCancel
+    from tesla.adapters.torch.ranks import ranks_of
+    from tesla.app.bootstrap import distill_in_process as distill
+    from tesla.app.services.run import AgreedCancel
 
     capture = Capture()
     traj = open_trajectory_store(trajectories, "r")
     store = open_synthetic_store(store_url, "a")
     distill(cfg=DISTILL, model_cfg=MODEL, data=load_demo(), trajectories=traj, store=store, device=ctx.device,
-            cancel=AgreedCancel(None, ctx), evaluator=capture, eval_every=1, shard=ctx.shard,
-            all_reduce=ctx.all_reduce_sum_ if ctx.world > 1 else None, is_writer=ctx.is_writer)
+            cancel=AgreedCancel(None, ranks_of(ctx)), evaluator=capture, eval_every=1, ctx=ctx)
     return capture
 
 
@@ -116,15 +116,16 @@ def cancelled_on_rank_1(trajectories: str, store_url: str, ctx) -> list:
 
     from tesla.adapters.data.demo import load_demo
     from tesla.adapters.stores import open_synthetic_store, open_trajectory_store
-    from tesla.app.services.distill import distill
-    from tesla.app.services.distributed import AgreedCancel
+    from tesla.adapters.torch.ranks import ranks_of
+    from tesla.app.bootstrap import distill_in_process as distill
+    from tesla.app.services.run import AgreedCancel
 
     local = threading.Event()
     if ctx.rank == 1:
         local.set()
     result = distill(cfg=DISTILL, model_cfg=MODEL, data=load_demo(), trajectories=open_trajectory_store(trajectories),
-                     store=open_synthetic_store(store_url, "a"), device=ctx.device, cancel=AgreedCancel(local, ctx),
-                     shard=ctx.shard, all_reduce=ctx.all_reduce_sum_, is_writer=ctx.is_writer)
+                     store=open_synthetic_store(store_url, "a"), device=ctx.device,
+                     cancel=AgreedCancel(local, ranks_of(ctx)), ctx=ctx)
     return [result.status, result.iterations]
 
 

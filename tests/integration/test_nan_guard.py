@@ -80,7 +80,8 @@ class _NaNData:
 
 def _run_with_nan_data(traj, tmp_path):
     from tesla.adapters.stores.trajectory import open_trajectory_store
-    from tesla.app.services.distill import NumericalError, distill
+    from tesla.app.bootstrap import distill_in_process as distill
+    from tesla.app.services.distill import NumericalError
     from tesla.domain.config import DistillConfig, ModelConfig
 
     cfg = DistillConfig(ipc=1, syn_steps=2, expert_epochs=1, max_start_epoch=2, iterations=4, checkpoint_every=2)

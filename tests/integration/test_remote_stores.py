@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from tesla.adapters.stores import open_synthetic_store, open_trajectory_store
 from tesla.app.cli import distill as distill_cli
 from tesla.app.cli import experts as experts_cli
-from tesla.app.services.distributed import options_for, redact_url
+from tesla.domain.urls import options_for, redact_url
 
 SECRET = "s3cr3t-Value-0042"
 EXPERT_ARGS = ["--dataset", "demo", "-n", "2", "--epochs", "2", "--batch-size", "64", "--width", "8",

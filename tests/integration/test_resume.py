@@ -1,7 +1,7 @@
 """A resumed run equals an uninterrupted one (CPU, same seed), in-process and fast.
 
-Distillation is stopped cleanly after k iterations (the service's ``stop_after``, as a
-Ctrl-C or SIGTERM does through ``cancel``), then resumed through the CLI with
+Distillation is stopped cleanly after k iterations (a ``cancel`` that is set after k
+reads, as a Ctrl-C or SIGTERM sets it), then resumed through the CLI with
 ``--resume``; the final images, learned lr and labels must equal a straight run bit for
 bit, in Zarr and HDF5, with hard and learned labels. A finished run extended with more
 ``--iterations`` equals a run that asked for that many from the start. Experts stopped
@@ -10,8 +10,6 @@ between experts resume to the same trajectories. (The kill -9 versions are in
 """
 
 from __future__ import annotations
-
-import threading
 
 import numpy as np
 import pytest
@@ -43,9 +41,10 @@ def _same(a: dict, b: dict) -> None:
 
 def _stopped_run(traj: str, out, stop_after: int, extra: list) -> None:
     """Run the CLI's own request, stopped after ``stop_after`` iterations (a clean stop)."""
+    from tesla.app.bootstrap import run_distillation
     from tesla.app.cli.distill import SET_NAMES, distill_config
-    from tesla.app.services import distill as svc
-    from tesla.app.services.run import DistillRequest, run_distillation
+    from tesla.app.services.run import DistillRequest
+    from tests.unit.fakes import StopAfter
 
     fmt = "h5" if "h5" in extra else "zarr"
     labels = extra[extra.index("--labels") + 1] if "--labels" in extra else None
@@ -53,12 +52,7 @@ def _stopped_run(traj: str, out, stop_after: int, extra: list) -> None:
                                     checkpoint_every=3, labels=labels))
     req = DistillRequest(trajectories=traj, out=out, cfg=cfg, set_name=SET_NAMES[fmt], device="cpu",
                          preview_every=0)
-    real = svc.distill  # run_distillation looks it up when called: wrap it for this run
-    svc.distill = lambda **kw: real(**kw, stop_after=stop_after)
-    try:
-        result = run_distillation(req).job(None, threading.Event())
-    finally:
-        svc.distill = real
+    result = run_distillation(req).job(None, StopAfter(stop_after))
     assert result.status == "cancelled" and result.iterations == stop_after
 
 

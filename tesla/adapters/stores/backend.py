@@ -21,12 +21,9 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from tesla.domain.urls import is_hdf5_url  # noqa: F401 - the one rule, re-exported for the stores
+
 from .errors import StoreError
-
-
-def is_hdf5_url(url: str) -> bool:
-    """True when ``url`` names an HDF5 file (``.h5`` / ``.hdf5`` suffix); Zarr otherwise."""
-    return str(url).lower().rstrip("/").endswith((".h5", ".hdf5"))
 
 
 def plain(value: Any, key: str = "value") -> Any:

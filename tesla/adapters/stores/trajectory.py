@@ -27,8 +27,9 @@ import math
 import zlib
 from typing import Any, Mapping, Optional
 
-import attrs
 import numpy as np
+
+from tesla.domain.records import TrajectoryMeta  # the domain's value, re-exported here
 
 from .backend import Backend, as_numpy, open_backend, plain, plain_attrs
 from .errors import StoreError
@@ -36,27 +37,6 @@ from .errors import StoreError
 FORMAT = "tesla-trajectories"
 FORMAT_VERSION = 1
 _RESERVED = ("complete", "crc32", "epochs")
-
-
-@attrs.frozen
-class TrajectoryMeta:
-    """What a trajectory store holds, from its root attributes.
-
-    Attributes:
-        model: the ModelConfig of the experts as a plain dict (empty when imported without one).
-        layout: ``[[name, shape], ...]`` of the flat vector, in ``parameters()`` order.
-        num_params: P, the length of every snapshot.
-        dataset: the data the experts were trained on (plain dict).
-        format_version: schema version of the store.
-        created: ISO time the store was made.
-    """
-
-    model: dict
-    layout: list
-    num_params: int
-    dataset: dict
-    format_version: int
-    created: Optional[str] = None
 
 
 def checksum(vec: np.ndarray) -> int:

@@ -8,7 +8,7 @@ from typing import Optional
 import attrs
 import typer
 
-from tesla.app.cli.common import errors, fail, run_job, storage_options
+from tesla.app.cli.common import errors, run_job, storage_options
 
 SET_NAMES = {"zarr": "synthetic.zarr", "h5": "synthetic.h5"}
 
@@ -76,14 +76,11 @@ def distill(
 ) -> None:
     """Distil a synthetic set by trajectory matching (TESLA, exact or MTT gradients)."""
     with errors():
+        from tesla.app import bootstrap
         from tesla.app.services.run import DistillRequest
 
         if tensorboard:
-            from tesla.adapters.events.tensorboard import TensorBoardUnavailable, available
-
-            if not available():
-                raise TensorBoardUnavailable("TensorBoard is not installed: pip install tensorboard "
-                                             "(or tesla-distill[tensorboard]), or drop --tensorboard")
+            bootstrap.check_tensorboard()
         if store_format not in SET_NAMES:
             from tesla.domain.config import ConfigError
 
@@ -98,51 +95,47 @@ def distill(
         request = DistillRequest(trajectories=trajectories, out=out, cfg=cfg, dataset=dataset, data=data,
                                  set_name=SET_NAMES[store_format], device=device, resume=resume,
                                  eval_every=eval_every, eval_models=eval_models, eval_epochs=eval_epochs,
-                                 preview_every=preview_every, storage_options=storage_options(storage_option))
-        run_ranked_distillation(request, store, distributed, tui, quiet, json_mode, tensorboard)
+                                 preview_every=preview_every, storage_options=storage_options(storage_option),
+                                 store_url=store)
+        run_ranked_distillation(request, distributed, tui, quiet, json_mode, tensorboard)
 
 
-def run_ranked_distillation(request, store: Optional[str], distributed: bool, tui: bool, quiet: bool,
-                            json_mode: bool, tensorboard: Optional[str] = None) -> None:
+def run_ranked_distillation(request, distributed: bool, tui: bool, quiet: bool, json_mode: bool,
+                            tensorboard: Optional[str] = None) -> None:
     """Validate, then run in this process, or as one torchrun rank with ``--distributed``
-    (rank 0 alone prints and logs); ``store`` is the synthetic store URL (default in the run dir)."""
-    import contextlib
-
-    from tesla.adapters.torch.dist import DistributedError, is_reported, process_group
+    (rank 0 alone prints and logs)."""
+    from tesla.app import bootstrap
     from tesla.app.cli.common import cancel_on_signals
-    from tesla.app.services.distill import NumericalError
-    from tesla.app.services.distributed import prepare_distillation, redact_url
     from tesla.domain.config import ConfigError
+    from tesla.domain.errors import NumericalError
     from tesla.domain.ports import NullSink
+    from tesla.domain.urls import redact_url
 
     if distributed and tui:
         raise ConfigError("--tui shows one process: drop it with --distributed and follow rank 0 with "
                           f"`tesla monitor {request.out}`")
-    try:
-        with (process_group(request.device) if distributed else contextlib.nullcontext()) as ctx:
-            writer = ctx is None or ctx.is_writer
-            try:
-                prepared = prepare_distillation(request, ctx, store_url=store)  # validates before any work
-                if writer:
-                    result = run_job(prepared.job, run_dir=request.out, quiet=quiet, json_mode=json_mode, tui=tui,
-                                     tensorboard=tensorboard)
-                else:
-                    with cancel_on_signals() as cancel:
-                        result = prepared.job(NullSink(), cancel)
-            except Exception as e:
-                # every rank saw a NaN or a failed check alike: rank 0 alone prints it
-                if not writer and isinstance(e, NumericalError):
-                    raise typer.Exit(3) from None
-                if not writer and is_reported(e):
-                    raise typer.Exit(2) from None
-                raise
-    except DistributedError as e:  # no torchrun environment, or another rank failed
-        fail(str(e))
+    with bootstrap.process_context(request.device, distributed) as ctx:
+        writer = ctx.is_writer
+        try:
+            prepared = bootstrap.prepare_distillation(request, ctx)  # validates before any work
+            if writer:
+                result = run_job(prepared.job, run_dir=request.out, quiet=quiet, json_mode=json_mode, tui=tui,
+                                 tensorboard=tensorboard)
+            else:
+                with cancel_on_signals() as cancel:
+                    result = prepared.job(NullSink(), cancel)
+        except Exception as e:
+            # every rank saw a NaN or a failed check alike: rank 0 alone prints it
+            if not writer and isinstance(e, NumericalError):
+                raise typer.Exit(3) from None
+            if not writer and bootstrap.reported_to_all_ranks(e):
+                raise typer.Exit(2) from None
+            raise
     if result is None:
         raise typer.Exit(1)
     if writer and not quiet and not json_mode:
         loss = "-" if result.loss is None else f"{result.loss:.4f}"
-        where = redact_url(store) if store else request.out / request.set_name
+        where = redact_url(request.store_url) if request.store_url else request.out / request.set_name
         typer.echo(f"{result.status} at iteration {result.iterations}: loss {loss}, lr {result.lr:.5f} -> {where}")
     if result.status != "completed":
         raise typer.Exit(1)

@@ -34,7 +34,6 @@ def run_demo(out: Path, *, sink: Any = None, cancel: Optional[threading.Event] =
              engine: str = "tesla", seed: int = 0, preset: Optional[presets.Preset] = None) -> DemoResult:
     from tesla.adapters.stores.export import default_decode, export_png_grid
     from tesla.app import bootstrap
-    from tesla.app.services.distill import distill
     from tesla.app.services.evaluate import evaluate_set
     from tesla.app.services.experts import train_experts
 
@@ -60,11 +59,11 @@ def run_demo(out: Path, *, sink: Any = None, cancel: Optional[threading.Event] =
     run_dir.mkdir(exist_ok=True)
     syn_store = bootstrap.open_synthetic(str(run_dir / "synthetic.zarr"), "a")
     t = time.perf_counter()
-    result = distill(cfg=distill_cfg, model_cfg=p.model, data=data, trajectories=store, store=syn_store, sink=sink,
-                     device=device, cancel=cancel, resume=True, decode=data.normalizer.decode, preview_every=20,
-                     provenance={"dataset": to_dict(data_cfg), "trajectories": str(out / "trajectories.zarr"),
-                                 "class_names": list(data.class_names),
-                                 "normalizer_state": data.normalizer.to_state()})
+    result = bootstrap.distill_in_process(
+        cfg=distill_cfg, model_cfg=p.model, data=data, trajectories=store, store=syn_store, sink=sink, device=device,
+        cancel=cancel, resume=True, decode=data.normalizer.decode, preview_every=20,
+        provenance={"dataset": to_dict(data_cfg), "trajectories": str(out / "trajectories.zarr"),
+                    "class_names": list(data.class_names), "normalizer_state": data.normalizer.to_state()})
     seconds["distill"] = time.perf_counter() - t
     if result.status != "completed":
         raise KeyboardInterrupt("demo cancelled during distillation")

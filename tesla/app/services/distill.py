@@ -1,45 +1,41 @@
 """The distillation service: the loop that turns expert trajectories into a synthetic set.
 
-Per iteration (NOTES §1): draw an expert and a start epoch, read the start and target
-snapshots, decide the labels (hard, teacher softmax, learned), plan the student steps
-(batches and augmentation seeds), ask the domain's engine for the loss and gradients
-through the torch compute, guard against NaN/inf, update the images and the learned lr,
-and publish an ``Iteration`` event. Every ``checkpoint_every`` iterations, and when
-cancelled, the whole state (images, lr, logits, momentum buffers, the run's RNG state)
-is written atomically to the synthetic store, so ``resume`` continues to the same result
-as an uninterrupted run.
+One iteration (:func:`iterate`): draw an expert and a start epoch, read the start and
+target snapshots, label the set (class ids, a teacher's softmax, learned logits), plan
+the student steps (batches and augmentation seeds), let the engine compute the loss and
+the gradients (:mod:`tesla.domain.matching`), sum the data gradient over the ranks,
+check the numbers (:mod:`tesla.domain.guard`), and update the set. Between iterations
+(:func:`after_iteration`) the run publishes an ``Iteration`` event, memory samples,
+previews and evaluations at their cadence, and checkpoints every ``checkpoint_every``
+iterations and when it stops, so that a resumed run ends exactly where an uninterrupted
+one does (the whole state is in the checkpoint: images, lr, logits, momentum buffers,
+the run's RNG state and the label source).
 
-Everything is checked before the first iteration: the store's layout against the
-model, the stored epochs against ``max_start_epoch + expert_epochs``, the data's classes
-and image shape against the model. The service knows nothing of terminals: it talks
-through an :class:`~tesla.domain.ports.EventSink` and stops when ``cancel`` is set.
+Everything the loop touches comes in through ports, assembled once by the composition
+root into a :class:`DistillRun`: the trajectories, the synthetic store, the
+:class:`~tesla.domain.ports.Student` that does the numerics, the engine, the ranks.
+What differs between one process and the ranks of a distributed run, or between rank 0
+and the others, is which objects were put in (a null store, null gauges, a null sink),
+never a flag tested here. The module imports no framework and is tested on fakes.
 """
 
 from __future__ import annotations
 
 import random
-import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Mapping, NoReturn, Optional, Sequence, Union
 
 import attrs
-import numpy as np
-import torch
 
-from tesla.adapters.torch.augment import DSA
-from tesla.adapters.torch.compute import TorchCompute
-from tesla.adapters.torch.functional import FlatView
-from tesla.adapters.torch.memory import memory_sample
-from tesla.adapters.torch.models import build_model
-from tesla.adapters.torch.synthetic import SyntheticState, soft_labels
-from tesla.domain import events, matching, sampling
+from tesla.domain import events, guard, sampling
 from tesla.domain.config import DistillConfig, ModelConfig, to_dict
+from tesla.domain.engines import Engine
 from tesla.domain.errors import DistillError, NumericalError
-from tesla.domain.labels import plan_labels
-from tesla.domain.ports import EventSink, NullSink
-
-
-
+from tesla.domain.guard import Stop
+from tesla.domain.labels import LabelPlan, plan_labels
+from tesla.domain.ports import (Cancel, DataSource, EventSink, Evaluator, Gauges, Labels, NoGauges, NullSink, Ranks,
+                                SetStore, SingleProcess, State, Step, Student, Trajectories)
+from tesla.domain.records import Checkpoint, FinalSet
 
 # fields that may differ when a run is resumed (the usual fixes and the run length)
 RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "lr_img", "lr_lr", "lr_label", "max_grad_norm", "max_loss",
@@ -55,21 +51,125 @@ class DistillResult:
     label_source: dict
 
 
-def rng_state_to_json(rng: random.Random) -> list:
-    version, internal, gauss = rng.getstate()
-    return [version, list(internal), gauss]
+@attrs.frozen
+class Cadence:
+    """How often a run shows itself (0: never); checkpoints follow the config.
+
+    Attributes:
+        preview_every: an image preview every k iterations (and after the first).
+        memory_every: a memory sample every k iterations (and after the first).
+        eval_every: an evaluation of the set every k iterations.
+    """
+
+    preview_every: int = 0
+    memory_every: int = 10
+    eval_every: int = 0
+
+    def memory_due(self, done: int, first: int) -> bool:
+        return bool(self.memory_every) and (done == first + 1 or done % self.memory_every == 0)
+
+    def preview_due(self, done: int, first: int) -> bool:
+        return bool(self.preview_every) and (done % self.preview_every == 0 or done == first + 1)
+
+    def eval_due(self, done: int) -> bool:
+        return bool(self.eval_every) and done % self.eval_every == 0
 
 
-def rng_state_from_json(data: list) -> tuple:
-    return (data[0], tuple(data[1]), data[2])
+def no_evaluation(state: State, iteration: int) -> None:
+    """The evaluator of a run that scores nothing while it goes."""
 
 
-def check_inputs(cfg: DistillConfig, model_cfg: ModelConfig, data: Any, trajectories: Any, view: FlatView) -> list[int]:
-    """Refuse, before any work, what cannot run; returns the usable expert ids."""
+@attrs.frozen
+class DistillRun:
+    """Everything one distillation needs, assembled by the composition root.
+
+    Attributes:
+        cfg, model: the run's configs.
+        data: real images (the initial set).
+        trajectories: the experts.
+        store: where checkpoints and the finished set go (a store that writes nothing on
+            ranks other than 0).
+        student: the numerics outside the engine.
+        engine: the gradient engine (:func:`tesla.domain.engines.from_config`).
+        ranks: the processes sharing pass 2 (one process: :class:`SingleProcess`).
+        gauges: previews and memory samples (:class:`NoGauges` where nothing is shown).
+        evaluator: scores the set at ``cadence.eval_every``.
+        cadence: how often to preview, sample memory and evaluate.
+        resume: continue from the store's last checkpoint (when there is one).
+        run_config: what ``RunStarted`` records (default: the two configs).
+        provenance: recorded with the finished set (data, trajectories, class names ...).
+    """
+
+    cfg: DistillConfig
+    model: ModelConfig
+    data: DataSource
+    trajectories: Trajectories
+    store: SetStore
+    student: Student
+    engine: Engine
+    ranks: Ranks = SingleProcess()
+    gauges: Gauges = NoGauges()
+    evaluator: Evaluator = no_evaluation
+    cadence: Cadence = Cadence()
+    resume: bool = False
+    run_config: Optional[dict] = None
+    provenance: Mapping = attrs.field(factory=dict)
+
+
+@attrs.define
+class Progress:
+    """Where a run is: the set, the run's RNG, the iterations done, the label source."""
+
+    state: State
+    rng: random.Random
+    first: int  # iterations done when this call started
+    done: int
+    labels: LabelPlan  # where the labels of the last iteration came from
+    loss: Optional[float] = None
+
+
+@attrs.frozen
+class Draw:
+    """What an iteration drew from the run's RNG."""
+
+    expert: int
+    start_epoch: int
+    plan: LabelPlan
+    steps: Sequence[Step]
+
+
+@attrs.frozen
+class Outcome:
+    """A good iteration, as the ``Iteration`` event reports it."""
+
+    loss: float
+    lr: float
+    expert: int
+    start_epoch: int
+    grad_norm: float
+    plan: LabelPlan
+    seconds: float
+
+
+class _NeverCancelled:
+    def is_set(self) -> bool:
+        return False
+
+
+# --- checks before any work -----------------------------------------------------------
+
+
+def check_inputs(cfg: DistillConfig, model_cfg: ModelConfig, data: DataSource, trajectories: Trajectories,
+                 num_params: int) -> list[int]:
+    """Refuse, before any work, what cannot run; returns the usable expert ids.
+
+    Args:
+        num_params: P of the student network built from ``model_cfg``.
+    """
     meta = trajectories.meta
-    if meta.num_params != view.num_params:
+    if meta.num_params != num_params:
         raise DistillError(f"the trajectory store holds {meta.num_params}-parameter experts but the model "
-                           f"{model_cfg.name} has {view.num_params}: pass the model the experts were trained with")
+                           f"{model_cfg.name} has {num_params}: pass the model the experts were trained with")
     if data.num_classes != model_cfg.num_classes:
         raise DistillError(f"the data has {data.num_classes} classes but the model outputs {model_cfg.num_classes}")
     shape = tuple(data.image_shape)
@@ -91,19 +191,7 @@ def check_inputs(cfg: DistillConfig, model_cfg: ModelConfig, data: Any, trajecto
     return ids
 
 
-def default_compute(cfg: DistillConfig) -> Callable:
-    """The plain compute, or the batched one when a chunked pass 2 or another precision is asked."""
-    import functools
-
-    if cfg.second_pass_chunk > 1 or cfg.precision != "fp32" or cfg.channels_last:
-        from tesla.adapters.torch.batched import BatchedTorchCompute
-
-        return functools.partial(BatchedTorchCompute, precision=cfg.precision, channels_last=cfg.channels_last,
-                                 offload=cfg.offload_weights)
-    return functools.partial(TorchCompute, offload=cfg.offload_weights)
-
-
-def check_resumable(cfg: DistillConfig, checkpoint_attrs: dict) -> None:
+def check_resumable(cfg: DistillConfig, checkpoint_attrs: Mapping) -> None:
     """Refuse to resume a checkpoint made with other settings than the usual fixes."""
     saved = checkpoint_attrs.get("distill", {})
     now = to_dict(cfg)
@@ -113,194 +201,200 @@ def check_resumable(cfg: DistillConfig, checkpoint_attrs: dict) -> None:
                            "resume with the same settings or choose a new --out")
 
 
-def _preview(state_images: torch.Tensor, decode: Callable, ipc: int, num_classes: int, iteration: int,
-             per_class: int = 3, max_classes: int = 10) -> events.Preview:
-    """A small grid (classes as columns, a few images each as rows) of un-whitened images."""
-    from torchvision.utils import make_grid
-
-    k = min(per_class, ipc)
-    classes = min(num_classes, max_classes)
-    idx = [c * ipc + i for i in range(k) for c in range(classes)]
-    with torch.no_grad():
-        imgs = decode(state_images.detach()[idx].float().cpu()).clamp(0, 1)
-        if imgs.shape[-1] > 16:  # keep the event small: at most 16 px per image
-            imgs = torch.nn.functional.interpolate(imgs, size=(16, 16), mode="area")
-        grid = make_grid(imgs, nrow=classes, padding=1)
-    pixels = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-    return events.Preview(iteration=iteration, pixels=pixels.tolist(), per_class=k)
+def rng_state_to_json(rng: random.Random) -> list:
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
 
 
-def distill(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Any, trajectories: Any, store: Any,
-            sink: EventSink | None = None, device: torch.device | str = "cpu", cancel: threading.Event | None = None,
-            resume: bool = False, run_config: Optional[dict] = None, decode: Optional[Callable] = None,
-            preview_every: int = 0, memory_every: int = 10, evaluator: Optional[Callable] = None,
-            eval_every: int = 0, provenance: Optional[dict] = None,
-            stop_after: Optional[int] = None, compute_factory: Optional[Callable] = None,
-            shard: tuple[int, int] = (0, 1), all_reduce: Optional[Callable] = None,
-            is_writer: bool = True) -> DistillResult:
+def rng_state_from_json(data: list) -> tuple:
+    return (data[0], tuple(data[1]), data[2])
+
+
+# --- the loop ---------------------------------------------------------------------------
+
+
+def distill(run: DistillRun, sink: Optional[EventSink] = None, cancel: Optional[Cancel] = None) -> DistillResult:
     """Run (or resume) a distillation; see the module docstring.
 
     Args:
-        cfg, model_cfg: the run's configs.
-        data: a DataSource (real-image initialisation).
-        trajectories: an open trajectory store.
-        store: an open synthetic store (checkpoints and the final set).
+        run: the run, assembled by the composition root.
         sink: where events go.
-        cancel: set it to stop after the current iteration with a checkpoint.
-        resume: continue from the store's latest checkpoint.
-        decode: maps model-space images to [0, 1] for previews.
-        evaluator: ``evaluator(state, iteration)`` called every ``eval_every`` iterations
-            (it emits its own Evaluation events).
-        stop_after: stop (as if cancelled) after this many iterations of this call; for tests.
-        compute_factory: builds the Compute (default :class:`TorchCompute`); e.g. a batched one.
-        shard, all_reduce: distributed pass 2 (``tesla`` engine): this rank's (rank, world)
-            and a function summing a tensor over ranks in place. Every rank then applies
-            the same update, so all hold identical images.
-        is_writer: this process writes checkpoints and the set (rank 0 only).
+        cancel: read once per iteration; when set, the run stops after the current
+            iteration with a checkpoint (status ``cancelled``).
+
+    Raises:
+        DistillError: the inputs do not fit (before any work) or the checkpoint was made
+            with other settings.
+        NumericalError: NaN/inf or divergence; the last good state is kept.
     """
     sink = sink or NullSink()
-    device = torch.device(device)
-    model = build_model(model_cfg, seed=cfg.seed).to(device)
-    view = FlatView(model)
-    expert_ids = check_inputs(cfg, model_cfg, data, trajectories, view)
-    learned = cfg.labels == "learned"
-    augment = DSA() if cfg.dsa else None
-    rng = random.Random(cfg.seed)
-    first = 0
-    checkpoint = store.latest_checkpoint() if resume else None
-    if checkpoint is not None:
-        first, arrays, attrs_ = checkpoint
-        check_resumable(cfg, attrs_)
-        state = SyntheticState.from_arrays(arrays, cfg, device)
-        rng.setstate(rng_state_from_json(attrs_["rng"]))
-    else:
-        state = SyntheticState.initialise(data, cfg, num_classes=model_cfg.num_classes, device=device,
-                                            learned_labels=learned)
-    total = cfg.iterations
-    n_images = state.images.shape[0]
-    sink.emit(events.RunStarted(job="distill", config=run_config or {"distill": to_dict(cfg),
-                                                                      "model": to_dict(model_cfg)},
-                                total=total))
-    if checkpoint is not None:
-        sink.emit(events.Warning(message=f"resumed from the checkpoint at iteration {first}", iteration=first))
-
-    label_source: dict = {"kind": "hard" if not learned else "learned", "expert": None, "epoch": None}
-    if checkpoint is not None:
-        label_source = dict(checkpoint[2].get("label_source") or label_source)
-    last_soft: Optional[torch.Tensor] = None
-    loss: Optional[float] = None
-
-    def write_checkpoint(done: int) -> None:
-        if not is_writer:
-            return
-        arrays = state.to_arrays()
-        attrs_ = {"iteration": done, "rng": rng_state_to_json(rng), "distill": to_dict(cfg),
-                  "model": to_dict(model_cfg), "label_source": label_source}
-        where = store.write_checkpoint(done, arrays, attrs_)
-        sink.emit(events.Checkpoint(path=str(where), iteration=done))
-
+    cancel = cancel or _NeverCancelled()
+    experts = check_inputs(run.cfg, run.model, run.data, run.trajectories, run.student.num_params)
+    progress = begin(run, sink)
     status = "completed"
-    it = first
-    ran = 0
-    while it < total:
-        if (cancel is not None and cancel.is_set()) or (stop_after is not None and ran >= stop_after):
+    while progress.done < run.cfg.iterations:
+        if cancel.is_set():
             status = "cancelled"
             break
-        t0 = time.perf_counter()
-        expert, start_epoch = sampling.sample_trajectory_point(rng, expert_ids, cfg.max_start_epoch)
-        start = torch.as_tensor(trajectories.load(expert, start_epoch), device=device)
-        target = torch.as_tensor(trajectories.load(expert, start_epoch + cfg.expert_epochs), device=device)
-        plan = plan_labels(cfg.labels, expert=expert, start_epoch=start_epoch, expert_epochs=cfg.expert_epochs,
-                           num_snapshots=trajectories.num_snapshots(expert), fixed_epoch=cfg.label_epoch)
-        if plan.kind == "teacher":
-            teacher = torch.as_tensor(trajectories.load(expert, plan.epoch), device=device)
-            labels = soft_labels(view, teacher, state.images, cfg.soft_label_chunk)
-        elif plan.kind == "learned":
-            labels = state.logits
-        else:
-            labels = state.class_ids
-        steps = sampling.make_steps(n_images, cfg.syn_steps, cfg.batch_syn, rng, augment=augment is not None)
-        make = compute_factory or default_compute(cfg)
-        compute = make(view, state.images, labels, augment=augment, learned_labels=learned)
-        extra = {}
-        if cfg.engine == "tesla":
-            extra = {"shard": shard, "chunk": cfg.second_pass_chunk}
-        elif cfg.engine == "exact" and cfg.remake_weights:
-            extra = {"segment": matching.sqrt_segment(len(steps))}
-        if cfg.engine != "tesla" and shard[1] > 1:
-            raise DistillError(f"engine {cfg.engine!r} cannot split its steps across processes: use --engine tesla")
-        out = matching.match(compute, start, target, state.lr_value, steps, cfg.engine, **extra)
-        images_grad, logits_grad = compute.data_grad()
-        if all_reduce is not None:
-            all_reduce(images_grad)
-            if logits_grad is not None:
-                all_reduce(logits_grad)
-        bad = None
-        if not np.isfinite(out.loss):
-            bad = "the loss"
-        elif not torch.isfinite(images_grad).all():
-            bad = "the image gradient"
-        elif not np.isfinite(out.lr_grad):
-            bad = "the lr gradient"
-        kept = it  # the state before this update is good: checkpoint it ...
-        already = state.finite()
-        if already is not None:  # ... unless it was not (NaN data, a bad resumed state)
-            bad, kept = f"the {already} (before any update of this run)", None
-        diverged = bad is None and out.loss > cfg.max_loss
-        if diverged:  # finite, but the images that gave this loss are not a good state either
-            bad, kept = "the loss", None
-        if bad is None:
-            grad_norm = state.apply(images_grad, out.lr_grad, logits_grad)
-            broken = state.finite()
-            if broken is not None:  # the update itself overflowed: the last checkpoint stays the good state
-                bad = f"the {broken} after the update"
-                kept = None
-        if bad is not None:
-            if kept is not None:
-                write_checkpoint(it)
-            else:
-                last = store.latest_checkpoint()
-                kept = last[0] if last is not None else 0
-            what = (f"the matching loss {out.loss:.4g} at iteration {it + 1} is above max_loss {cfg.max_loss:g} "
-                    "(the run diverged)" if diverged
-                    else f"{bad} became NaN/inf at iteration {it + 1} (loss {out.loss})")
-            msg = (f"{what}; the last good state (after iteration {kept}) is kept in the checkpoint: "
-                   "lower --lr-img or --lr-lr (or set --max-grad-norm" + (", or raise --max-loss" if diverged else "")
-                   + ") and continue with --resume")
-            sink.emit(events.Error(message=msg, iteration=it))
-            sink.emit(events.RunFinished(status="failed", summary={"iteration": it, "error": msg}))
-            raise NumericalError(msg)
-        loss = out.loss
-        if plan.kind == "teacher":
-            label_source = plan.provenance()
-            state.soft = labels
-        it += 1
-        ran += 1
-        sink.emit(events.Iteration(iteration=it, total=total, loss=loss, lr=state.lr_value, expert=expert,
-                                   start_epoch=start_epoch, seconds=time.perf_counter() - t0, grad_norm=grad_norm))
-        if memory_every and (it == first + 1 or it % memory_every == 0):
-            sink.emit(memory_sample(device, iteration=it))
-        if preview_every and decode is not None and (it % preview_every == 0 or it == first + 1):
-            sink.emit(_preview(state.images, decode, cfg.ipc, model_cfg.num_classes, it))
-        if it % cfg.checkpoint_every == 0 and it < total:
-            write_checkpoint(it)
-        if evaluator is not None and eval_every and it % eval_every == 0:
-            evaluator(state, it)
+        outcome = iterate(run, progress, experts)
+        if isinstance(outcome, Stop):
+            stop_run(run, progress, outcome, sink)
+        after_iteration(run, progress, outcome, sink)
+    write_checkpoint(run, progress, sink)
+    return finish(run, progress, status, sink)
 
-    write_checkpoint(it)
-    if status == "completed" and is_writer:
-        if label_source.get("kind") == "teacher":
-            # the stored labels are the last teacher's softmax on the *final* images (the ones
-            # stored beside them), made from the recorded teacher, so a run resumed after its
-            # last checkpoint stores exactly what an uninterrupted one does
-            teacher = torch.as_tensor(trajectories.load(label_source["expert"], label_source["epoch"]), device=device)
-            last_soft = soft_labels(view, teacher, state.images, cfg.soft_label_chunk)
-        arrays = {"images": state.images.detach().cpu().numpy(), "lr": np.asarray(state.lr_value)}
-        arrays.update(state.labels_for_store(last_soft))
-        attrs_ = {"iteration": it, "distill": to_dict(cfg), "model": to_dict(model_cfg),
-                  "label_source": label_source, "seed": cfg.seed, "num_classes": model_cfg.num_classes,
-                  "ipc": cfg.ipc}
-        attrs_.update(provenance or {})
-        store.write_set(arrays, attrs_)
-    sink.emit(events.RunFinished(status=status, summary={"iterations": it, "loss": loss, "lr": state.lr_value}))
-    return DistillResult(status=status, iterations=it, loss=loss, lr=state.lr_value, label_source=label_source)
+
+def begin(run: DistillRun, sink: EventSink) -> Progress:
+    """A fresh set, or the store's last checkpoint on resume (refused when made with other settings)."""
+    cfg = run.cfg
+    rng = random.Random(cfg.seed)
+    labels = LabelPlan("learned" if cfg.labels == "learned" else "hard")  # until a teacher labels the set
+    found = run.store.last_checkpoint() if run.resume else None
+    if found is None:
+        progress = Progress(state=run.student.initial(run.data), rng=rng, first=0, done=0, labels=labels)
+    else:
+        check_resumable(cfg, found.attrs)
+        state = run.student.restore(found.arrays)
+        rng.setstate(rng_state_from_json(found.attrs["rng"]))
+        recorded = found.attrs.get("label_source")
+        progress = Progress(state=state, rng=rng, first=found.iteration, done=found.iteration,
+                            labels=LabelPlan.from_provenance(recorded) if recorded else labels)
+    config = run.run_config or {"distill": to_dict(cfg), "model": to_dict(run.model)}
+    sink.emit(events.RunStarted(job="distill", config=config, total=cfg.iterations))
+    if found is not None:
+        sink.emit(events.Warning(message=f"resumed from the checkpoint at iteration {found.iteration}",
+                                 iteration=found.iteration))
+    return progress
+
+
+def draw(run: DistillRun, progress: Progress, experts: Sequence[int]) -> Draw:
+    """The iteration's expert, start epoch, label plan and student steps, from the run's RNG."""
+    cfg = run.cfg
+    expert, start_epoch = sampling.sample_trajectory_point(progress.rng, experts, cfg.max_start_epoch)
+    plan = plan_labels(cfg.labels, expert=expert, start_epoch=start_epoch, expert_epochs=cfg.expert_epochs,
+                       num_snapshots=run.trajectories.num_snapshots(expert), fixed_epoch=cfg.label_epoch)
+    steps = sampling.make_steps(run.student.size(progress.state), cfg.syn_steps, cfg.batch_syn, progress.rng,
+                                augment=cfg.dsa)
+    return Draw(expert=expert, start_epoch=start_epoch, plan=plan, steps=steps)
+
+
+def label(run: DistillRun, state: State, plan: LabelPlan) -> Labels:
+    """The labels ``plan`` asks for (a teacher's snapshot is read for a teacher plan)."""
+    teacher = run.student.weights(run.trajectories.load(plan.expert, plan.epoch)) if plan.teacher else None
+    return run.student.labels(state, plan, teacher)
+
+
+def iterate(run: DistillRun, progress: Progress, experts: Sequence[int]) -> Union[Outcome, Stop]:
+    """One iteration: match, check, update. Returns what it did, or why the run must stop
+    (the set is then left as it was before the update, or as the update broke it)."""
+    t0 = time.perf_counter()
+    student, state, done = run.student, progress.state, progress.done
+    d = draw(run, progress, experts)
+    start = student.weights(run.trajectories.load(d.expert, d.start_epoch))
+    target = student.weights(run.trajectories.load(d.expert, d.start_epoch + run.cfg.expert_epochs))
+    compute = student.compute(state, label(run, state, d.plan))
+    matched = run.engine(compute, start, target, student.lr(state), d.steps)
+    images_grad, labels_grad = compute.data_grad()
+    images_grad = run.ranks.sum(images_grad)  # every rank then applies the same update
+    labels_grad = None if labels_grad is None else run.ranks.sum(labels_grad)
+    trouble = guard.before_update(done, matched.loss, matched.lr_grad, grad_finite=student.finite(images_grad),
+                                  state_problem=student.problem(state), max_loss=run.cfg.max_loss)
+    if trouble is not None:
+        return trouble
+    grad_norm = student.step(state, images_grad, labels_grad, matched.lr_grad)
+    trouble = guard.after_update(done, matched.loss, state_problem=student.problem(state))
+    if trouble is not None:
+        return trouble
+    return Outcome(loss=matched.loss, lr=student.lr(state), expert=d.expert, start_epoch=d.start_epoch,
+                   grad_norm=grad_norm, plan=d.plan, seconds=time.perf_counter() - t0)
+
+
+def after_iteration(run: DistillRun, progress: Progress, outcome: Outcome, sink: EventSink) -> None:
+    """Record a good iteration, publish it, and checkpoint or evaluate when due."""
+    progress.loss = outcome.loss
+    progress.labels = outcome.plan
+    progress.done += 1
+    done, cadence = progress.done, run.cadence
+    sink.emit(events.Iteration(iteration=done, total=run.cfg.iterations, loss=outcome.loss, lr=outcome.lr,
+                               expert=outcome.expert, start_epoch=outcome.start_epoch, seconds=outcome.seconds,
+                               grad_norm=outcome.grad_norm))
+    if cadence.memory_due(done, progress.first):
+        _emit(sink, run.gauges.memory(done))
+    if cadence.preview_due(done, progress.first):
+        _emit(sink, run.gauges.preview(progress.state, done))
+    if checkpoint_due(run.cfg, done):
+        write_checkpoint(run, progress, sink)
+    if cadence.eval_due(done):
+        run.evaluator(progress.state, done)
+
+
+def _emit(sink: EventSink, event: Optional[object]) -> None:
+    if event is not None:
+        sink.emit(event)
+
+
+# --- checkpoints, the stop and the end ------------------------------------------------
+
+
+def checkpoint_due(cfg: DistillConfig, done: int) -> bool:
+    """A checkpoint every ``checkpoint_every`` iterations; the last one is written as the run ends."""
+    return done % cfg.checkpoint_every == 0 and done < cfg.iterations
+
+
+def checkpoint_of(run: DistillRun, progress: Progress) -> Checkpoint:
+    """The whole state of the run: enough to continue bit for bit."""
+    attrs_ = {"iteration": progress.done, "rng": rng_state_to_json(progress.rng), "distill": to_dict(run.cfg),
+              "model": to_dict(run.model), "label_source": progress.labels.provenance()}
+    return Checkpoint(iteration=progress.done, arrays=run.student.checkpoint_arrays(progress.state), attrs=attrs_)
+
+
+def write_checkpoint(run: DistillRun, progress: Progress, sink: EventSink) -> None:
+    where = run.store.save_checkpoint(checkpoint_of(run, progress))
+    sink.emit(events.Checkpoint(path=str(where), iteration=progress.done))
+
+
+def last_kept(store: SetStore) -> int:
+    """The iterations done in the store's last checkpoint (0: none, the run starts over)."""
+    last = store.last_checkpoint()
+    return last.iteration if last is not None else 0
+
+
+def stop_run(run: DistillRun, progress: Progress, trouble: Stop, sink: EventSink) -> NoReturn:
+    """Keep the last good state, say what happened and what to do, and raise NumericalError."""
+    if trouble.checkpoint_now:  # the state before this iteration is good
+        write_checkpoint(run, progress, sink)
+    else:
+        trouble = attrs.evolve(trouble, kept=last_kept(run.store))
+    message = trouble.message()
+    sink.emit(events.Error(message=message, iteration=progress.done))
+    sink.emit(events.RunFinished(status="failed", summary={"iteration": progress.done, "error": message}))
+    raise NumericalError(message)
+
+
+def final_set(run: DistillRun, progress: Progress) -> FinalSet:
+    """The finished set. Teacher labels are remade from the recorded teacher on the final
+    images (the ones stored beside them), so a run resumed after its last checkpoint
+    stores exactly what an uninterrupted one does."""
+    cfg, plan = run.cfg, progress.labels
+    soft = label(run, progress.state, plan) if plan.teacher else None
+    attrs_ = {"iteration": progress.done, "distill": to_dict(cfg), "model": to_dict(run.model),
+              "label_source": plan.provenance(), "seed": cfg.seed, "num_classes": run.model.num_classes,
+              "ipc": cfg.ipc, **run.provenance}
+    return FinalSet(arrays=run.student.final_arrays(progress.state, soft), attrs=attrs_)
+
+
+def finish(run: DistillRun, progress: Progress, status: str, sink: EventSink) -> DistillResult:
+    """Store the finished set (a completed run), and report."""
+    if status == "completed":
+        run.store.save_set(final_set(run, progress))
+    lr = run.student.lr(progress.state)
+    sink.emit(events.RunFinished(status=status, summary={"iterations": progress.done, "loss": progress.loss,
+                                                         "lr": lr}))
+    return DistillResult(status=status, iterations=progress.done, loss=progress.loss, lr=lr,
+                         label_source=progress.labels.provenance())
+
+
+__all__ = [
+    "Cadence", "DistillError", "DistillResult", "DistillRun", "NumericalError", "RESUMABLE_CHANGES", "check_inputs",
+    "check_resumable", "checkpoint_due", "distill", "iterate", "no_evaluation",
+]

@@ -67,7 +67,7 @@ def train_experts(*, model_cfg: ModelConfig, expert_cfg: ExpertConfig, data: Any
     accuracy: dict = {}
     trained = []
     status = "completed"
-    from tesla.app.services.distributed import redact_url
+    from tesla.domain.urls import redact_url
 
     group_size = expert_cfg.parallel
     for first in range(0, len(todo), group_size):

@@ -1,26 +1,50 @@
-"""A distillation run on disk: from a request (paths, configs) to a ready job.
+"""A distillation run on disk: from a request (paths, configs) to a ready job, on one
+process or on every rank of a ``torchrun`` job.
 
-``run_distillation`` does every check and every open before any work (stores, data,
-run directory, configs), so a bad argument fails in a second with one line and writes
-nothing; it returns a :class:`PreparedRun` whose ``job(sink, cancel)`` the CLI runs
-under a progress bar or the TUI. The run directory holds::
+:func:`prepare_distillation` does every check and every open before any work (stores,
+data, the student network, the run directory, the configs), so a bad argument fails in
+a second with one line and writes nothing; it returns a :class:`PreparedRun` whose
+``job(sink, cancel)`` the CLI runs under a progress bar or the TUI. What it opens and
+builds it asks of a :class:`~tesla.domain.ports.DistillParts`, which the composition
+root (``tesla.app.bootstrap``) implements; this module imports no framework.
+
+The run directory holds (:mod:`tesla.domain.rundir`)::
 
     config.json        the configs that made the run
     events.jsonl       the event log (the TUI and scripts follow it)
     synthetic.zarr|h5  checkpoints and the final set, with provenance
     images/            PNG grids per class of the final set (un-whitened)
+
+Ranks (``tesla`` engine). Pass 1 of an iteration is cheap and deterministic, and every
+rank draws the same expert, start epoch, batches and augmentation seeds from the same
+seeded RNG, so every rank runs pass 1 whole; pass 2 (one double-backward graph per
+step, the expensive part) is split by step and the data gradients are summed, so every
+rank applies the same update and holds the same images. Every rank opens and checks
+the inputs (a failure on any rank stops all of them with one message); rank 0 alone
+creates the run directory and the store, and writes checkpoints, the set, the images
+and events. What the other ranks do instead is a :class:`Follower`, chosen once: a
+store that reads checkpoints and writes nothing, no gauges, no evaluation, a null sink.
+Cancellation is agreed (:class:`AgreedCancel`), so all ranks stop after the same
+iteration and the checkpoint is consistent.
 """
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 import attrs
-import torch
 
-from tesla.domain.config import DataConfig, DistillConfig, EvalConfig, ModelConfig
+from tesla.app.services.distill import Cadence, DistillRun, check_inputs, check_resumable, distill, no_evaluation
+from tesla.domain.config import DataConfig, DistillConfig, EvalConfig, ModelConfig, from_dict, to_dict
+from tesla.domain.engines import from_config
+from tesla.domain.errors import DistillError, StoreError
+from tesla.domain.ports import (Cancel, DataSource, DistillParts, EventSink, Evaluator, Gauges, NoGauges, NullSink,
+                                Ranks, SetStore, Student, Trajectories)
+from tesla.domain.records import Checkpoint, FinalSet
+from tesla.domain.rundir import IMAGES, prepare_run_dir
+from tesla.domain.urls import redact_url
 
 
 @attrs.frozen
@@ -40,6 +64,10 @@ class DistillRequest:
     storage_options: Optional[dict] = None
     store_url: Optional[str] = None  # synthetic store URL; default: out / set_name
 
+    @property
+    def set_url(self) -> str:
+        return str(self.store_url) if self.store_url else str(Path(self.out) / self.set_name)
+
 
 @attrs.frozen
 class PreparedRun:
@@ -48,6 +76,17 @@ class PreparedRun:
     model: ModelConfig
     data: DataConfig
     config: dict
+
+
+@attrs.frozen
+class Inputs:
+    """What every rank opens and checks before any work."""
+
+    trajectories: Trajectories
+    model: ModelConfig
+    data_cfg: DataConfig
+    data: DataSource
+    student: Student
 
 
 def data_config_from_store(meta_dataset: dict, dataset: Optional[str], data: Optional[str]) -> DataConfig:
@@ -62,32 +101,201 @@ def data_config_from_store(meta_dataset: dict, dataset: Optional[str], data: Opt
     return DataConfig(**known)
 
 
-def run_distillation(req: DistillRequest) -> PreparedRun:
-    """Check and open everything for one process; the job is then ``prepared.job(sink, cancel)``.
+class AgreedCancel:
+    """A cancel flag that every rank reads the same: set when any rank's own flag is set.
 
-    The single-process case of
-    :func:`tesla.app.services.distributed.prepare_distillation`, which holds the one
-    implementation (ranks, remote store URLs, credentials kept out of records).
+    ``is_set`` is a collective on several ranks (one scalar all-reduce), so every rank
+    must call it the same number of times; the distillation loop does (once per
+    iteration, on every rank, because all ranks follow the same control flow).
     """
-    from tesla.app.services.distributed import prepare_distillation
 
-    return prepare_distillation(req, None, store_url=req.store_url)
+    def __init__(self, local: Optional[Cancel], ranks: Ranks) -> None:
+        self.local = local or threading.Event()
+        self.ranks = ranks
+
+    def set(self) -> None:
+        self.local.set()
+
+    def is_set(self) -> bool:
+        return self.ranks.any(self.local.is_set())
 
 
-def make_evaluator(data: Any, model_cfg: ModelConfig, req: DistillRequest, device: torch.device, sink: Any):
-    """Evaluate the current set during a run (fewer, shorter networks than the final
-    protocol); the random-real reference is measured once, on the first call."""
-    from tesla.app.services.evaluate import random_real_scores, train_many
+class FollowerStore:
+    """The synthetic store as ranks other than 0 see it: they read the latest checkpoint
+    (on ``--resume``) and write nothing (rank 0 writes).
 
-    cfg = EvalConfig(num_models=req.eval_models, epochs=req.eval_epochs)
-    done = {"baseline": False}
+    Args:
+        open_reader: opens the store for reading (StoreError while it does not exist).
+    """
 
-    def evaluator(state: Any, iteration: int) -> None:
-        train_many(state.images.detach(), state.current_labels(), data, model_cfg=model_cfg, cfg=cfg, lr=state.lr_value,
-                   subject="synthetic", device=device, sink=sink, iteration=iteration)
-        if not done["baseline"]:
-            random_real_scores(data, req.cfg.ipc, model_cfg=model_cfg, cfg=cfg, device=device, sink=sink,
-                               iteration=iteration)
-            done["baseline"] = True
+    def __init__(self, open_reader: Callable[[], SetStore]) -> None:
+        self.open_reader = open_reader
 
-    return evaluator
+    def last_checkpoint(self) -> Optional[Checkpoint]:
+        try:
+            store = self.open_reader()
+        except StoreError:
+            return None
+        try:
+            return store.last_checkpoint()
+        finally:
+            store.close()
+
+    def save_checkpoint(self, checkpoint: Checkpoint) -> str:
+        return ""
+
+    def save_set(self, final: FinalSet) -> str:
+        return ""
+
+    def close(self) -> None:
+        return None
+
+
+class Role(Protocol):
+    """What differs between rank 0 and the other ranks of a run, chosen once."""
+
+    store: SetStore
+    run_dir: Path
+    gauges: Gauges
+
+    def sink(self, sink: Optional[EventSink]) -> EventSink:
+        """Where this rank's events go."""
+
+    def evaluator(self, inputs: Inputs, sink: EventSink) -> Evaluator:
+        """What scores the set during the run on this rank."""
+
+    def completed(self) -> None:
+        """What this rank does after a completed run (the images of the set)."""
+
+
+@attrs.frozen
+class Writer:
+    """Rank 0 (or the only process): it writes, shows and evaluates."""
+
+    parts: DistillParts
+    store: SetStore
+    run_dir: Path
+    gauges: Gauges
+    req: DistillRequest
+
+    def sink(self, sink: Optional[EventSink]) -> EventSink:
+        return sink or NullSink()
+
+    def evaluator(self, inputs: Inputs, sink: EventSink) -> Evaluator:
+        """Fewer, shorter networks than the final protocol, beside random real images."""
+        if not self.req.eval_every:
+            return no_evaluation
+        cfg = EvalConfig(num_models=self.req.eval_models, epochs=self.req.eval_epochs)
+        return self.parts.evaluator(inputs.data, inputs.model, cfg, self.req.cfg.ipc, sink)
+
+    def completed(self) -> None:
+        self.parts.export_images(self.store, Path(self.run_dir) / IMAGES)
+
+
+@attrs.frozen
+class Follower:
+    """Any other rank: it computes its share and the same update, and nothing else."""
+
+    store: SetStore
+    run_dir: Path
+    gauges: Gauges = NoGauges()
+
+    def sink(self, sink: Optional[EventSink]) -> EventSink:
+        return NullSink()
+
+    def evaluator(self, inputs: Inputs, sink: EventSink) -> Evaluator:
+        return no_evaluation  # the others wait for rank 0 in the next collective
+
+    def completed(self) -> None:
+        return None
+
+
+def open_inputs(req: DistillRequest, parts: DistillParts) -> Inputs:
+    """Open the trajectories and the data, build the student, and check that they fit."""
+    cfg = req.cfg
+    if parts.ranks.shard[1] > 1 and cfg.engine != "tesla":
+        raise DistillError(f"engine {cfg.engine!r} cannot split its steps across processes: use --engine tesla")
+    trajectories = parts.open_trajectories(req.trajectories)
+    model_cfg = from_dict(ModelConfig, dict(trajectories.meta.model))
+    data_cfg = data_config_from_store(trajectories.meta.dataset, req.dataset, req.data)
+    data = parts.load_data(data_cfg)
+    student = parts.student(model_cfg, cfg)
+    check_inputs(cfg, model_cfg, data, trajectories, student.num_params)
+    return Inputs(trajectories=trajectories, model=model_cfg, data_cfg=data_cfg, data=data, student=student)
+
+
+def run_config(req: DistillRequest, inputs: Inputs, world: int) -> dict:
+    """What ``config.json`` and ``RunStarted`` record (URLs without credentials)."""
+    config = {"distill": to_dict(req.cfg), "model": to_dict(inputs.model), "data": to_dict(inputs.data_cfg),
+              "trajectories": redact_url(req.trajectories)}
+    if req.store_url:
+        config["store"] = redact_url(req.set_url)
+    if world > 1:
+        config["distributed"] = {"world": world}
+    return config
+
+
+def provenance(req: DistillRequest, inputs: Inputs) -> dict:
+    """What the finished set records about where it came from."""
+    normalizer = inputs.data.normalizer
+    return {"trajectories": redact_url(req.trajectories), "dataset": to_dict(inputs.data_cfg),
+            "class_names": list(inputs.data.class_names or []),
+            "normalizer_state": normalizer.to_state() if normalizer is not None else None}
+
+
+def open_output(req: DistillRequest, parts: DistillParts, config: dict) -> tuple[Path, SetStore]:
+    """The run directory and the synthetic store (rank 0): a store that already holds
+    checkpoints is refused without ``--resume``, and with it when made with other settings."""
+    run_dir = prepare_run_dir(parts.files, req.out, config, resume=req.resume, compare_keys=("model", "data"))
+    store = parts.open_set_store(req.set_url, write=True)
+    last = store.last_checkpoint()
+    if req.resume and last is not None:
+        check_resumable(req.cfg, last.attrs)  # before any work or log line
+    if not req.resume and last is not None:
+        store.close()
+        raise DistillError(f"{redact_url(req.set_url)} already holds checkpoints: pass --resume or choose another "
+                           + ("--store" if req.store_url else "--out"))
+    return run_dir, store
+
+
+def prepare_distillation(req: DistillRequest, parts: DistillParts) -> PreparedRun:
+    """Check and open everything for this rank; the job is then ``prepared.job(sink, cancel)``.
+
+    Args:
+        req: the request (paths or URLs, configs, evaluation and preview cadence).
+        parts: the composition root's builders for this rank (its ranks, device and
+            storage options).
+    """
+    ranks = parts.ranks
+    inputs = ranks.agree(lambda: open_inputs(req, parts))
+    config = run_config(req, inputs, ranks.shard[1])
+    opened = ranks.agree(lambda: open_output(req, parts, config), only_writer=True)
+    if ranks.is_writer:
+        run_dir, store = opened
+        role: Role = Writer(parts=parts, store=store, run_dir=Path(run_dir),
+                           gauges=parts.gauges(inputs.data, inputs.model, req.cfg), req=req)
+    else:
+        role = Follower(store=FollowerStore(lambda: parts.open_set_store(req.set_url, write=False)),
+                        run_dir=Path(req.out))
+    engine = from_config(req.cfg, shard=ranks.shard)
+    cadence = Cadence(preview_every=req.preview_every, memory_every=10, eval_every=req.eval_every)
+    found = provenance(req, inputs)
+
+    def job(sink: Optional[EventSink], cancel: Optional[Cancel]) -> Any:
+        sink = role.sink(sink)
+        run = DistillRun(cfg=req.cfg, model=inputs.model, data=inputs.data, trajectories=inputs.trajectories,
+                         store=role.store, student=inputs.student, engine=engine, ranks=ranks, gauges=role.gauges,
+                         evaluator=role.evaluator(inputs, sink), cadence=cadence, resume=req.resume,
+                         run_config=config, provenance=found)
+        result = distill(run, sink, AgreedCancel(cancel, ranks))
+        if result.status == "completed":
+            role.completed()
+        return result
+
+    return PreparedRun(job=job, run_dir=role.run_dir, model=inputs.model, data=inputs.data_cfg, config=config)
+
+
+__all__ = [
+    "AgreedCancel", "DistillRequest", "Follower", "FollowerStore", "PreparedRun", "Writer", "data_config_from_store",
+    "prepare_distillation",
+]

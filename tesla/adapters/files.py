@@ -1,0 +1,52 @@
+"""Local files for run directories: the :class:`~tesla.domain.ports.RunFiles` port.
+
+The run-directory policy (:mod:`tesla.domain.rundir`) decides; this module only does
+the file operations it asks for. ``config.json`` is written through a temporary file
+in the same folder, fsynced, then renamed over the target, so a crash leaves the old
+file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class LocalRunFiles:
+    """Run-directory file operations on the local filesystem."""
+
+    def kind(self, path: Path) -> str:
+        path = Path(path)
+        if path.is_dir():
+            return "dir"
+        return "file" if path.exists() else "missing"
+
+    def read_text(self, path: Path) -> str:
+        return Path(path).read_text()
+
+    def make_writable_dir(self, path: Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+
+    def write_atomic(self, path: Path, text: str) -> None:
+        atomic_write_text(Path(path), text)

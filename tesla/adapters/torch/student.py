@@ -1,0 +1,152 @@
+"""The :class:`~tesla.domain.ports.Student` and :class:`~tesla.domain.ports.Gauges` ports on
+PyTorch: the numerics a distillation does outside the engines.
+
+``TorchStudent`` is built once per run from the configs: the student network (seeded
+by the run's seed) and its flat view, the DSA augmentation when asked for, and the
+compute the config chooses (plain, or batched/mixed-precision). Its state is a
+:class:`~tesla.adapters.torch.synthetic.SyntheticState` (images, learned lr, optional
+logits and their SGD optimisers), which the service hands back without looking inside.
+
+``TorchGauges`` makes what a run shows of itself: a small grid of un-whitened images
+(classes as columns, at most 16 px per image so an event stays small) and the device
+and host memory figures of :mod:`tesla.adapters.torch.memory`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+import torch
+
+from tesla.adapters.torch.augment import DSA
+from tesla.adapters.torch.compute import TorchCompute
+from tesla.adapters.torch.functional import FlatView
+from tesla.adapters.torch.memory import memory_sample
+from tesla.adapters.torch.models import build_model
+from tesla.adapters.torch.synthetic import SyntheticState, soft_labels
+from tesla.domain import events
+from tesla.domain.config import DistillConfig, ModelConfig
+from tesla.domain.labels import LabelPlan
+from tesla.domain.ports import Compute, DataSource
+
+
+def default_compute(cfg: DistillConfig) -> Callable[..., Compute]:
+    """The plain compute, or the batched one when a chunked pass 2 or another precision is asked."""
+    if cfg.second_pass_chunk > 1 or cfg.precision != "fp32" or cfg.channels_last:
+        from tesla.adapters.torch.batched import BatchedTorchCompute
+
+        return functools.partial(BatchedTorchCompute, precision=cfg.precision, channels_last=cfg.channels_last,
+                                 offload=cfg.offload_weights)
+    return functools.partial(TorchCompute, offload=cfg.offload_weights)
+
+
+class TorchStudent:
+    """The student network and the synthetic set's numerics on one device.
+
+    Args:
+        model_cfg: the network (the experts' architecture).
+        cfg: the run (seed, labels, DSA, optimiser settings, compute options).
+        device: where the network and the set live.
+        compute_factory: builds the compute of an iteration (default :func:`default_compute`).
+    """
+
+    def __init__(self, model_cfg: ModelConfig, cfg: DistillConfig, device: torch.device | str = "cpu", *,
+                 compute_factory: Optional[Callable[..., Compute]] = None) -> None:
+        self.model_cfg = model_cfg
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.view = FlatView(build_model(model_cfg, seed=cfg.seed).to(self.device))
+        self.augment = DSA() if cfg.dsa else None
+        self.learned = cfg.labels == "learned"
+        self.make_compute = compute_factory or default_compute(cfg)
+
+    @property
+    def num_params(self) -> int:
+        return self.view.num_params
+
+    # -- the state -----------------------------------------------------------------------
+    def initial(self, data: DataSource) -> SyntheticState:
+        return SyntheticState.initialise(data, self.cfg, num_classes=self.model_cfg.num_classes, device=self.device,
+                                         learned_labels=self.learned)
+
+    def restore(self, arrays: Mapping[str, Any]) -> SyntheticState:
+        return SyntheticState.from_arrays(dict(arrays), self.cfg, self.device)
+
+    def checkpoint_arrays(self, state: SyntheticState) -> dict[str, np.ndarray]:
+        return state.to_arrays()
+
+    def final_arrays(self, state: SyntheticState, soft: Optional[torch.Tensor]) -> dict[str, np.ndarray]:
+        arrays = {"images": state.images.detach().cpu().numpy(), "lr": np.asarray(state.lr_value)}
+        arrays.update(state.labels_for_store(soft))
+        return arrays
+
+    def size(self, state: SyntheticState) -> int:
+        return int(state.images.shape[0])
+
+    def lr(self, state: SyntheticState) -> float:
+        return state.lr_value
+
+    # -- one iteration -------------------------------------------------------------------
+    def weights(self, snapshot: Any) -> torch.Tensor:
+        return torch.as_tensor(snapshot, device=self.device)
+
+    def labels(self, state: SyntheticState, plan: LabelPlan, teacher: Optional[torch.Tensor]) -> torch.Tensor:
+        if plan.teacher:
+            state.soft = soft_labels(self.view, teacher, state.images, self.cfg.soft_label_chunk)
+            return state.soft
+        return state.logits if plan.kind == "learned" else state.class_ids
+
+    def compute(self, state: SyntheticState, labels: torch.Tensor) -> Compute:
+        return self.make_compute(self.view, state.images, labels, augment=self.augment, learned_labels=self.learned)
+
+    def step(self, state: SyntheticState, images_grad: torch.Tensor, labels_grad: Optional[torch.Tensor],
+             lr_grad: float) -> float:
+        return state.apply(images_grad, lr_grad, labels_grad)
+
+    def problem(self, state: SyntheticState) -> Optional[str]:
+        return state.finite()
+
+    def finite(self, value: torch.Tensor) -> bool:
+        return bool(torch.isfinite(value).all())
+
+
+class TorchGauges:
+    """Previews of the set and memory samples of one device.
+
+    Args:
+        device: the run's device (memory figures).
+        decode: model-space images to [0, 1] (the data's normaliser); None: no previews.
+        ipc, num_classes: the set's layout (images ordered class by class).
+        per_class, max_classes: the preview shows this many images of this many classes.
+    """
+
+    def __init__(self, device: torch.device | str, decode: Optional[Callable], ipc: int, num_classes: int, *,
+                 per_class: int = 3, max_classes: int = 10) -> None:
+        self.device = torch.device(device)
+        self.decode = decode
+        self.ipc = ipc
+        self.num_classes = num_classes
+        self.per_class = per_class
+        self.max_classes = max_classes
+
+    def memory(self, iteration: int) -> events.Memory:
+        return memory_sample(self.device, iteration=iteration)
+
+    def preview(self, state: SyntheticState, iteration: int) -> Optional[events.Preview]:
+        """A small grid (classes as columns, a few images each as rows) of un-whitened images."""
+        if self.decode is None:
+            return None
+        from torchvision.utils import make_grid
+
+        k = min(self.per_class, self.ipc)
+        classes = min(self.num_classes, self.max_classes)
+        idx = [c * self.ipc + i for i in range(k) for c in range(classes)]
+        with torch.no_grad():
+            imgs = self.decode(state.images.detach()[idx].float().cpu()).clamp(0, 1)
+            if imgs.shape[-1] > 16:  # keep the event small: at most 16 px per image
+                imgs = torch.nn.functional.interpolate(imgs, size=(16, 16), mode="area")
+            grid = make_grid(imgs, nrow=classes, padding=1)
+        pixels = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        return events.Preview(iteration=iteration, pixels=pixels.tolist(), per_class=k)

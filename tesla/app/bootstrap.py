@@ -12,12 +12,17 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
 from tesla.domain.config import ConfigError, DataConfig
 from tesla.domain.errors import RunDirError
+
+if TYPE_CHECKING:
+    from tesla.app.services.evaluate import EvaluateRequest, PreparedEvaluation
+    from tesla.app.services.experts import ExpertsPorts, ExpertsRequest, ExpertsResult, PreparedExperts
+    from tesla.app.services.merge import MergeResult
 
 RUN_CONFIG = "config.json"
 EVENTS = "events.jsonl"
@@ -149,3 +154,144 @@ def event_sinks(run_dir: Optional[Path], *, quiet: bool = False, json_mode: bool
         sinks.append(tb)
         closers.append(tb.close)
     return FanOut(*sinks), closers
+
+
+# --- experts, evaluation and merging: the services with their adapters -----------------------
+# Each ``*_ports`` builds the adapters a service works through; the functions after them
+# are the services with those ports bound, for the CLI, the TUI, the demo and scripts.
+
+
+def experts_ports(device: Any = "cpu", storage_options: Optional[dict] = None) -> "ExpertsPorts":
+    """Torch training on ``device``, HDF5/Zarr stores, the data loaders, run directories."""
+    import functools
+
+    from tesla.adapters.stores.opener import TrajectoryStoreOpener
+    from tesla.adapters.torch.trainers import TorchExpertTraining
+    from tesla.app.services.experts import ExpertsPorts
+
+    return ExpertsPorts(load_data=functools.partial(load_data, storage_options=storage_options),
+                        stores=TrajectoryStoreOpener(storage_options), training=TorchExpertTraining(device),
+                        run_dirs=prepare_run_dir)
+
+
+def prepare_experts(request: "ExpertsRequest", *, device: str = "auto", storage_options: Optional[dict] = None,
+                    ranks: Any = None) -> "PreparedExperts":
+    """:func:`tesla.app.services.experts.prepare_experts` on torch (one process on
+    ``device``, or one rank of ``ranks``, on its own device) and the real stores."""
+    from tesla.app.services.experts import prepare_experts as prepare
+
+    dev = ranks.device if ranks is not None else resolve_device(device)
+    return prepare(request, experts_ports(dev, storage_options), ranks)
+
+
+def train_experts(*, device: Any = "cpu", **kwargs: Any) -> "ExpertsResult":
+    """:func:`tesla.app.services.experts.train_experts` training with torch on ``device``."""
+    from tesla.adapters.torch.trainers import TorchExpertTraining
+    from tesla.app.services.experts import train_experts as train
+
+    return train(training=TorchExpertTraining(device), **kwargs)
+
+
+def distributed_experts(*, ctx: Any, storage_options: Optional[dict] = None, **kwargs: Any) -> "ExpertsResult":
+    """:func:`tesla.app.services.experts.distributed_experts` for the rank ``ctx`` (a
+    :class:`~tesla.adapters.torch.dist.DistContext`), training on its device."""
+    from tesla.app.services.experts import distributed_experts as run
+
+    ports = experts_ports(ctx.device, storage_options)
+    return run(ranks=ctx, stores=ports.stores, training=ports.training, **kwargs)
+
+
+def merge_trajectory_stores(srcs: Any, dest: str, *, storage_options: Optional[dict] = None,
+                            sink: Any = None) -> "MergeResult":
+    """:func:`tesla.app.services.merge.merge_trajectory_stores` on the real stores."""
+    from tesla.adapters.stores.opener import TrajectoryStoreOpener
+    from tesla.app.services.merge import merge_trajectory_stores as merge
+
+    return merge(srcs, dest, stores=TrajectoryStoreOpener(storage_options), sink=sink)
+
+
+def rank_group(device: str = "auto") -> Any:
+    """This process as one torchrun rank (a context manager; DistributedError outside torchrun)."""
+    from tesla.adapters.torch.dist import process_group
+
+    return process_group(device)
+
+
+def reported_to_all_ranks(error: BaseException) -> bool:
+    """Every rank knows of ``error`` (rank 0 reports it; the others may leave quietly)."""
+    from tesla.adapters.torch.dist import is_reported
+
+    return is_reported(error)
+
+
+def evaluation_training(device: Any = "cpu") -> Any:
+    """The evaluation networks' training on torch and ``device``."""
+    from tesla.adapters.torch.trainers import TorchEvaluationTraining
+
+    return TorchEvaluationTraining(device)
+
+
+def prepare_evaluation(request: "EvaluateRequest", *, device: str = "auto",
+                       storage_options: Optional[dict] = None) -> "PreparedEvaluation":
+    """:func:`tesla.app.services.evaluate.prepare_evaluation` on torch and the real stores."""
+    import functools
+
+    from tesla.app.services.evaluate import EvaluatePorts
+    from tesla.app.services.evaluate import prepare_evaluation as prepare
+
+    training = evaluation_training(resolve_device(device))
+
+    def read_set(url: str) -> Any:
+        return open_synthetic(url, "r", storage_options).read_set()
+
+    return prepare(request, EvaluatePorts(read_set=read_set, training=training,
+                                          load_data=functools.partial(load_data, storage_options=storage_options)))
+
+
+def evaluate_set(images: Any, labels: Any, learned_lr: Optional[float], data: Any, *, device: Any = "cpu",
+                 **kwargs: Any) -> list:
+    """:func:`tesla.app.services.evaluate.evaluate_set` training with torch on ``device``."""
+    from tesla.app.services.evaluate import evaluate_set as evaluate
+
+    return evaluate(images, labels, learned_lr, data, training=evaluation_training(device), **kwargs)
+
+
+def _demo_distill(device: Any) -> Any:
+    """The demo's distillation stage: the distillation service on ``device`` into
+    ``run_dir/synthetic.zarr`` (resumed when there), previews for the display."""
+
+    def stage(cfg: Any, model: Any, data: Any, trajectories: str, run_dir: Path, sink: Any, cancel: Any) -> tuple:
+        from tesla.app.services.distill import distill
+        from tesla.domain.config import to_dict
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        store = open_synthetic(str(run_dir / "synthetic.zarr"), "a")
+        with open_trajectories(trajectories, "r") as experts:
+            result = distill(cfg=cfg, model_cfg=model, data=data, trajectories=experts, store=store, sink=sink,
+                             device=device, cancel=cancel, resume=True, decode=data.normalizer.decode,
+                             preview_every=20,
+                             provenance={"dataset": to_dict(DataConfig(name="demo")),
+                                         "trajectories": trajectories, "class_names": list(data.class_names),
+                                         "normalizer_state": data.normalizer.to_state()})
+        return result, (store.read_set() if result.status == "completed" else None)
+
+    return stage
+
+
+def _export_images(syn: Any, folder: Path) -> None:
+    from tesla.adapters.stores.export import default_decode, export_png_grid
+
+    export_png_grid(syn, str(folder), decode=default_decode(syn))
+
+
+def run_demo(out: Path, *, device: Any = "cpu", **kwargs: Any) -> Any:
+    """:func:`tesla.app.services.demo.run_demo` on torch and ``device``, stores under ``out``."""
+    from tesla.adapters.stores.opener import TrajectoryStoreOpener
+    from tesla.adapters.torch.trainers import TorchExpertTraining
+    from tesla.app.services.demo import DemoPorts
+    from tesla.app.services.demo import run_demo as run
+
+    ports = DemoPorts(load_data=load_data, stores=TrajectoryStoreOpener(), experts=TorchExpertTraining(device),
+                      distill=_demo_distill(device), export_images=_export_images,
+                      evaluation=evaluation_training(device))
+    return run(out, ports=ports, **kwargs)

@@ -29,23 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from tesla.adapters.torch.functional import FlatView
+from tesla.domain.errors import TrainingStopped  # raised here, caught by the experts service
 
 EVAL_BATCH = 512
 
 SnapshotFn = Callable[[int, torch.Tensor, Optional[float]], None]
 EpochFn = Callable[[int, int, float, float, Optional[float], float], None]
-
-
-class TrainingStopped(Exception):
-    """``should_stop()`` returned True between epochs.
-
-    Attributes:
-        epoch: the last completed epoch (its snapshot was already handed out).
-    """
-
-    def __init__(self, epoch: int) -> None:
-        super().__init__(f"training stopped on request after epoch {epoch}")
-        self.epoch = epoch
 
 
 def derive_seed(seed: int, *keys: object) -> int:

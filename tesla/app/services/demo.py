@@ -3,21 +3,35 @@
 Experts on the embedded 16 px CIFAR-10 images, a TESLA distillation from their
 trajectories, then the evaluation protocol on the distilled set beside random real
 images at the same IPC, and an image grid on disk. Every stage is the real service
-used by the CLI; only the sizes (the ``demo`` preset) are small.
+used by the CLI (:mod:`~tesla.app.services.experts`, the distillation,
+:mod:`~tesla.app.services.evaluate`); only the sizes (the ``demo`` preset) are small.
+The stages reach torch and the stores through :class:`DemoPorts`.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import attrs
-import torch
 
+from tesla.app.services.evaluate import evaluate_set
+from tesla.app.services.experts import train_experts
 from tesla.domain import presets
 from tesla.domain.config import DataConfig, to_dict
+from tesla.domain.ports import (CancelFlag, DistillStage, EvaluationTraining, EventSink, ExportImages, ExpertTraining,
+                                LoadData, TrajectoryStores)
+
+
+@attrs.frozen
+class DemoPorts:
+    load_data: LoadData
+    stores: TrajectoryStores
+    experts: ExpertTraining
+    distill: DistillStage
+    export_images: ExportImages
+    evaluation: EvaluationTraining
 
 
 @attrs.frozen
@@ -30,52 +44,43 @@ class DemoResult:
     run_dir: Path
 
 
-def run_demo(out: Path, *, sink: Any = None, cancel: Optional[threading.Event] = None, device: Any = "cpu",
+def run_demo(out: Path, *, ports: DemoPorts, sink: EventSink, cancel: Optional[CancelFlag] = None,
              engine: str = "tesla", seed: int = 0, preset: Optional[presets.Preset] = None) -> DemoResult:
-    from tesla.adapters.stores.export import default_decode, export_png_grid
-    from tesla.app import bootstrap
-    from tesla.app.services.distill import distill
-    from tesla.app.services.evaluate import evaluate_set
-    from tesla.app.services.experts import train_experts
-
+    """Experts, distillation, images and evaluation in ``out``; KeyboardInterrupt when cancelled."""
     p = preset or presets.demo()
     expert_cfg = attrs.evolve(p.experts, seed=seed)
     distill_cfg = attrs.evolve(p.distill, engine=engine, seed=seed)
     eval_cfg = attrs.evolve(p.evaluate, seed=seed)
     data_cfg = DataConfig(name="demo")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = bootstrap.load_data(data_cfg)
+    data = ports.load_data(data_cfg)
     seconds = {}
 
     t = time.perf_counter()
-    store = bootstrap.open_trajectories(str(out / "trajectories.zarr"), "a")
-    experts = train_experts(model_cfg=p.model, expert_cfg=expert_cfg, data=data, store=store,
-                            dataset=to_dict(data_cfg), sink=sink, device=device, cancel=cancel)
+    trajectories = str(out / "trajectories.zarr")
+    store = ports.stores.open(trajectories)
+    try:
+        experts = train_experts(model_cfg=p.model, expert_cfg=expert_cfg, data=data, store=store,
+                                dataset=to_dict(data_cfg), training=ports.experts, sink=sink, cancel=cancel)
+    finally:
+        store.close()
     seconds["experts"] = time.perf_counter() - t
     if experts.status != "completed":
         raise KeyboardInterrupt("demo cancelled during expert training")
 
     run_dir = out / "run"
-    run_dir.mkdir(exist_ok=True)
-    syn_store = bootstrap.open_synthetic(str(run_dir / "synthetic.zarr"), "a")
     t = time.perf_counter()
-    result = distill(cfg=distill_cfg, model_cfg=p.model, data=data, trajectories=store, store=syn_store, sink=sink,
-                     device=device, cancel=cancel, resume=True, decode=data.normalizer.decode, preview_every=20,
-                     provenance={"dataset": to_dict(data_cfg), "trajectories": str(out / "trajectories.zarr"),
-                                 "class_names": list(data.class_names),
-                                 "normalizer_state": data.normalizer.to_state()})
+    result, syn = ports.distill(distill_cfg, p.model, data, trajectories, run_dir, sink, cancel)
     seconds["distill"] = time.perf_counter() - t
-    if result.status != "completed":
+    if result.status != "completed" or syn is None:
         raise KeyboardInterrupt("demo cancelled during distillation")
 
-    syn = syn_store.read_set()
     images_dir = run_dir / "images"
-    export_png_grid(syn, str(images_dir), decode=default_decode(syn))
+    ports.export_images(syn, images_dir)
     t = time.perf_counter()
-    labels = torch.as_tensor(syn.soft_labels if syn.soft_labels is not None else syn.labels)
-    scores = evaluate_set(torch.as_tensor(syn.images), labels, syn.lr, data, model_cfg=p.model, cfg=eval_cfg,
-                          ipc=distill_cfg.ipc, random_real=True, device=device, sink=sink,
+    labels = syn.soft_labels if syn.soft_labels is not None else syn.labels
+    scores = evaluate_set(syn.images, labels, syn.lr, data, model_cfg=p.model, cfg=eval_cfg,
+                          training=ports.evaluation, ipc=distill_cfg.ipc, random_real=True, sink=sink,
                           iteration=result.iterations)
     seconds["evaluate"] = time.perf_counter() - t
     return DemoResult(scores=tuple(scores), distill_loss=result.loss, lr=result.lr, seconds=seconds,

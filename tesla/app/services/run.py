@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import attrs
-import torch
 
 from tesla.domain.config import DataConfig, DistillConfig, EvalConfig, ModelConfig
+from tesla.domain.data import recorded_data_config as data_config_from_store  # noqa: F401  (its old name)
+from tesla.domain.ports import EvaluationTraining
 
 
 @attrs.frozen
@@ -50,18 +51,6 @@ class PreparedRun:
     config: dict
 
 
-def data_config_from_store(meta_dataset: dict, dataset: Optional[str], data: Optional[str]) -> DataConfig:
-    """The data the experts were trained on, unless overridden."""
-    known = {k: v for k, v in (meta_dataset or {}).items() if k in ("name", "root", "zca", "image_size")}
-    if dataset:
-        known["name"] = dataset
-    if data:
-        known["root"] = data
-    if not known.get("name"):
-        known["name"] = "cifar10"
-    return DataConfig(**known)
-
-
 def run_distillation(req: DistillRequest) -> PreparedRun:
     """Check and open everything for one process; the job is then ``prepared.job(sink, cancel)``.
 
@@ -74,9 +63,10 @@ def run_distillation(req: DistillRequest) -> PreparedRun:
     return prepare_distillation(req, None, store_url=req.store_url)
 
 
-def make_evaluator(data: Any, model_cfg: ModelConfig, req: DistillRequest, device: torch.device, sink: Any):
+def make_evaluator(data: Any, model_cfg: ModelConfig, req: DistillRequest, training: EvaluationTraining, sink: Any):
     """Evaluate the current set during a run (fewer, shorter networks than the final
-    protocol); the random-real reference is measured once, on the first call."""
+    protocol, trained through ``training``); the random-real reference is measured
+    once, on the first call."""
     from tesla.app.services.evaluate import random_real_scores, train_many
 
     cfg = EvalConfig(num_models=req.eval_models, epochs=req.eval_epochs)
@@ -84,9 +74,9 @@ def make_evaluator(data: Any, model_cfg: ModelConfig, req: DistillRequest, devic
 
     def evaluator(state: Any, iteration: int) -> None:
         train_many(state.images.detach(), state.current_labels(), data, model_cfg=model_cfg, cfg=cfg, lr=state.lr_value,
-                   subject="synthetic", device=device, sink=sink, iteration=iteration)
+                   subject="synthetic", training=training, sink=sink, iteration=iteration)
         if not done["baseline"]:
-            random_real_scores(data, req.cfg.ipc, model_cfg=model_cfg, cfg=cfg, device=device, sink=sink,
+            random_real_scores(data, req.cfg.ipc, model_cfg=model_cfg, cfg=cfg, training=training, sink=sink,
                                iteration=iteration)
             done["baseline"] = True
 

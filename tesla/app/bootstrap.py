@@ -295,3 +295,42 @@ def run_demo(out: Path, *, device: Any = "cpu", **kwargs: Any) -> Any:
                       distill=_demo_distill(device), export_images=_export_images,
                       evaluation=evaluation_training(device))
     return run(out, ports=ports, **kwargs)
+
+
+# --- benchmarks ---------------------------------------------------------------------------------
+
+
+def bench_settings(*, model: Any, ipc: int, batch_syn: Optional[int], dsa: bool, chunk: int, seed: int, device: str,
+                   threads: Optional[int]) -> Any:
+    """The benchmark's problem on the resolved ``device``, checked (BenchError names the option)."""
+    from tesla.domain.bench import BenchSettings
+
+    return BenchSettings(model=model, ipc=ipc, batch_syn=batch_syn, dsa=dsa, chunk=chunk, seed=seed,
+                         device=str(resolve_device(device)), threads=threads).check()
+
+
+def memory_bench(settings: Any, *, in_process: bool = False, max_rss_gb: Optional[float] = None,
+                 child_timeout: Optional[float] = None, **kwargs: Any) -> Any:
+    """:func:`tesla.app.services.bench.memory_bench` measured on torch (a child process per
+    CPU point unless ``in_process``)."""
+    from tesla.adapters.torch.bench import TorchMemoryProbe
+    from tesla.app.services.bench import memory_bench as bench
+
+    probe = TorchMemoryProbe(in_process=in_process, max_rss_gb=max_rss_gb, child_timeout=child_timeout)
+    return bench(settings, probe=probe, **kwargs)
+
+
+def memory_report(result: Any, out: Path) -> dict:
+    """``memory.csv`` and the matplotlib ``memory.png`` in ``out``."""
+    from tesla.adapters.plots import plot_memory
+    from tesla.app.services.bench import memory_report as report
+
+    return report(result, out, plot_memory)
+
+
+def speed_bench(settings: Any, **kwargs: Any) -> Any:
+    """:func:`tesla.app.services.bench.speed_bench` timed on torch."""
+    from tesla.adapters.torch.bench import TorchSpeedProbe
+    from tesla.app.services.bench import speed_bench as bench
+
+    return bench(settings, probe=TorchSpeedProbe(), **kwargs)

@@ -371,10 +371,15 @@ class PrepareRunDir(Protocol):
 
 
 class MemoryProbe(Protocol):
-    """Measures the memory of one engine iteration on the benchmark's seeded problem."""
+    """Measures the memory of one engine iteration on the benchmark's seeded problem.
 
-    @property
-    def isolated(self) -> bool:
+    ``max_rss_gb`` is the address space (GiB) an isolated point may map beyond its start
+    (None: no limit); the run records it.
+    """
+
+    max_rss_gb: Optional[float]
+
+    def isolated(self, settings: "BenchSettings") -> bool:
         """Each point runs in a fresh process (its resident-set figures are its own)."""
 
     def measure(self, settings: "BenchSettings", engine: str, steps: int) -> "MemoryPoint":

@@ -334,3 +334,54 @@ def speed_bench(settings: Any, **kwargs: Any) -> Any:
     from tesla.app.services.bench import speed_bench as bench
 
     return bench(settings, probe=TorchSpeedProbe(), **kwargs)
+
+
+# --- prepared real data -------------------------------------------------------------------------
+
+
+def prepare(src: Any, dest: str, *, storage_options: Optional[dict] = None, **kwargs: Any) -> Any:
+    """:func:`tesla.app.services.prepare.prepare` from local image folders into a store at
+    ``dest`` (``storage_options`` for a remote Zarr destination)."""
+    from tesla.adapters.data.sources import PrepareSourcesOnDisk
+    from tesla.app.services.prepare import prepare as run
+
+    return run(src, dest, sources=PrepareSourcesOnDisk(storage_options), **kwargs)
+
+
+def progress_bar_sinks(*, quiet: bool = False, json_mode: bool = False) -> tuple:
+    """(sink, closers) for a job that reports Progress events only: one rich bar (elapsed,
+    ETA) unless ``quiet``, and every event as a JSON line with ``json_mode``."""
+    from tesla.adapters.events.progress import ProgressBarSink, RichProgressSink
+    from tesla.domain.ports import FanOut
+
+    bar = ProgressBarSink(quiet=quiet or json_mode)
+    bar.start()
+    sinks = [bar] + ([RichProgressSink(json_mode=True)] if json_mode else [])
+    return FanOut(*sinks), [bar.stop]
+
+
+def store_inspector(storage_options: Optional[dict] = None) -> Any:
+    """Reads what a store holds (``tesla info``), from paths or fsspec URLs."""
+    from tesla.adapters.stores.summary import StoreInspectorOnDisk
+
+    return StoreInspectorOnDisk(storage_options)
+
+
+# --- exports and imports of stores -------------------------------------------------------------
+
+
+def export_set(url: str, out: Path, *, storage_options: Optional[dict] = None, **kwargs: Any) -> list:
+    """:func:`tesla.app.services.export.export_set` from the real store (torch ``.pt``
+    files, torchvision PNG grids)."""
+    from tesla.adapters.stores.export import SetExportOnDisk
+    from tesla.app.services.export import export_set as export
+
+    return export(url, out, read_set=lambda u: open_synthetic(u, "r", storage_options).read_set(),
+                  exporter=SetExportOnDisk(), **kwargs)
+
+
+def import_mtt(src_dir: str, url: str, model: Optional[dict], **kwargs: Any) -> list:
+    """Published MTT/TESLA expert buffers into a trajectory store (``tesla import-mtt``)."""
+    from tesla.adapters.stores.mtt import import_mtt as run
+
+    return run(src_dir, url, model, **kwargs)

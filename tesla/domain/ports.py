@@ -466,7 +466,7 @@ class PreparedOutput(Protocol):
 class PrepareSources(Protocol):
     """Opens real-image sources by layout and prepared stores to write them into."""
 
-    def open(self, src: str, fmt: Optional[str], image_size: int) -> ImageSourceInfo:
+    def open(self, src: str | Path, fmt: Optional[str], image_size: int) -> ImageSourceInfo:
         """The source at ``src`` in layout ``fmt`` (detected when None); PrepareError when
         the folder is missing or its layout unknown."""
 
@@ -524,3 +524,12 @@ class ExportImages(Protocol):
     """Writes one PNG grid per class of a set (un-whitened) into a folder."""
 
     def __call__(self, syn: StoredSet, folder: Path) -> None: ...
+
+
+class SetExporter(Protocol):
+    """Writes a stored set for other tools (the published ``.pt`` layout) and for people
+    (PNG grids per class, un-whitened); each returns the paths written."""
+
+    def published(self, syn: StoredSet, folder: str) -> list[str]: ...
+
+    def png_grid(self, syn: StoredSet, folder: str, per_row: int) -> list[str]: ...

@@ -342,3 +342,76 @@ class FakeSpeedProbe:
 
         self.limits.append(memory_limit_gb)
         return contextlib.nullcontext(self.session_)
+
+
+# --- prepare ----------------------------------------------------------------------------------
+
+
+@attrs.define
+class FakeTask:
+    label: str
+
+
+class FakeSource:
+    format = "imagefolder"
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakePreparedStore:
+    """A prepared store of ``n_tasks`` tasks; ``done`` survives between writers (a resumed
+    store); ``fail_at`` makes that task raise."""
+
+    def __init__(self, n_tasks: int = 4, fail_at: Optional[int] = None) -> None:
+        self.tasks_ = [FakeTask(f"task {i}") for i in range(n_tasks)]
+        self.done: set = set()
+        self.fail_at = fail_at
+        self.finalized = False
+
+
+class FakePreparedWriter:
+    def __init__(self, store: FakePreparedStore, chunk: int, block: Optional[int]) -> None:
+        self.store = store
+        self.plan = {"source": "/src", "image_size": 8, "chunk": chunk, "block": block or 8 * chunk,
+                     "counts": {"train": 12, "test": 6}}
+        self.num_classes = 3
+        self.resumed = bool(store.done) and not store.finalized
+        self.already_complete = store.finalized
+        self.closed = False
+
+    def tasks(self) -> list:
+        return list(self.store.tasks_)
+
+    def is_done(self, task: FakeTask) -> bool:
+        return task.label in self.store.done
+
+    def run(self, task: FakeTask) -> None:
+        if self.store.fail_at is not None and task.label == f"task {self.store.fail_at}":
+            raise OSError("disk full")
+        self.store.done.add(task.label)
+
+    def finalize(self) -> dict:
+        self.store.finalized = True
+        return {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakePrepareSources:
+    def __init__(self, store: FakePreparedStore) -> None:
+        self.store = store
+        self.sources: list = []
+        self.writers: list = []
+
+    def open(self, src: Any, fmt: Optional[str], image_size: int) -> FakeSource:
+        self.sources.append(FakeSource())
+        return self.sources[-1]
+
+    def writer(self, dest: str, source: Any, *, chunk: int, block: Optional[int]) -> FakePreparedWriter:
+        self.writers.append(FakePreparedWriter(self.store, chunk, block))
+        return self.writers[-1]

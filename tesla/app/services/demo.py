@@ -10,9 +10,10 @@ The stages reach torch and the stores through :class:`DemoPorts`.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import attrs
 
@@ -21,7 +22,7 @@ from tesla.app.services.experts import train_experts
 from tesla.domain import presets
 from tesla.domain.config import DataConfig, to_dict
 from tesla.domain.ports import (CancelFlag, DistillStage, EvaluationTraining, EventSink, ExportImages, ExpertTraining,
-                                LoadData, TrajectoryStores)
+                                LoadData, RealData, TrajectoryStores)
 
 
 @attrs.frozen
@@ -48,40 +49,50 @@ def run_demo(out: Path, *, ports: DemoPorts, sink: EventSink, cancel: Optional[C
              engine: str = "tesla", seed: int = 0, preset: Optional[presets.Preset] = None) -> DemoResult:
     """Experts, distillation, images and evaluation in ``out``; KeyboardInterrupt when cancelled."""
     p = preset or presets.demo()
-    expert_cfg = attrs.evolve(p.experts, seed=seed)
-    distill_cfg = attrs.evolve(p.distill, engine=engine, seed=seed)
-    eval_cfg = attrs.evolve(p.evaluate, seed=seed)
-    data_cfg = DataConfig(name="demo")
     out = Path(out)
-    data = ports.load_data(data_cfg)
-    seconds = {}
-
-    t = time.perf_counter()
+    data = ports.load_data(DataConfig(name="demo"))
+    clock = _Stopwatch()
     trajectories = str(out / "trajectories.zarr")
-    store = ports.stores.open(trajectories)
+    with clock("experts"):
+        _train_experts(p, seed, data, trajectories, ports, sink, cancel)
+    run_dir = out / "run"
+    distill_cfg = attrs.evolve(p.distill, engine=engine, seed=seed)
+    with clock("distill"):
+        result, syn = ports.distill(distill_cfg, p.model, data, trajectories, run_dir, sink, cancel)
+    if result.status != "completed" or syn is None:
+        raise KeyboardInterrupt("demo cancelled during distillation")
+    images_dir = run_dir / "images"
+    ports.export_images(syn, images_dir)
+    with clock("evaluate"):
+        labels = syn.soft_labels if syn.soft_labels is not None else syn.labels
+        scores = evaluate_set(syn.images, labels, syn.lr, data, model_cfg=p.model,
+                              cfg=attrs.evolve(p.evaluate, seed=seed), training=ports.evaluation, ipc=distill_cfg.ipc,
+                              random_real=True, sink=sink, iteration=result.iterations)
+    return DemoResult(scores=tuple(scores), distill_loss=result.loss, lr=result.lr, seconds=clock.seconds,
+                      images_dir=images_dir, run_dir=run_dir)
+
+
+def _train_experts(p: presets.Preset, seed: int, data: RealData, url: str, ports: DemoPorts, sink: EventSink,
+                   cancel: Optional[CancelFlag]) -> None:
+    store = ports.stores.open(url)
     try:
-        experts = train_experts(model_cfg=p.model, expert_cfg=expert_cfg, data=data, store=store,
-                                dataset=to_dict(data_cfg), training=ports.experts, sink=sink, cancel=cancel)
+        experts = train_experts(model_cfg=p.model, expert_cfg=attrs.evolve(p.experts, seed=seed), data=data,
+                                store=store, dataset=to_dict(DataConfig(name="demo")), training=ports.experts,
+                                sink=sink, cancel=cancel)
     finally:
         store.close()
-    seconds["experts"] = time.perf_counter() - t
     if experts.status != "completed":
         raise KeyboardInterrupt("demo cancelled during expert training")
 
-    run_dir = out / "run"
-    t = time.perf_counter()
-    result, syn = ports.distill(distill_cfg, p.model, data, trajectories, run_dir, sink, cancel)
-    seconds["distill"] = time.perf_counter() - t
-    if result.status != "completed" or syn is None:
-        raise KeyboardInterrupt("demo cancelled during distillation")
 
-    images_dir = run_dir / "images"
-    ports.export_images(syn, images_dir)
-    t = time.perf_counter()
-    labels = syn.soft_labels if syn.soft_labels is not None else syn.labels
-    scores = evaluate_set(syn.images, labels, syn.lr, data, model_cfg=p.model, cfg=eval_cfg,
-                          training=ports.evaluation, ipc=distill_cfg.ipc, random_real=True, sink=sink,
-                          iteration=result.iterations)
-    seconds["evaluate"] = time.perf_counter() - t
-    return DemoResult(scores=tuple(scores), distill_loss=result.loss, lr=result.lr, seconds=seconds,
-                      images_dir=images_dir, run_dir=run_dir)
+class _Stopwatch:
+    """Seconds per stage: ``with clock("name"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t = time.perf_counter()
+        yield
+        self.seconds[stage] = time.perf_counter() - t

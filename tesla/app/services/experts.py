@@ -286,16 +286,21 @@ def distributed_experts(*, ranks: RankGroup, out: str, model_cfg: ModelConfig, e
                                training=training, sink=sink, cancel=cancel, ids=mine, announce=False)
     finally:
         store.close()  # before the gather: rank 0 may open this rank's HDF5 file next
-    reports = ranks.all_gather_object((result.status, list(result.trained), dict(result.final_accuracy)))
-    trained = sorted(i for _, t, _ in reports for i in t)
-    accuracy = {k: v for _, _, acc in reports for k, v in acc.items()}
-    status = "completed" if all(s == "completed" for s, _, _ in reports) else "cancelled"
-    skipped = sorted(done & set(wanted))
-    summary: dict = {"trained": trained, "skipped": skipped, "final_accuracy": accuracy, "world": ranks.world}
+    overall = _over_all_ranks(ranks, result, skipped=tuple(sorted(done & set(wanted))))
+    summary: dict = {"trained": list(overall.trained), "skipped": list(overall.skipped),
+                     "final_accuracy": overall.final_accuracy, "world": ranks.world}
     if per_rank and ranks.world > 1 and ranks.is_writer and merge:
         _merge_rank_files(out, ranks.world, stores, sink, summary)
-    sink.emit(events.RunFinished(status=status, summary=summary))
-    return ExpertsResult(status=status, trained=tuple(trained), skipped=tuple(skipped), final_accuracy=accuracy)
+    sink.emit(events.RunFinished(status=overall.status, summary=summary))
+    return overall
+
+
+def _over_all_ranks(ranks: RankGroup, mine: ExpertsResult, skipped: tuple) -> ExpertsResult:
+    """Every rank's result joined (the same on every rank): completed only when all completed."""
+    reports = ranks.all_gather_object((mine.status, list(mine.trained), dict(mine.final_accuracy)))
+    status = "completed" if all(s == "completed" for s, _, _ in reports) else "cancelled"
+    return ExpertsResult(status=status, trained=tuple(sorted(i for _, t, _ in reports for i in t)), skipped=skipped,
+                         final_accuracy={k: v for _, _, acc in reports for k, v in acc.items()})
 
 
 def _open_ranked(ranks: RankGroup, out: str, per_rank: bool, stores: TrajectoryStores, model_cfg: ModelConfig,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
 
 import attrs
 import torch

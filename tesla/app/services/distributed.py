@@ -36,6 +36,7 @@ from tesla.domain.ports import NullSink
 from tesla.adapters.stores.opener import rank_store_url  # noqa: E402,F401
 from tesla.app.services.experts import distributed_experts  # noqa: E402,F401
 from tesla.app.services.merge import MergeResult  # noqa: E402,F401
+from tesla.app.services.merge import copy_expert as _copy_expert  # noqa: E402,F401
 from tesla.app.services.merge import merge_trajectory_stores  # noqa: E402,F401
 from tesla.domain.urls import is_remote, options_for, redact_url  # noqa: E402,F401
 

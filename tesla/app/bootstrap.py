@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import torch
 
@@ -24,6 +24,11 @@ from tesla.domain.config import ConfigError, DataConfig, DistillConfig, EvalConf
 from tesla.domain.ports import DataSource, EventSink, Evaluator, Gauges, SetStore, Student, Trajectories
 from tesla.domain.rundir import EVENTS, RUN_CONFIG  # noqa: F401 - re-exported: the run directory's names
 from tesla.domain.urls import options_for
+
+if TYPE_CHECKING:
+    from tesla.app.services.evaluate import EvaluateRequest, PreparedEvaluation
+    from tesla.app.services.experts import ExpertsPorts, ExpertsRequest, ExpertsResult, PreparedExperts
+    from tesla.app.services.merge import MergeResult
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -135,8 +140,69 @@ def process_context(device: str, distributed: bool) -> Iterator[Any]:
         yield ctx
 
 
+# --- experts, evaluation and merging: the services with their adapters -----------------------
+# Each ``*_ports`` builds the adapters a service works through; the functions after them
+# are the services with those ports bound, for the CLI, the TUI, the demo and scripts.
+
+
+def experts_ports(device: Any = "cpu", storage_options: Optional[dict] = None) -> "ExpertsPorts":
+    """Torch training on ``device``, HDF5/Zarr stores, the data loaders, run directories."""
+    import functools
+
+    from tesla.adapters.stores.opener import TrajectoryStoreOpener
+    from tesla.adapters.torch.trainers import TorchExpertTraining
+    from tesla.app.services.experts import ExpertsPorts
+
+    return ExpertsPorts(load_data=functools.partial(load_data, storage_options=storage_options),
+                        stores=TrajectoryStoreOpener(storage_options), training=TorchExpertTraining(device),
+                        run_dirs=prepare_run_dir)
+
+
+def prepare_experts(request: "ExpertsRequest", *, device: str = "auto", storage_options: Optional[dict] = None,
+                    ranks: Any = None) -> "PreparedExperts":
+    """:func:`tesla.app.services.experts.prepare_experts` on torch (one process on
+    ``device``, or one rank of ``ranks``, on its own device) and the real stores."""
+    from tesla.app.services.experts import prepare_experts as prepare
+
+    dev = ranks.device if ranks is not None else resolve_device(device)
+    return prepare(request, experts_ports(dev, storage_options), ranks)
+
+
+def train_experts(*, device: Any = "cpu", **kwargs: Any) -> "ExpertsResult":
+    """:func:`tesla.app.services.experts.train_experts` training with torch on ``device``."""
+    from tesla.adapters.torch.trainers import TorchExpertTraining
+    from tesla.app.services.experts import train_experts as train
+
+    return train(training=TorchExpertTraining(device), **kwargs)
+
+
+def distributed_experts(*, ctx: Any, storage_options: Optional[dict] = None, **kwargs: Any) -> "ExpertsResult":
+    """:func:`tesla.app.services.experts.distributed_experts` for the rank ``ctx`` (a
+    :class:`~tesla.adapters.torch.dist.DistContext`), training on its device."""
+    from tesla.app.services.experts import distributed_experts as run
+
+    ports = experts_ports(ctx.device, storage_options)
+    return run(ranks=ctx, stores=ports.stores, training=ports.training, **kwargs)
+
+
+def merge_trajectory_stores(srcs: Any, dest: str, *, storage_options: Optional[dict] = None,
+                            sink: Any = None) -> "MergeResult":
+    """:func:`tesla.app.services.merge.merge_trajectory_stores` on the real stores."""
+    from tesla.adapters.stores.opener import TrajectoryStoreOpener
+    from tesla.app.services.merge import merge_trajectory_stores as merge
+
+    return merge(srcs, dest, stores=TrajectoryStoreOpener(storage_options), sink=sink)
+
+
+def rank_group(device: str = "auto") -> Any:
+    """This process as one torchrun rank (a context manager; DistributedError outside torchrun)."""
+    from tesla.adapters.torch.dist import process_group
+
+    return process_group(device)
+
+
 def reported_to_all_ranks(error: BaseException) -> bool:
-    """An error every rank of the job knows of (rank 0 reports it; the others leave quietly)."""
+    """Every rank knows of ``error`` (rank 0 reports it; the others may leave quietly)."""
     from tesla.adapters.torch.dist import is_reported
 
     return is_reported(error)
@@ -155,10 +221,11 @@ class RunEvaluator:
     def __call__(self, state: Any, iteration: int) -> None:
         from tesla.app.services.evaluate import random_real_scores, train_many
 
+        training = evaluation_training(self.device)
         train_many(state.images.detach(), state.current_labels(), self.data, model_cfg=self.model_cfg, cfg=self.cfg,
-                   lr=state.lr_value, subject="synthetic", device=self.device, sink=self.sink, iteration=iteration)
+                   lr=state.lr_value, subject="synthetic", training=training, sink=self.sink, iteration=iteration)
         if not self.baseline_done:
-            random_real_scores(self.data, self.ipc, model_cfg=self.model_cfg, cfg=self.cfg, device=self.device,
+            random_real_scores(self.data, self.ipc, model_cfg=self.model_cfg, cfg=self.cfg, training=training,
                                sink=self.sink, iteration=iteration)
             self.baseline_done = True
 
@@ -275,3 +342,164 @@ def distill_in_process(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Data
         cadence=service.Cadence(preview_every=preview_every, memory_every=memory_every, eval_every=eval_every),
         resume=resume, run_config=run_config, provenance=provenance or {})
     return service.distill(run, sink, cancel)
+
+
+def evaluation_training(device: Any = "cpu") -> Any:
+    """The evaluation networks' training on torch and ``device``."""
+    from tesla.adapters.torch.trainers import TorchEvaluationTraining
+
+    return TorchEvaluationTraining(device)
+
+
+def prepare_evaluation(request: "EvaluateRequest", *, device: str = "auto",
+                       storage_options: Optional[dict] = None) -> "PreparedEvaluation":
+    """:func:`tesla.app.services.evaluate.prepare_evaluation` on torch and the real stores."""
+    import functools
+
+    from tesla.app.services.evaluate import EvaluatePorts
+    from tesla.app.services.evaluate import prepare_evaluation as prepare
+
+    training = evaluation_training(resolve_device(device))
+
+    def read_set(url: str) -> Any:
+        return open_synthetic(url, "r", storage_options).read_set()
+
+    return prepare(request, EvaluatePorts(read_set=read_set, training=training,
+                                          load_data=functools.partial(load_data, storage_options=storage_options)))
+
+
+def evaluate_set(images: Any, labels: Any, learned_lr: Optional[float], data: Any, *, device: Any = "cpu",
+                 **kwargs: Any) -> list:
+    """:func:`tesla.app.services.evaluate.evaluate_set` training with torch on ``device``."""
+    from tesla.app.services.evaluate import evaluate_set as evaluate
+
+    return evaluate(images, labels, learned_lr, data, training=evaluation_training(device), **kwargs)
+
+
+def _demo_distill(device: Any) -> Any:
+    """The demo's distillation stage: the distillation service on ``device`` into
+    ``run_dir/synthetic.zarr`` (resumed when there), previews for the display."""
+
+    def stage(cfg: Any, model: Any, data: Any, trajectories: str, run_dir: Path, sink: Any, cancel: Any) -> tuple:
+        from tesla.domain.config import to_dict
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        store = open_synthetic(str(run_dir / "synthetic.zarr"), "a")
+        with open_trajectories(trajectories, "r") as experts:
+            result = distill_in_process(
+                cfg=cfg, model_cfg=model, data=data, trajectories=experts, store=store, sink=sink, device=device,
+                cancel=cancel, resume=True, decode=data.normalizer.decode, preview_every=20,
+                provenance={"dataset": to_dict(DataConfig(name="demo")), "trajectories": trajectories,
+                            "class_names": list(data.class_names), "normalizer_state": data.normalizer.to_state()})
+        return result, (store.read_set() if result.status == "completed" else None)
+
+    return stage
+
+
+def _export_images(syn: Any, folder: Path) -> None:
+    from tesla.adapters.stores.export import default_decode, export_png_grid
+
+    export_png_grid(syn, str(folder), decode=default_decode(syn))
+
+
+def run_demo(out: Path, *, device: Any = "cpu", **kwargs: Any) -> Any:
+    """:func:`tesla.app.services.demo.run_demo` on torch and ``device``, stores under ``out``."""
+    from tesla.adapters.stores.opener import TrajectoryStoreOpener
+    from tesla.adapters.torch.trainers import TorchExpertTraining
+    from tesla.app.services.demo import DemoPorts
+    from tesla.app.services.demo import run_demo as run
+
+    ports = DemoPorts(load_data=load_data, stores=TrajectoryStoreOpener(), experts=TorchExpertTraining(device),
+                      distill=_demo_distill(device), export_images=_export_images,
+                      evaluation=evaluation_training(device))
+    return run(out, ports=ports, **kwargs)
+
+
+# --- benchmarks ---------------------------------------------------------------------------------
+
+
+def bench_settings(*, model: Any, ipc: int, batch_syn: Optional[int], dsa: bool, chunk: int, seed: int, device: str,
+                   threads: Optional[int]) -> Any:
+    """The benchmark's problem on the resolved ``device``, checked (BenchError names the option)."""
+    from tesla.domain.bench import BenchSettings
+
+    return BenchSettings(model=model, ipc=ipc, batch_syn=batch_syn, dsa=dsa, chunk=chunk, seed=seed,
+                         device=str(resolve_device(device)), threads=threads).check()
+
+
+def memory_bench(settings: Any, *, in_process: bool = False, max_rss_gb: Optional[float] = None,
+                 child_timeout: Optional[float] = None, **kwargs: Any) -> Any:
+    """:func:`tesla.app.services.bench.memory_bench` measured on torch (a child process per
+    CPU point unless ``in_process``)."""
+    from tesla.adapters.torch.bench import TorchMemoryProbe
+    from tesla.app.services.bench import memory_bench as bench
+
+    probe = TorchMemoryProbe(in_process=in_process, max_rss_gb=max_rss_gb, child_timeout=child_timeout)
+    return bench(settings, probe=probe, **kwargs)
+
+
+def memory_report(result: Any, out: Path) -> dict:
+    """``memory.csv`` and the matplotlib ``memory.png`` in ``out``."""
+    from tesla.adapters.plots import plot_memory
+    from tesla.app.services.bench import memory_report as report
+
+    return report(result, out, plot_memory)
+
+
+def speed_bench(settings: Any, **kwargs: Any) -> Any:
+    """:func:`tesla.app.services.bench.speed_bench` timed on torch."""
+    from tesla.adapters.torch.bench import TorchSpeedProbe
+    from tesla.app.services.bench import speed_bench as bench
+
+    return bench(settings, probe=TorchSpeedProbe(), **kwargs)
+
+
+# --- prepared real data -------------------------------------------------------------------------
+
+
+def prepare(src: Any, dest: str, *, storage_options: Optional[dict] = None, **kwargs: Any) -> Any:
+    """:func:`tesla.app.services.prepare.prepare` from local image folders into a store at
+    ``dest`` (``storage_options`` for a remote Zarr destination)."""
+    from tesla.adapters.data.sources import PrepareSourcesOnDisk
+    from tesla.app.services.prepare import prepare as run
+
+    return run(src, dest, sources=PrepareSourcesOnDisk(storage_options), **kwargs)
+
+
+def progress_bar_sinks(*, quiet: bool = False, json_mode: bool = False) -> tuple:
+    """(sink, closers) for a job that reports Progress events only: one rich bar (elapsed,
+    ETA) unless ``quiet``, and every event as a JSON line with ``json_mode``."""
+    from tesla.adapters.events.progress import ProgressBarSink, RichProgressSink
+    from tesla.domain.ports import FanOut
+
+    bar = ProgressBarSink(quiet=quiet or json_mode)
+    bar.start()
+    sinks = [bar] + ([RichProgressSink(json_mode=True)] if json_mode else [])
+    return FanOut(*sinks), [bar.stop]
+
+
+def store_inspector(storage_options: Optional[dict] = None) -> Any:
+    """Reads what a store holds (``tesla info``), from paths or fsspec URLs."""
+    from tesla.adapters.stores.summary import StoreInspectorOnDisk
+
+    return StoreInspectorOnDisk(storage_options)
+
+
+# --- exports and imports of stores -------------------------------------------------------------
+
+
+def export_set(url: str, out: Path, *, storage_options: Optional[dict] = None, **kwargs: Any) -> list:
+    """:func:`tesla.app.services.export.export_set` from the real store (torch ``.pt``
+    files, torchvision PNG grids)."""
+    from tesla.adapters.stores.export import SetExportOnDisk
+    from tesla.app.services.export import export_set as export
+
+    return export(url, out, read_set=lambda u: open_synthetic(u, "r", storage_options).read_set(),
+                  exporter=SetExportOnDisk(), **kwargs)
+
+
+def import_mtt(src_dir: str, url: str, model: Optional[dict], **kwargs: Any) -> list:
+    """Published MTT/TESLA expert buffers into a trajectory store (``tesla import-mtt``)."""
+    from tesla.adapters.stores.mtt import import_mtt as run
+
+    return run(src_dir, url, model, **kwargs)

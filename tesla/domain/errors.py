@@ -41,5 +41,33 @@ class ExpertsError(UserError):
     """Experts cannot be trained as asked."""
 
 
+class DataMismatchError(UserError):
+    """The real data does not fit the model (classes or image shape): see
+    :func:`tesla.domain.data.check_data_fits`, the one place that compares them."""
+
+
+class BenchError(UserError):
+    """A benchmark cannot run as asked (the message names the fix)."""
+
+
+class PrepareError(UserError):
+    """The source cannot be prepared as asked; the message names the path and the fix."""
+
+
 class NumericalError(RuntimeError):
     """NaN/inf, divergence or collapsed labels stopped a run; the last good state is kept."""
+
+
+class TrainingStopped(Exception):
+    """A training loop was asked to stop (``should_stop()`` returned True between epochs).
+
+    Not an error of the user's: the experts service turns it into a ``cancelled`` run and
+    trains the unfinished experts again from their seeds on resume.
+
+    Attributes:
+        epoch: the last completed epoch (its snapshot was already handed out).
+    """
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"training stopped on request after epoch {epoch}")
+        self.epoch = epoch

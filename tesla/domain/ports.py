@@ -401,3 +401,375 @@ class ListSink:
 
 
 # === ports of the experts, evaluation, bench, prepare and info services (below this line) ===
+#
+# What the experts, evaluation, merge, bench, prepare and info services ask of the world.
+# Each service names the few ports it uses; tesla.app.bootstrap hands it the adapters
+# (torch training loops, HDF5/Zarr stores, data loaders) and tests hand it fakes.
+
+from contextlib import AbstractContextManager  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING, Callable, Mapping, TypeVar  # noqa: E402
+
+if TYPE_CHECKING:  # only for the annotations: the domain modules below import this one
+    from tesla.domain.bench import BenchSettings, MemoryPoint, MemoryResult
+    from tesla.domain.config import DataConfig, DistillConfig, EvalConfig, ExpertConfig, ModelConfig
+
+T = TypeVar("T")
+Labels = Any  # class ids (N,) or probabilities (N, K), opaque to the services
+
+# on_snapshot(epoch, flat parameters (P,), test accuracy or None): after init and every epoch
+SnapshotFn = Callable[[int, Vec, Optional[float]], None]
+# on_epoch(epoch, epochs, train loss, train accuracy, test accuracy or None, seconds)
+EpochFn = Callable[[int, int, float, float, Optional[float], float], None]
+
+
+class CancelFlag(Protocol):
+    """Set (by Ctrl-C, SIGTERM or the TUI) to ask a job to stop at its next safe point."""
+
+    def is_set(self) -> bool: ...
+
+
+class RealData(Protocol):
+    """Real images as the services see them: how many classes, what one image is.
+
+    Batches, the test set and class samples are the training ports' business; a service
+    only checks the data against the model and hands it on.
+    """
+
+    num_classes: int
+    image_shape: tuple  # (C, H, W)
+
+
+class LoadData(Protocol):
+    """Opens the real data a :class:`~tesla.domain.config.DataConfig` names."""
+
+    def __call__(self, cfg: "DataConfig") -> RealData: ...
+
+
+@attrs.frozen
+class ModelLayout:
+    """The flat parameter vector of a model: ``layout`` lists (tensor name, shape) in
+    vector order; ``num_params`` is its length P."""
+
+    layout: list
+    num_params: int
+
+
+class ExpertOutput(Protocol):
+    """One expert being written: snapshots as they come, complete only on ``finish``."""
+
+    def write(self, epoch: int, vec: Vec, test_accuracy: Optional[float] = None) -> None:
+        """Store the flat parameters after ``epoch`` epochs (0 = init), (P,)."""
+
+    def set_attrs(self, **values: Any) -> None:
+        """Record attributes of the expert (e.g. its test accuracies)."""
+
+    def finish(self) -> int:
+        """Mark the expert complete; returns its id."""
+
+
+class StoredModel(Protocol):
+    """What a trajectory store records about the experts it holds."""
+
+    model: dict
+    layout: list
+    num_params: int
+    dataset: dict
+
+
+class TrajectoryOutput(Protocol):
+    """The write side of a trajectory store (experts, merges)."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def initialized(self) -> bool:
+        """The store already records a model (it was written before)."""
+
+    def initialize(self, model: Mapping[str, Any], layout: Any, num_params: int,
+                   dataset: Mapping[str, Any]) -> None:
+        """Record the model on a new store; on an initialised one, refuse another model."""
+
+    def check_compatible(self, model: Mapping[str, Any], layout: Any, num_params: int,
+                         dataset: Mapping[str, Any]) -> None:
+        """Refuse (StoreError) a store of another model or dataset; write nothing."""
+
+    def expert_ids(self) -> list[int]:
+        """Ids of the complete experts."""
+
+    def expert_attrs(self, expert: int) -> dict:
+        """Attributes of an expert (seed, lr, crc32, test accuracies ...)."""
+
+    def begin_expert(self, expert_id: Optional[int], epochs: int,
+                     attrs: Optional[Mapping[str, Any]] = None) -> ExpertOutput:
+        """Start writing expert ``expert_id`` with ``epochs + 1`` snapshots."""
+
+    def close(self) -> None: ...
+
+
+class TrajectoryInput(Protocol):
+    """The read side of a trajectory store as the merge service walks it."""
+
+    @property
+    def meta(self) -> StoredModel: ...
+
+    def check_compatible(self, model: Mapping[str, Any], layout: Any, num_params: int,
+                         dataset: Mapping[str, Any]) -> None:
+        """Refuse (StoreError) a store of another model or dataset."""
+
+    def expert_ids(self) -> list[int]: ...
+
+    def incomplete_ids(self) -> list[int]:
+        """Experts begun but never finished (left behind by a merge)."""
+
+    def expert_attrs(self, expert: int) -> dict: ...
+
+    def load(self, expert: int, epoch: int) -> Vec:
+        """One snapshot, its checksum verified, (P,)."""
+
+    def close(self) -> None: ...
+
+
+class TrajectoryStores(Protocol):
+    """Opens trajectory stores by path or URL (storage options are the adapter's)."""
+
+    def exists(self, url: str) -> bool:
+        """Something is already at ``url`` (a store, or a path that will be refused)."""
+
+    def open(self, url: str) -> TrajectoryOutput:
+        """Open for writing, created when missing."""
+
+    def read(self, url: str) -> TrajectoryInput:
+        """Open an existing store read-only."""
+
+    def shared(self, url: str) -> bool:
+        """Several processes may write different experts into ``url`` at once (Zarr: yes;
+        an HDF5 file has one writer)."""
+
+    def rank_url(self, url: str, rank: int, world: int) -> str:
+        """Where rank ``rank`` of ``world`` writes when the store is not shared."""
+
+
+class ExpertTraining(Protocol):
+    """Trains experts (teacher networks) on real data and hands out their snapshots."""
+
+    def layout(self, model: "ModelConfig") -> ModelLayout:
+        """The flat parameter layout of ``model``'s networks."""
+
+    def train(self, model: "ModelConfig", cfg: "ExpertConfig", data: RealData, seeds: Sequence[int], *,
+              on_snapshot: Sequence[SnapshotFn], on_epoch: Sequence[EpochFn],
+              should_stop: Optional[Callable[[], bool]] = None) -> list[list[Optional[float]]]:
+        """Train one fresh network per seed (together where that is faster), each exactly
+        as it would train alone; returns each one's test accuracy history.
+
+        Raises:
+            TrainingStopped: ``should_stop()`` returned True between epochs.
+        """
+
+
+class EvaluationTraining(Protocol):
+    """Trains fresh evaluation networks and measures top-1 (%) on the real test set."""
+
+    def train_on(self, model: "ModelConfig", images: Images, labels: Labels, data: RealData, *,
+                 seeds: Sequence[int], epochs: int, lr: float, cfg: "EvalConfig") -> list[float]:
+        """One network per seed on (images, labels) with ``cfg``'s protocol (momentum,
+        weight decay, batch, DSA, lr x0.1 at half time); their test accuracies."""
+
+    def train_on_real(self, model: "ModelConfig", data: RealData, recipe: "ExpertConfig", seed: int) -> float:
+        """One network on the whole real training set with ``recipe``; its test accuracy."""
+
+    def random_real(self, data: RealData, ipc: int, seeds: Sequence[int]) -> tuple[Images, Labels]:
+        """``ipc`` random real images of each class c (drawn with ``seeds[c]``) and their
+        class ids, class by class."""
+
+    def count(self, images: Images) -> int:
+        """Number of images in a set."""
+
+
+class RankGroup(Protocol):
+    """The processes of a distributed run as the experts service needs them."""
+
+    rank: int
+    world: int
+
+    @property
+    def is_writer(self) -> bool:
+        """Rank 0: it prints, logs and merges."""
+
+    def agree(self, fn: Callable[[], T], *, only_writer: bool = False) -> Optional[T]:
+        """Run ``fn`` (on every rank, or rank 0 only); if any rank failed, every rank raises."""
+
+    def all_gather_object(self, obj: Any) -> list:
+        """One object per rank, in rank order, on every rank."""
+
+
+class PrepareRunDir(Protocol):
+    """Creates or reopens a run directory and records its config (refusing a clash)."""
+
+    def __call__(self, run_dir: Path, config: dict, *, resume: bool, compare_keys: tuple = ()) -> Path: ...
+
+
+class MemoryProbe(Protocol):
+    """Measures the memory of one engine iteration on the benchmark's seeded problem.
+
+    ``max_rss_gb`` is the address space (GiB) an isolated point may map beyond its start
+    (None: no limit); the run records it.
+    """
+
+    max_rss_gb: Optional[float]
+
+    def isolated(self, settings: "BenchSettings") -> bool:
+        """Each point runs in a fresh process (its resident-set figures are its own)."""
+
+    def measure(self, settings: "BenchSettings", engine: str, steps: int) -> "MemoryPoint":
+        """One point; running out of memory is a point with status ``OOM``, not an error."""
+
+
+class Timed(Protocol):
+    """One timed iteration: its wall time and its image gradient (opaque)."""
+
+    seconds: float
+    grad: Any
+
+
+class SpeedSession(Protocol):
+    """The benchmark's problem, built once, on which iterations are timed."""
+
+    def run(self, engine: str, steps: int, precision: str, channels_last: bool) -> Optional[Timed]:
+        """Time one iteration; None when it ran out of memory (freed again)."""
+
+    def relative_error(self, grad: Any, reference: Any) -> float:
+        """``||grad - reference|| / ||reference||``."""
+
+
+class SpeedProbe(Protocol):
+    """Builds the speed benchmark's problem and checks its options."""
+
+    def check_precision(self, precision: str) -> None:
+        """Refuse (BenchError) a precision the compute does not offer."""
+
+    def available_memory_gb(self) -> Optional[float]:
+        """The host's available memory, None where unknown."""
+
+    def session(self, settings: "BenchSettings", memory_limit_gb: Optional[float]
+                ) -> AbstractContextManager[SpeedSession]:
+        """The built problem; inside it the process may map at most ``memory_limit_gb``
+        GiB more than on entry (None: no limit)."""
+
+
+class MemoryPlot(Protocol):
+    """Draws the memory benchmark (MiB against steps per engine) into a PNG file."""
+
+    def __call__(self, result: "MemoryResult", path: Path) -> Path: ...
+
+
+class PrepareTask(Protocol):
+    """One resumable unit of a prepare job."""
+
+    @property
+    def label(self) -> str: ...
+
+
+class ImageSourceInfo(Protocol):
+    """A source of real images being prepared."""
+
+    format: str
+
+    def close(self) -> None: ...
+
+
+class PreparedOutput(Protocol):
+    """Builds (or resumes) a prepared store task by task.
+
+    ``plan`` records the job: ``source``, ``image_size``, ``chunk``, ``block``,
+    ``counts`` ({"train": n, "test": n}) among others.
+    """
+
+    plan: Mapping[str, Any]
+    num_classes: int
+    resumed: bool
+    already_complete: bool
+
+    def tasks(self) -> list: ...
+
+    def is_done(self, task: Any) -> bool: ...
+
+    def run(self, task: Any) -> None: ...
+
+    def finalize(self) -> dict:
+        """Finish the store; returns its statistics (``mean``, ``std`` per channel)."""
+
+    def close(self) -> None: ...
+
+
+class PrepareSources(Protocol):
+    """Opens real-image sources by layout and prepared stores to write them into."""
+
+    def open(self, src: str | Path, fmt: Optional[str], image_size: int) -> ImageSourceInfo:
+        """The source at ``src`` in layout ``fmt`` (detected when None); PrepareError when
+        the folder is missing or its layout unknown."""
+
+    def writer(self, dest: str, source: ImageSourceInfo, *, chunk: int, block: Optional[int]) -> PreparedOutput:
+        """The prepared store at ``dest`` (created, resumed or found complete)."""
+
+
+class StoreInspector(Protocol):
+    """Reads what a store is (attributes and shapes, never the big arrays)."""
+
+    def prepared(self, url: str) -> Optional[dict]:
+        """Facts of a prepared real-data store (``attrs``, ``num_classes``, ``image_shape``,
+        ``num_train``, ``num_test``, ``class_counts``, ``size_bytes``), None for other stores."""
+
+    def describe(self, url: str) -> dict:
+        """The summary of a trajectory or synthetic-set store (``kind`` says which)."""
+
+
+class StoredSet(Protocol):
+    """A synthetic set as read from its store (read-only)."""
+
+    images: Images
+    labels: Labels
+    soft_labels: Optional[Labels]
+    lr: Optional[float]
+    ipc: int
+    labels_kind: str
+    attrs: dict
+
+
+class ReadSet(Protocol):
+    """Reads the final set of a synthetic store."""
+
+    def __call__(self, url: str) -> StoredSet: ...
+
+
+class DistillOutcome(Protocol):
+    """How a distillation ended (see ``tesla.app.services.distill.DistillResult``)."""
+
+    status: str
+    iterations: int
+    loss: Optional[float]
+    lr: float
+
+
+class DistillStage(Protocol):
+    """Distils ``cfg`` from the experts at ``trajectories`` into ``run_dir`` (resuming what
+    is there) and returns how it ended and the final set."""
+
+    def __call__(self, cfg: "DistillConfig", model: "ModelConfig", data: RealData, trajectories: str, run_dir: Path,
+                 sink: EventSink, cancel: Optional[CancelFlag]) -> tuple[DistillOutcome, Optional[StoredSet]]: ...
+
+
+class ExportImages(Protocol):
+    """Writes one PNG grid per class of a set (un-whitened) into a folder."""
+
+    def __call__(self, syn: StoredSet, folder: Path) -> None: ...
+
+
+class SetExporter(Protocol):
+    """Writes a stored set for other tools (the published ``.pt`` layout) and for people
+    (PNG grids per class, un-whitened); each returns the paths written."""
+
+    def published(self, syn: StoredSet, folder: str) -> list[str]: ...
+
+    def png_grid(self, syn: StoredSet, folder: str, per_row: int) -> list[str]: ...

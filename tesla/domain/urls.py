@@ -34,6 +34,11 @@ def options_for(url: str, storage_options: Optional[dict]) -> Optional[dict]:
     return dict(storage_options) if storage_options and is_remote(url) else None
 
 
+def local_path(url: str) -> str:
+    """The filesystem path of a local URL (``file://`` dropped)."""
+    return str(url).removeprefix("file://")
+
+
 def redact_url(url: Any) -> str:
     """``url`` without user info or query (``s3://key:secret@b/x?token=t`` -> ``s3://***@b/x``),
     for what is written to config.json, provenance and events."""

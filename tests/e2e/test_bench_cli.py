@@ -100,7 +100,7 @@ def test_host_memory_limit_refuses_past_it_and_is_lifted_after():
     import pytest
     import torch
 
-    from tesla.app.services.bench import _is_oom, host_memory_limit
+    from tesla.adapters.torch.bench import _is_oom, host_memory_limit
 
     before = resource.getrlimit(resource.RLIMIT_AS)
     with host_memory_limit(0.05):
@@ -110,6 +110,7 @@ def test_host_memory_limit_refuses_past_it_and_is_lifted_after():
     assert resource.getrlimit(resource.RLIMIT_AS) == before
     assert int(torch.empty(512 * 2**20, dtype=torch.uint8).fill_(1)[-1]) == 1
     with pytest.raises(Exception, match="max_memory_gb"):
-        from tesla.app.services.bench import BenchSettings, speed_bench
+        from tesla.app.bootstrap import speed_bench
+        from tesla.domain.bench import BenchSettings
 
         speed_bench(BenchSettings(), max_memory_gb=0)

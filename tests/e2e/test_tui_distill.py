@@ -12,8 +12,7 @@ from tesla.adapters.events.jsonl import read_events
 from tesla.adapters.stores.synthetic import open_synthetic_store
 from tesla.adapters.stores.trajectory import open_trajectory_store
 from tesla.app.cli.common import logged_job
-from tesla.app.services.experts import train_experts
-from tesla.app.bootstrap import run_distillation
+from tesla.app.bootstrap import run_distillation, train_experts
 from tesla.app.services.run import DistillRequest
 from tesla.app.tui.app import TeslaApp
 from tesla.domain.config import DistillConfig, ExpertConfig, ModelConfig

@@ -13,8 +13,8 @@ from tesla.adapters.data.demo import load_demo
 from tesla.adapters.stores.synthetic import open_synthetic_store
 from tesla.adapters.stores.trajectory import open_trajectory_store
 from tesla.app.bootstrap import distill_in_process as distill
+from tesla.app.bootstrap import train_experts
 from tesla.app.services.distill import DistillError, NumericalError
-from tesla.app.services.experts import train_experts
 from tesla.domain.config import DistillConfig, ExpertConfig, ModelConfig, to_dict
 from tesla.domain.ports import ListSink
 from tests.unit.fakes import StopAfter
@@ -183,7 +183,7 @@ def test_config_round_trip_recorded_with_the_set(tmp_path, data, experts_store):
 
 
 def test_evaluation_service_scores_a_set_beside_its_references(data):
-    from tesla.app.services.evaluate import evaluate_set
+    from tesla.app.bootstrap import evaluate_set
     from tesla.domain.config import EvalConfig
 
     sink = ListSink()

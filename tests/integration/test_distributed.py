@@ -61,7 +61,7 @@ def _dataset() -> dict:
 def train_reference(url: str, model_cfg: ModelConfig = MODEL, expert_cfg: ExpertConfig = EXPERTS) -> None:
     from tesla.adapters.data.demo import load_demo
     from tesla.adapters.stores import open_trajectory_store
-    from tesla.app.services.experts import train_experts
+    from tesla.app.bootstrap import train_experts
 
     with open_trajectory_store(url, "a") as store:
         train_experts(model_cfg=model_cfg, expert_cfg=expert_cfg, data=load_demo(), store=store, dataset=_dataset(),
@@ -132,7 +132,7 @@ def cancelled_on_rank_1(trajectories: str, store_url: str, ctx) -> list:
 def _worker(rank: int, world: int, port: int, out: str, reference: str) -> None:
     """One rank of the spawned job: collectives, experts, distillation; results to files."""
     from tesla.adapters.data.demo import load_demo
-    from tesla.app.services.distributed import distributed_experts
+    from tesla.app.bootstrap import distributed_experts
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),

@@ -14,7 +14,8 @@ from tesla.adapters.data.imagefolder import (
     TinyImageNetSource,
     load_image,
 )
-from tesla.app.services.prepare import PrepareError, detect_format
+from tesla.adapters.data.sources import detect_format
+from tesla.app.services.prepare import PrepareError
 
 
 def _save(path: Path, pixels: np.ndarray, fmt: str = "PNG") -> None:

@@ -14,7 +14,8 @@ from tesla.adapters.data.prepared import open_prepared, work_url
 from tesla.adapters.stores.backend import open_backend
 from tesla.adapters.stores.errors import StoreError
 from tesla.app.cli.data import register
-from tesla.app.services.prepare import PrepareError, prepare
+from tesla.app.bootstrap import prepare
+from tesla.app.services.prepare import PrepareError
 from tesla.domain.ports import ListSink
 
 from .test_imagefolder import make_imagefolder, make_tiny_imagenet

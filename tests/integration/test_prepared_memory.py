@@ -44,7 +44,7 @@ CHILD = textwrap.dedent(
     """
     import json, sys
     import numpy, torch, zarr
-    from tesla.app.services.prepare import prepare
+    from tesla.app.bootstrap import prepare
     from tesla.adapters.data.prepared import open_prepared
 
     def status(key):

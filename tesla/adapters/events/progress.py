@@ -233,4 +233,37 @@ class RichProgressSink:
         self.console.print(table)
 
 
-__all__ = ["RichProgressSink"]
+class ProgressBarSink:
+    """One rich bar (done / total tasks, elapsed, ETA) following a job's Progress events.
+
+    For jobs whose only measure of progress is Progress events (``tesla data prepare``).
+    The task is created at the first Progress event with the work already done, so a
+    resumed job's ETA is estimated from this run's pace only. ``quiet`` draws nothing.
+    """
+
+    def __init__(self, console: Optional[Console] = None, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                 console=console or Console())
+        self.task: Optional[TaskID] = None
+
+    def start(self) -> "ProgressBarSink":
+        if not self.quiet:
+            self.progress.start()
+        return self
+
+    def stop(self) -> None:
+        if not self.quiet:
+            self.progress.stop()
+
+    def emit(self, event: Any) -> None:
+        if self.quiet or event.type != "progress":
+            return
+        if self.task is None:
+            self.task = self.progress.add_task(event.label, total=event.total, completed=event.done)
+        else:
+            self.progress.update(self.task, description=event.label, completed=event.done, total=event.total)
+
+
+__all__ = ["ProgressBarSink", "RichProgressSink"]

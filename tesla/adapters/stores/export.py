@@ -119,3 +119,13 @@ def _overview(images: torch.Tensor, labels: np.ndarray, decode: Callable, *, max
     if side < 32:
         shown = torch.nn.functional.interpolate(shown, scale_factor=-(-32 // side), mode="nearest")
     return shown, k
+
+
+class SetExportOnDisk:
+    """The :class:`~tesla.domain.ports.SetExporter` port: the two exports above, into folders."""
+
+    def published(self, syn: SyntheticSet, folder: str) -> list[str]:
+        return export_published(syn, str(folder))
+
+    def png_grid(self, syn: SyntheticSet, folder: str, per_row: int) -> list[str]:
+        return export_png_grid(syn, str(folder), decode=default_decode(syn), per_row=per_row)

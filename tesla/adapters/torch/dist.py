@@ -25,13 +25,14 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
 
 import attrs
 import torch
 import torch.distributed as dist
 
 from tesla.domain.errors import UserError
+from tesla.domain.experts import split_ids  # noqa: F401  (re-exported: ranks deal experts with it)
 
 T = TypeVar("T")
 
@@ -79,21 +80,6 @@ def launch_env(environ: Optional[Mapping[str, str]] = None) -> LaunchEnv:
                                "position: launch with torchrun")
     return LaunchEnv(rank=rank, world=world, local_rank=local_rank, master_addr=env["MASTER_ADDR"],
                      master_port=port)
-
-
-def split_ids(ids: Sequence[int], rank: int, world: int) -> list[int]:
-    """This rank's share of ``ids``: every ``world``-th one from position ``rank``.
-
-    Round robin rather than contiguous blocks, so ranks get shares that differ by at
-    most one item, and the ids stay in their given order.
-
-    Example:
-        >>> split_ids([0, 1, 2, 3, 4], 1, 2)
-        [1, 3]
-    """
-    if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"rank {rank} is not in a world of {world}")
-    return list(ids)[rank::world]
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:

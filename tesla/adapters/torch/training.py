@@ -4,10 +4,10 @@ Two loops share one shape (SGD over shuffled batches, DSA on every batch, cross-
 but answer different questions:
 
 - :func:`train_expert` makes a teacher trajectory for trajectory matching with the
-  published buffer recipe (NOTES §4): it hands the flat parameter vector to a callback
+  published buffer recipe: it hands the flat parameter vector to a callback
   after init and after every epoch, so a store can write snapshots as they come and a
   crash loses at most one epoch.
-- :func:`train_and_evaluate` is the field's evaluation protocol (NOTES §8): a fresh
+- :func:`train_and_evaluate` is the field's evaluation protocol: a fresh
   network trained on a (synthetic or random-real) set with momentum, weight decay and a
   x0.1 lr drop half-way, then top-1 accuracy on the real test set. Labels may be class
   ids or probabilities (soft labels from SLA); ``F.cross_entropy`` takes both.
@@ -29,23 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from tesla.adapters.torch.functional import FlatView
+from tesla.domain.errors import TrainingStopped  # raised here, caught by the experts service
 
 EVAL_BATCH = 512
 
 SnapshotFn = Callable[[int, torch.Tensor, Optional[float]], None]
 EpochFn = Callable[[int, int, float, float, Optional[float], float], None]
-
-
-class TrainingStopped(Exception):
-    """``should_stop()`` returned True between epochs.
-
-    Attributes:
-        epoch: the last completed epoch (its snapshot was already handed out).
-    """
-
-    def __init__(self, epoch: int) -> None:
-        super().__init__(f"training stopped on request after epoch {epoch}")
-        self.epoch = epoch
 
 
 def derive_seed(seed: int, *keys: object) -> int:
@@ -99,7 +88,7 @@ def train_expert(
     on_epoch: Optional[EpochFn] = None,
     should_stop: Optional[Callable[[], bool]] = None,
 ) -> list[float]:
-    """Train one expert on real data and hand out its trajectory (NOTES §4).
+    """Train one expert on real data and hand out its trajectory.
 
     SGD(cfg.lr, cfg.momentum, cfg.weight_decay) for ``cfg.epochs`` epochs of
     ``data.train_batches(cfg.batch_size, seed=derive_seed(seed, "batches", epoch))``,
@@ -199,7 +188,7 @@ def train_and_evaluate(
     device: torch.device | str = "cpu",
     lr_decay_epoch: Optional[int] = None,
 ) -> float:
-    """Train a fresh network on ``(images, labels)`` and return its test accuracy (NOTES §8).
+    """Train a fresh network on ``(images, labels)`` and return its test accuracy.
 
     Args:
         model: a freshly initialised network; moved to ``device``.

@@ -3,7 +3,8 @@
 Both commands build the same seeded synthetic problem from the options (default:
 ConvNet on the CIFAR-10 shape, IPC 10, every image in every step), print a table and
 write CSV (and, for memory, a PNG plot) to ``--out``. The work is done by
-:mod:`tesla.app.services.bench`; this module only parses, renders and writes.
+:mod:`tesla.app.services.bench` on the torch probes that :mod:`tesla.app.bootstrap`
+wires in; this module only parses and renders.
 """
 
 from __future__ import annotations
@@ -50,18 +51,12 @@ def _names(text: str) -> tuple[str, ...]:
 
 def _settings(*, width, depth, image_size, channels, classes, ipc, batch_syn, device, dsa, chunk, seed, threads):
     from tesla.app import bootstrap
-    from tesla.app.services.bench import BenchSettings
     from tesla.domain.config import ModelConfig
 
     model = ModelConfig(arch="convnet", width=width, depth=depth, image_size=image_size, channels=channels,
                         num_classes=classes)
-    dev = bootstrap.resolve_device(device)
-    if batch_syn is not None and batch_syn > ipc * classes:
-        fail(f"--batch-syn {batch_syn} is larger than the synthetic set ({ipc * classes} images): lower it")
-    if chunk < 1:
-        fail(f"--chunk must be >= 1 (got {chunk})")
-    return BenchSettings(model=model, ipc=ipc, batch_syn=batch_syn, dsa=dsa, chunk=chunk, seed=seed,
-                         device=str(dev), threads=threads)
+    return bootstrap.bench_settings(model=model, ipc=ipc, batch_syn=batch_syn, dsa=dsa, chunk=chunk, seed=seed,
+                                    device=device, threads=threads)
 
 
 def _mib(v) -> str:
@@ -72,7 +67,7 @@ def _print_memory(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tesla.app.services.bench import OOM
+    from tesla.app.services.bench import OOM, memory_summary
 
     steps = sorted({p.steps for p in result.points})
     engines = list(dict.fromkeys(p.engine for p in result.points))
@@ -104,34 +99,6 @@ def _print_memory(result) -> None:
         console.print(table)
         for line in memory_summary(result, field):
             console.print(line, highlight=False)
-
-
-def memory_summary(result, field: str = "primary") -> list[str]:
-    """The issue's targets as ratios of one measure (``primary`` or ``rss_delta``): growth
-    from the smallest N >= 10 to the largest, and the share of ``unrolled`` at the largest N."""
-    from tesla.app.services.bench import OOM
-
-    table: dict = {}
-    for p in result.points:
-        value = OOM if p.status == OOM else (p.primary if field == "primary" else getattr(p, field))
-        table.setdefault(p.engine, {})[p.steps] = value
-    steps = sorted({p.steps for p in result.points})
-    lo = next((n for n in steps if n >= 10), steps[0])
-    hi = steps[-1]
-    name = result.measure if field == "primary" else "peak RSS"
-    lines = []
-    un = table.get("unrolled", {}).get(hi)
-    for e in ("tesla", "exact", "tesla-batched", "exact-remake"):
-        row = table.get(e)
-        if not row or not isinstance(row.get(lo), int) or not isinstance(row.get(hi), int):
-            continue
-        text = f"{e} ({name}): at {hi} steps {row[hi] / max(row[lo], 1):.3f} x its value at {lo} steps"
-        if isinstance(un, int):
-            text += f"; 1/{un / max(row[hi], 1):.1f} of unrolled at {hi} steps"
-        elif un is not None:
-            text += f"; unrolled at {hi} steps: {un}"
-        lines.append(text)
-    return lines
 
 
 def _print_speed(result) -> None:
@@ -178,27 +145,21 @@ def memory(
 ) -> None:
     """Peak memory of one iteration by number of matching steps (the paper's Table 4)."""
     with errors():
-        from tesla.app.services.bench import (BenchError, measure_point_here, memory_bench, plot_memory,
-                                              write_memory_csv)
+        from tesla.app import bootstrap
+        from tesla.app.services.bench import as_json
 
         s = _settings(width=model_width, depth=depth, image_size=image_size, channels=channels, classes=classes,
                       ipc=ipc, batch_syn=batch_syn, device=device, dsa=dsa, chunk=chunk, seed=seed, threads=threads)
-        measure = measure_point_here if in_process else None
         ns, es = _ints(steps, "--steps"), _names(engines)
-        try:
-            result = run_job(lambda sink, cancel: memory_bench(
-                s, steps=ns, engines=es, max_rss_gb=max_rss_gb, sink=sink, cancel=cancel, measure=measure),
-                run_dir=None, quiet=quiet, json_mode=json_mode)
-        except BenchError as e:
-            fail(str(e))
-        out.mkdir(parents=True, exist_ok=True)
-        csv_path = write_memory_csv(result, out / "memory.csv")
-        png_path = plot_memory(result, out / "memory.png")
+        result = run_job(lambda sink, cancel: bootstrap.memory_bench(
+            s, steps=ns, engines=es, in_process=in_process, max_rss_gb=max_rss_gb, sink=sink, cancel=cancel),
+            run_dir=None, quiet=quiet, json_mode=json_mode)
+        files = bootstrap.memory_report(result, out)
         if json_mode:
-            typer.echo(_as_json(result, csv=csv_path, png=png_path))
+            typer.echo(as_json(result, files))
             return
         _print_memory(result)
-        typer.echo(f"wrote {csv_path} and {png_path}")
+        typer.echo(f"wrote {files['csv']} and {files['png']}")
 
 
 def speed(
@@ -230,37 +191,21 @@ def speed(
 ) -> None:
     """Seconds per iteration of each engine, interleaved; medians and ratios to unrolled."""
     with errors():
-        from tesla.app.services.bench import BenchError, speed_bench, write_speed_csv
+        from tesla.app import bootstrap
+        from tesla.app.services.bench import as_json, speed_report
 
         s = _settings(width=model_width, depth=depth, image_size=image_size, channels=channels, classes=classes,
                       ipc=ipc, batch_syn=batch_syn, device=device, dsa=dsa, chunk=chunk, seed=seed, threads=threads)
         ns, es, ps = _ints(steps, "--steps"), _names(engines), _names(precision)
-        try:
-            result = run_job(lambda sink, cancel: speed_bench(
-                s, steps=ns, engines=es, repeats=repeats, warmup=warmup, precisions=ps,
-                channels_last=channels_last, max_memory_gb=max_memory_gb, sink=sink, cancel=cancel),
-                run_dir=None, quiet=quiet,
-                json_mode=json_mode)
-        except BenchError as e:
-            fail(str(e))
-        out.mkdir(parents=True, exist_ok=True)
-        csv_path = write_speed_csv(result, out / "speed.csv")
+        result = run_job(lambda sink, cancel: bootstrap.speed_bench(
+            s, steps=ns, engines=es, repeats=repeats, warmup=warmup, precisions=ps, channels_last=channels_last,
+            max_memory_gb=max_memory_gb, sink=sink, cancel=cancel), run_dir=None, quiet=quiet, json_mode=json_mode)
+        files = speed_report(result, out)
         if json_mode:
-            typer.echo(_as_json(result, csv=csv_path))
+            typer.echo(as_json(result, files))
             return
         _print_speed(result)
-        typer.echo(f"wrote {csv_path}")
-
-
-def _as_json(result, **files) -> str:
-    """One JSON object: the result's fields (settings, points or rows) and the files written."""
-    import json
-
-    import attr
-
-    data = attr.asdict(result, retain_collection_types=False)
-    data["files"] = {k: str(v) for k, v in files.items()}
-    return json.dumps(data, default=str)
+        typer.echo(f"wrote {files['csv']}")
 
 
 bench_app.command("memory")(memory)

@@ -1,20 +1,19 @@
 """``tesla data prepare SRC DEST``: convert real images once into a class-sorted array store.
 
-Only parses options, calls :func:`tesla.app.services.prepare.prepare`, draws a rich
-progress bar with an ETA from its Progress events, and prints a summary. Ctrl-C (or
+Only parses options, calls :func:`tesla.app.services.prepare.prepare` (through
+:func:`tesla.app.bootstrap.prepare`) under bootstrap's progress bar (an ETA from its
+Progress events, or JSON lines), and prints a summary. Ctrl-C (or
 SIGTERM) stops after the current block; running the same command again resumes. A bad
 SRC or DEST is one red line and exit code 2.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
 from typing import Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from tesla.app.cli.common import cancel_on_signals, fail, storage_options
 
@@ -23,28 +22,6 @@ class SourceFormat(str, enum.Enum):
     imagenet64 = "imagenet64"
     imagefolder = "imagefolder"
     tiny_imagenet = "tiny-imagenet"
-
-
-class _Bar:
-    """An event sink drawing one rich bar (done / total tasks, elapsed, ETA) for the job.
-
-    The task is created at the first Progress event with the work already done, so a
-    resumed job's ETA is estimated from this run's pace only.
-    """
-
-    def __init__(self, console: Console, quiet: bool) -> None:
-        self.quiet = quiet
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
-        self.task: Optional[Any] = None
-
-    def emit(self, event: Any) -> None:
-        if self.quiet or event.type != "progress":
-            return
-        if self.task is None:
-            self.task = self.progress.add_task(event.label, total=event.total, completed=event.done)
-        else:
-            self.progress.update(self.task, description=event.label, completed=event.done, total=event.total)
 
 
 def _print_summary(console: Console, s: Any) -> None:
@@ -80,23 +57,20 @@ def register(app: typer.Typer) -> None:
         json_mode: bool = typer.Option(False, "--json", help="Events as JSON lines, then the summary as JSON."),
     ) -> None:
         """Convert SRC once into a class-sorted uint8 array store at DEST (resumable)."""
-        from tesla.app.services.prepare import prepare
+        from tesla.app import bootstrap
 
-        console = Console()
         options = storage_options(storage_option)
-        quiet = quiet or json_mode
-        bar = _Bar(console, quiet)
-        sink = bar
-        if json_mode:
-            from tesla.adapters.events.progress import RichProgressSink
-            from tesla.domain.ports import FanOut
-
-            sink = FanOut(bar, RichProgressSink(json_mode=True))
+        sink, closers = bootstrap.progress_bar_sinks(quiet=quiet or json_mode, json_mode=json_mode)
         try:
-            with cancel_on_signals() as cancel, bar.progress if not quiet else contextlib.nullcontext():
-                summary = prepare(src, dest, fmt=fmt.value if fmt else None, image_size=image_size, chunk=chunk,
-                                  sink=sink, storage_options=options, should_stop=cancel.is_set)
-        except (ValueError, OSError) as e:  # PrepareError, StoreError, DataError, missing files
+            try:
+                with cancel_on_signals() as cancel:
+                    summary = bootstrap.prepare(src, dest, fmt=fmt.value if fmt else None, image_size=image_size,
+                                                chunk=chunk, sink=sink, storage_options=options,
+                                                should_stop=cancel.is_set)
+            finally:  # the bar ends before any error line
+                for close in closers:
+                    close()
+        except (ValueError, OSError) as e:  # every UserError, the writer's checks, missing files
             fail(str(e) or type(e).__name__)
         if json_mode:
             import json
@@ -105,7 +79,7 @@ def register(app: typer.Typer) -> None:
 
             typer.echo(json.dumps(attr.asdict(summary, retain_collection_types=False), default=str))
         else:
-            _print_summary(console, summary)
+            _print_summary(Console(), summary)
         if not summary.complete:
             raise typer.Exit(130)
 

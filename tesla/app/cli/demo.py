@@ -20,15 +20,16 @@ def demo(
     """Experts, TESLA distillation and evaluation on embedded real images; prints a results table."""
     with errors():
         from tesla.app import bootstrap
-        from tesla.app.services.demo import run_demo
         from tesla.domain.config import ConfigError
+        from tesla.domain.engines import NAMES as ENGINE_NAMES
 
-        if engine not in ("tesla", "exact", "unrolled"):
+        if engine not in ENGINE_NAMES:
             raise ConfigError(f"engine must be tesla, exact or unrolled (got {engine!r})")
         dev = bootstrap.resolve_device(device)
         out.mkdir(parents=True, exist_ok=True)
-        result = run_job(lambda sink, cancel: run_demo(out, sink=sink, cancel=cancel, device=dev, engine=engine,
-                                                       seed=seed), run_dir=out, quiet=quiet, json_mode=json_mode)
+        result = run_job(lambda sink, cancel: bootstrap.run_demo(out, device=dev, sink=sink, cancel=cancel,
+                                                                 engine=engine, seed=seed),
+                         run_dir=out, quiet=quiet, json_mode=json_mode)
         if json_mode:
             return
         from rich.console import Console

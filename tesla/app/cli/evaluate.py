@@ -1,4 +1,8 @@
-"""``tesla evaluate``: the evaluation protocol on a stored synthetic set, beside its references."""
+"""``tesla evaluate``: the evaluation protocol on a stored synthetic set, beside its references.
+
+Parses the options into an :class:`~tesla.app.services.evaluate.EvaluateRequest`, runs
+the prepared job and prints the scores as a table (or JSON).
+"""
 
 from __future__ import annotations
 
@@ -32,31 +36,17 @@ def evaluate(
 ) -> None:
     """Train fresh networks on a synthetic set; report mean +- std beside random real and full real."""
     with errors():
-        import torch
-
         from tesla.app import bootstrap
-        from tesla.app.services.evaluate import evaluate_set
-        from tesla.app.services.run import data_config_from_store
-        from tesla.domain.config import EvalConfig, ModelConfig, from_dict
+        from tesla.app.services.evaluate import EvaluateRequest
+        from tesla.domain.config import EvalConfig
 
-        opts = storage_options(storage_option)
         cfg = EvalConfig(models=tuple(m.strip() for m in models.split(",") if m.strip()), num_models=num_models,
                          epochs=epochs, lr=lr, batch_size=batch_size, dsa=dsa, seed=seed)
-        dev = bootstrap.resolve_device(device)
-        syn = bootstrap.open_synthetic(synthetic, "r", opts).read_set()
-        if "model" not in syn.attrs:
-            from tesla.domain.config import ConfigError
-
-            raise ConfigError(f"{synthetic} records no model: it was not written by `tesla distill`")
-        model_cfg = from_dict(ModelConfig, syn.attrs["model"])
-        data_cfg = data_config_from_store(syn.attrs.get("dataset", {}), dataset, data)
-        source = bootstrap.load_data(data_cfg, storage_options=opts)
-        images = torch.as_tensor(syn.images)
-        labels = torch.as_tensor(syn.labels if hard or syn.soft_labels is None else syn.soft_labels)
-        scores = run_job(lambda sink, cancel: evaluate_set(
-            images, labels, syn.lr, source, model_cfg=model_cfg, cfg=cfg, ipc=syn.ipc, random_real=random_real,
-            full_real=full_real, full_epochs=full_epochs, device=dev, sink=sink), run_dir=None, quiet=True,
-            json_mode=False)
+        request = EvaluateRequest(synthetic=synthetic, cfg=cfg, hard=hard, random_real=random_real,
+                                  full_real=full_real, full_epochs=full_epochs, dataset=dataset, data=data)
+        prepared = bootstrap.prepare_evaluation(request, device=device, storage_options=storage_options(storage_option))
+        syn = prepared.set
+        scores = run_job(prepared.job, run_dir=None, quiet=True, json_mode=False)
         if json_mode:
             typer.echo(json.dumps([{"model": s.model, "subject": s.subject, "mean": s.mean, "std": s.std,
                                     "accuracies": list(s.accuracies)} for s in scores]))

@@ -21,15 +21,10 @@ def export(
 ) -> None:
     """Export a synthetic set for other tools and for looking at."""
     with errors():
-        from tesla.adapters.stores.export import default_decode, export_png_grid, export_published
         from tesla.app import bootstrap
 
-        syn = bootstrap.open_synthetic(synthetic, "r", storage_options(storage_option)).read_set()
-        written = []
-        if published:
-            written += export_published(syn, str(out))
-        if png:
-            written += export_png_grid(syn, str(out / "images"), decode=default_decode(syn), per_row=per_row)
+        written = bootstrap.export_set(synthetic, out, storage_options=storage_options(storage_option),
+                                       published=published, png=png, per_row=per_row)
         typer.echo(f"wrote {len(written)} file(s) to {out}")
 
 

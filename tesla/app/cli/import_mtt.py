@@ -31,9 +31,9 @@ def import_mtt_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
 ) -> None:
     """Import MTT/TESLA expert buffers (replay_buffer_<N>.pt) into a trajectory store."""
-    from tesla.adapters.stores import StoreError
-    from tesla.adapters.stores.mtt import import_mtt
+    from tesla.app import bootstrap
     from tesla.domain.config import ConfigError, ModelConfig, from_dict, to_dict
+    from tesla.domain.errors import StoreError
 
     options = storage_options(storage_option)
     model_dict = None
@@ -51,7 +51,8 @@ def import_mtt_command(
         console.print(f"expert {expert}: {source} trajectory {index}")
 
     try:
-        ids = import_mtt(src_dir, store, model_dict, dataset=data, storage_options=options, on_expert=progress)
+        ids = bootstrap.import_mtt(src_dir, store, model_dict, dataset=data, storage_options=options,
+                                   on_expert=progress)
     except (StoreError, ConfigError, OSError, ValueError) as exc:
         fail(str(exc) or type(exc).__name__)
     console.print(f"[green]imported {len(ids)} experts[/] into {store}")

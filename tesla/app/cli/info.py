@@ -1,7 +1,8 @@
 """``tesla info STORE``: say what a trajectory or synthetic-set store holds.
 
-Reads only attributes and shapes (never the parameter or image arrays), so it is quick
-on a large store or an object store. ``--json`` prints the same summary as one JSON
+The summary comes from :func:`tesla.app.services.info.summarise` (attributes and shapes
+only, never the parameter or image arrays, so it is quick on a large store or an object
+store); this module prints it. ``--json`` prints the same summary as one JSON
 object for scripts. An unknown or damaged path is one red line and exit code 2.
 """
 
@@ -89,11 +90,13 @@ def info(
 ) -> None:
     """Say what a store holds: experts, model, dataset and size; a synthetic set and its provenance;
     or prepared real images (classes, counts, statistics)."""
-    from tesla.adapters.stores import StoreError, describe_store
+    from tesla.app import bootstrap
+    from tesla.app.services.info import summarise
+    from tesla.domain.errors import StoreError
 
     options = storage_options(storage_option)
     try:
-        summary = _describe_prepared(store, options) or describe_store(store, options)
+        summary = summarise(store, bootstrap.store_inspector(options))
     except (StoreError, OSError, ValueError) as exc:
         fail(str(exc) or type(exc).__name__)
     if as_json:
@@ -106,29 +109,6 @@ def info(
         _print_prepared(console, summary)
     else:
         _print_synthetic(console, summary)
-
-
-def _describe_prepared(url: str, options: Optional[dict]) -> Optional[dict]:
-    """A summary of a prepared real-data store (``tesla data prepare``), or None for other stores."""
-    from tesla.adapters.stores.backend import open_backend
-
-    b = open_backend(url, "r", options)
-    try:
-        attrs_ = b.attrs("")
-        if attrs_.get("format") != "tesla-prepared":
-            return None
-        size = b.size_bytes()
-    finally:
-        b.close()
-    from tesla.adapters.data.prepared import open_prepared
-
-    with open_prepared(url, storage_options=options) as data:
-        counts = [len(ix) for ix in data.class_indices()]
-        return {"kind": "prepared", "url": url, "format_version": attrs_.get("format_version"),
-                "num_classes": data.num_classes, "image_shape": list(data.image_shape), "num_train": data.num_train,
-                "num_test": data.num_test, "per_class_min": min(counts), "per_class_max": max(counts),
-                "mean": attrs_.get("mean"), "std": attrs_.get("std"), "source": attrs_.get("source"),
-                "size_bytes": size}
 
 
 def _print_prepared(console: Console, d: dict) -> None:

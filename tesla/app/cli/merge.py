@@ -24,13 +24,14 @@ def merge_trajectories(
 ) -> None:
     """Copy every complete expert of SRC... into DEST, keeping expert ids (checksums verified)."""
     with errors():
-        from tesla.app.services.distributed import merge_trajectory_stores, redact_url
+        from tesla.app import bootstrap
         from tesla.domain.config import ConfigError
+        from tesla.domain.urls import redact_url
 
         if len(stores) < 2:
             raise ConfigError("give at least one SRC and a DEST: tesla merge-trajectories a.rank0.h5 a.rank1.h5 a.h5")
         *srcs, dest = stores
-        result = merge_trajectory_stores(srcs, dest, storage_options=storage_options(storage_option))
+        result = bootstrap.merge_trajectory_stores(srcs, dest, storage_options=storage_options(storage_option))
         if not quiet:
             note = f", {len(result.skipped)} already there" if result.skipped else ""
             if result.incomplete:

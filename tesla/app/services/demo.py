@@ -3,21 +3,36 @@
 Experts on the embedded 16 px CIFAR-10 images, a TESLA distillation from their
 trajectories, then the evaluation protocol on the distilled set beside random real
 images at the same IPC, and an image grid on disk. Every stage is the real service
-used by the CLI; only the sizes (the ``demo`` preset) are small.
+used by the CLI (:mod:`~tesla.app.services.experts`, the distillation,
+:mod:`~tesla.app.services.evaluate`); only the sizes (the ``demo`` preset) are small.
+The stages reach torch and the stores through :class:`DemoPorts`.
 """
 
 from __future__ import annotations
 
-import threading
+import contextlib
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Iterator, Optional
 
 import attrs
-import torch
 
+from tesla.app.services.evaluate import evaluate_set
+from tesla.app.services.experts import train_experts
 from tesla.domain import presets
 from tesla.domain.config import DataConfig, to_dict
+from tesla.domain.ports import (CancelFlag, DistillStage, EvaluationTraining, EventSink, ExportImages, ExpertTraining,
+                                LoadData, RealData, TrajectoryStores)
+
+
+@attrs.frozen
+class DemoPorts:
+    load_data: LoadData
+    stores: TrajectoryStores
+    experts: ExpertTraining
+    distill: DistillStage
+    export_images: ExportImages
+    evaluation: EvaluationTraining
 
 
 @attrs.frozen
@@ -30,52 +45,54 @@ class DemoResult:
     run_dir: Path
 
 
-def run_demo(out: Path, *, sink: Any = None, cancel: Optional[threading.Event] = None, device: Any = "cpu",
+def run_demo(out: Path, *, ports: DemoPorts, sink: EventSink, cancel: Optional[CancelFlag] = None,
              engine: str = "tesla", seed: int = 0, preset: Optional[presets.Preset] = None) -> DemoResult:
-    from tesla.adapters.stores.export import default_decode, export_png_grid
-    from tesla.app import bootstrap
-    from tesla.app.services.evaluate import evaluate_set
-    from tesla.app.services.experts import train_experts
-
+    """Experts, distillation, images and evaluation in ``out``; KeyboardInterrupt when cancelled."""
     p = preset or presets.demo()
-    expert_cfg = attrs.evolve(p.experts, seed=seed)
-    distill_cfg = attrs.evolve(p.distill, engine=engine, seed=seed)
-    eval_cfg = attrs.evolve(p.evaluate, seed=seed)
-    data_cfg = DataConfig(name="demo")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = bootstrap.load_data(data_cfg)
-    seconds = {}
+    data = ports.load_data(DataConfig(name="demo"))
+    clock = _Stopwatch()
+    trajectories = str(out / "trajectories.zarr")
+    with clock("experts"):
+        _train_experts(p, seed, data, trajectories, ports, sink, cancel)
+    run_dir = out / "run"
+    distill_cfg = attrs.evolve(p.distill, engine=engine, seed=seed)
+    with clock("distill"):
+        result, syn = ports.distill(distill_cfg, p.model, data, trajectories, run_dir, sink, cancel)
+    if result.status != "completed" or syn is None:
+        raise KeyboardInterrupt("demo cancelled during distillation")
+    images_dir = run_dir / "images"
+    ports.export_images(syn, images_dir)
+    with clock("evaluate"):
+        labels = syn.soft_labels if syn.soft_labels is not None else syn.labels
+        scores = evaluate_set(syn.images, labels, syn.lr, data, model_cfg=p.model,
+                              cfg=attrs.evolve(p.evaluate, seed=seed), training=ports.evaluation, ipc=distill_cfg.ipc,
+                              random_real=True, sink=sink, iteration=result.iterations)
+    return DemoResult(scores=tuple(scores), distill_loss=result.loss, lr=result.lr, seconds=clock.seconds,
+                      images_dir=images_dir, run_dir=run_dir)
 
-    t = time.perf_counter()
-    store = bootstrap.open_trajectories(str(out / "trajectories.zarr"), "a")
-    experts = train_experts(model_cfg=p.model, expert_cfg=expert_cfg, data=data, store=store,
-                            dataset=to_dict(data_cfg), sink=sink, device=device, cancel=cancel)
-    seconds["experts"] = time.perf_counter() - t
+
+def _train_experts(p: presets.Preset, seed: int, data: RealData, url: str, ports: DemoPorts, sink: EventSink,
+                   cancel: Optional[CancelFlag]) -> None:
+    store = ports.stores.open(url)
+    try:
+        experts = train_experts(model_cfg=p.model, expert_cfg=attrs.evolve(p.experts, seed=seed), data=data,
+                                store=store, dataset=to_dict(DataConfig(name="demo")), training=ports.experts,
+                                sink=sink, cancel=cancel)
+    finally:
+        store.close()
     if experts.status != "completed":
         raise KeyboardInterrupt("demo cancelled during expert training")
 
-    run_dir = out / "run"
-    run_dir.mkdir(exist_ok=True)
-    syn_store = bootstrap.open_synthetic(str(run_dir / "synthetic.zarr"), "a")
-    t = time.perf_counter()
-    result = bootstrap.distill_in_process(
-        cfg=distill_cfg, model_cfg=p.model, data=data, trajectories=store, store=syn_store, sink=sink, device=device,
-        cancel=cancel, resume=True, decode=data.normalizer.decode, preview_every=20,
-        provenance={"dataset": to_dict(data_cfg), "trajectories": str(out / "trajectories.zarr"),
-                    "class_names": list(data.class_names), "normalizer_state": data.normalizer.to_state()})
-    seconds["distill"] = time.perf_counter() - t
-    if result.status != "completed":
-        raise KeyboardInterrupt("demo cancelled during distillation")
 
-    syn = syn_store.read_set()
-    images_dir = run_dir / "images"
-    export_png_grid(syn, str(images_dir), decode=default_decode(syn))
-    t = time.perf_counter()
-    labels = torch.as_tensor(syn.soft_labels if syn.soft_labels is not None else syn.labels)
-    scores = evaluate_set(torch.as_tensor(syn.images), labels, syn.lr, data, model_cfg=p.model, cfg=eval_cfg,
-                          ipc=distill_cfg.ipc, random_real=True, device=device, sink=sink,
-                          iteration=result.iterations)
-    seconds["evaluate"] = time.perf_counter() - t
-    return DemoResult(scores=tuple(scores), distill_loss=result.loss, lr=result.lr, seconds=seconds,
-                      images_dir=images_dir, run_dir=run_dir)
+class _Stopwatch:
+    """Seconds per stage: ``with clock("name"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t = time.perf_counter()
+        yield
+        self.seconds[stage] = time.perf_counter() - t

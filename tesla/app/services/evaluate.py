@@ -1,4 +1,4 @@
-"""The evaluation service: the field's protocol (NOTES §8) and its two references.
+"""The evaluation service: the field's protocol and its two references.
 
 A synthetic set is judged by training fresh, randomly initialised networks on it
 (SGD momentum 0.9, weight decay 5e-4, lr = the learned lr unless given, x0.1 at half
@@ -7,23 +7,27 @@ measuring top-1 on the real test set: mean +- std over ``num_models`` networks, 
 each architecture asked for. Every result can be shown beside its references, trained
 with the same protocol: ``random-real`` (random real images at the same IPC, hard
 labels) and ``full-real`` (the whole training set).
+
+The networks are trained through the :class:`~tesla.domain.ports.EvaluationTraining`
+port; this module decides what is trained (architectures, seeds, lr, epochs, the
+references' images) and turns accuracies into scores and events.
 """
 
 from __future__ import annotations
 
 import statistics
-from typing import Any, Optional
+from typing import Callable, Optional
 
 import attrs
-import torch
 
-from tesla.adapters.torch.models import build_model
-from tesla.adapters.torch.parallel import train_and_evaluate_parallel
 from tesla.domain import events
-from tesla.domain.config import EvalConfig, ModelConfig
-from tesla.domain.ports import EventSink, NullSink
+from tesla.domain.config import ConfigError, EvalConfig, ExpertConfig, ModelConfig, from_dict
+from tesla.domain.data import recorded_data_config
+from tesla.domain.ports import (CancelFlag, EvaluationTraining, EventSink, Images, Labels, LoadData, NullSink, ReadSet,
+                                RealData, StoredSet)
 
 REAL_LR = 0.01  # the references' student lr (DC-bench), when the config does not set one
+RANDOM_REAL_SEED = 7919  # class c of the random-real reference is drawn with seed * 7919 + c
 
 
 @attrs.frozen
@@ -38,7 +42,8 @@ class Score:
         return f"{self.mean:.2f} +- {self.std:.2f}"
 
 
-def _score(model: str, subject: str, accs: list[float]) -> Score:
+def score(model: str, subject: str, accs: list[float]) -> Score:
+    """Mean and sample standard deviation (0 for one network) of top-1 accuracies."""
     std = statistics.stdev(accs) if len(accs) > 1 else 0.0
     return Score(model=model, subject=subject, mean=statistics.fmean(accs), std=std, accuracies=tuple(accs))
 
@@ -50,35 +55,41 @@ def arch_config(base: ModelConfig, arch: str) -> ModelConfig:
     return attrs.evolve(base, arch=arch, norm="instancenorm" if arch != "vit" else base.norm)
 
 
-def train_many(images: torch.Tensor, labels: torch.Tensor, data: Any, *, model_cfg: ModelConfig, cfg: EvalConfig,
-               lr: float, subject: str, epochs: Optional[int] = None, device: Any = "cpu",
-               sink: EventSink | None = None, iteration: Optional[int] = None) -> list[Score]:
-    """Train ``cfg.num_models`` fresh networks per architecture on (images, labels)."""
-    sink = sink or NullSink()
-    from tesla.adapters.torch.augment import DSA
+def student_lr(learned_lr: Optional[float], cfg: EvalConfig) -> float:
+    """The lr the networks train with: ``cfg.lr`` when given, else the set's learned lr."""
+    if cfg.lr is not None:
+        return cfg.lr
+    if learned_lr is None:
+        raise ConfigError("no student lr: the set has no learned lr, pass --lr")
+    return float(learned_lr)
 
-    augment = DSA() if cfg.dsa else None
+
+def _emit(sink: EventSink, s: Score, iteration: Optional[int]) -> None:
+    sink.emit(events.Evaluation(model=s.model, subject=s.subject, mean=s.mean, std=s.std, n=len(s.accuracies),
+                                iteration=iteration, accuracies=s.accuracies))
+
+
+def train_many(images: Images, labels: Labels, data: RealData, *, model_cfg: ModelConfig, cfg: EvalConfig,
+               lr: float, subject: str, training: EvaluationTraining, epochs: Optional[int] = None,
+               sink: Optional[EventSink] = None, iteration: Optional[int] = None) -> list[Score]:
+    """Train ``cfg.num_models`` fresh networks (seeds ``cfg.seed + i``) per architecture
+    on (images, labels); one score and one Evaluation event per architecture."""
+    sink = sink or NullSink()
+    seeds = [cfg.seed + i for i in range(cfg.num_models)]
     scores = []
     for arch in cfg.models:
         mcfg = arch_config(model_cfg, arch)
-        seeds = [cfg.seed + i for i in range(cfg.num_models)]
-        # several networks at once (vmap) where that is faster (CUDA); one after another on
-        # a CPU, with the same seeds and so the same results either way
-        accs = train_and_evaluate_parallel([build_model(mcfg, seed=s) for s in seeds], images, labels, data,
-                                           epochs=epochs or cfg.epochs, lr=lr, momentum=cfg.momentum,
-                                           weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-                                           augment=augment, seeds=seeds, device=device)
-        score = _score(mcfg.name, subject, accs)
-        sink.emit(events.Evaluation(model=score.model, subject=subject, mean=score.mean, std=score.std,
-                                    n=len(accs), iteration=iteration, accuracies=score.accuracies))
-        scores.append(score)
+        accs = training.train_on(mcfg, images, labels, data, seeds=seeds, epochs=epochs or cfg.epochs, lr=lr,
+                                 cfg=cfg)
+        scores.append(score(mcfg.name, subject, list(accs)))
+        _emit(sink, scores[-1], iteration)
     return scores
 
 
-def evaluate_set(images: torch.Tensor, labels: torch.Tensor, learned_lr: Optional[float], data: Any, *,
-                 model_cfg: ModelConfig, cfg: EvalConfig, ipc: Optional[int] = None, random_real: bool = True,
-                 full_real: bool = False, full_epochs: Optional[int] = None, device: Any = "cpu",
-                 sink: EventSink | None = None, iteration: Optional[int] = None) -> list[Score]:
+def evaluate_set(images: Images, labels: Labels, learned_lr: Optional[float], data: RealData, *,
+                 model_cfg: ModelConfig, cfg: EvalConfig, training: EvaluationTraining, ipc: Optional[int] = None,
+                 random_real: bool = True, full_real: bool = False, full_epochs: Optional[int] = None,
+                 sink: Optional[EventSink] = None, iteration: Optional[int] = None) -> list[Score]:
     """Scores of a synthetic set and, optionally, of its references.
 
     Args:
@@ -86,54 +97,98 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, learned_lr: Optiona
         learned_lr: the set's learned lr (used unless ``cfg.lr`` is set).
         ipc: images per class of the random-real reference (default: N / classes).
     """
-    if learned_lr is None and cfg.lr is None:
-        raise ValueError("no student lr: the set has no learned lr, pass --lr")
-    lr = cfg.lr if cfg.lr is not None else float(learned_lr)
+    lr = student_lr(learned_lr, cfg)
     scores = train_many(images, labels, data, model_cfg=model_cfg, cfg=cfg, lr=lr, subject="synthetic",
-                        device=device, sink=sink, iteration=iteration)
+                        training=training, sink=sink, iteration=iteration)
     if random_real:
-        scores += random_real_scores(data, ipc or images.shape[0] // data.num_classes, model_cfg=model_cfg, cfg=cfg,
-                                     device=device, sink=sink, iteration=iteration)
+        ipc = ipc or training.count(images) // data.num_classes
+        scores += random_real_scores(data, ipc, model_cfg=model_cfg, cfg=cfg, training=training, sink=sink,
+                                     iteration=iteration)
     if full_real:
-        scores += full_real_scores(data, model_cfg=model_cfg, cfg=cfg, epochs=full_epochs, device=device, sink=sink)
+        scores += full_real_scores(data, model_cfg=model_cfg, cfg=cfg, training=training, epochs=full_epochs,
+                                   sink=sink)
     return scores
 
 
-def random_real_scores(data: Any, ipc: int, *, model_cfg: ModelConfig, cfg: EvalConfig, device: Any = "cpu",
-                       sink: EventSink | None = None, iteration: Optional[int] = None) -> list[Score]:
-    """Random real images at the same IPC, hard labels, the same protocol."""
-    parts = [data.sample_class(c, ipc, seed=cfg.seed * 7919 + c) for c in range(data.num_classes)]
-    images = torch.cat(parts)
-    labels = torch.arange(data.num_classes).repeat_interleave(ipc)
+def random_real_scores(data: RealData, ipc: int, *, model_cfg: ModelConfig, cfg: EvalConfig,
+                       training: EvaluationTraining, sink: Optional[EventSink] = None,
+                       iteration: Optional[int] = None) -> list[Score]:
+    """Random real images at the same IPC, hard labels, the same protocol (lr ``cfg.lr``
+    or :data:`REAL_LR`)."""
+    seeds = [cfg.seed * RANDOM_REAL_SEED + c for c in range(data.num_classes)]
+    images, labels = training.random_real(data, ipc, seeds)
     return train_many(images, labels, data, model_cfg=model_cfg, cfg=cfg, lr=cfg.lr or REAL_LR,
-                      subject="random-real", device=device, sink=sink, iteration=iteration)
+                      subject="random-real", training=training, sink=sink, iteration=iteration)
 
 
-def full_real_scores(data: Any, *, model_cfg: ModelConfig, cfg: EvalConfig, epochs: Optional[int] = None,
-                     device: Any = "cpu", sink: EventSink | None = None) -> list[Score]:
-    """The whole real training set (``epochs`` default: cfg.epochs // 10), SGD momentum 0.9,
-    weight decay 5e-4, DSA. It streams ``data.train_batches``, so an on-disk prepared set
-    (ImageNet) works as well as an in-memory one; the lr is constant (no decay)."""
-    from tesla.adapters.torch.training import train_expert
-    from tesla.domain.config import ExpertConfig
+def full_real_recipe(cfg: EvalConfig, epochs: Optional[int] = None) -> ExpertConfig:
+    """The full-real reference's training: ``epochs`` (default cfg.epochs // 10, at least
+    1), SGD with the protocol's momentum and weight decay, DSA, a constant lr."""
+    return ExpertConfig(epochs=epochs or max(1, cfg.epochs // 10), lr=cfg.lr or REAL_LR, momentum=cfg.momentum,
+                        weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, dsa=cfg.dsa, seed=cfg.seed,
+                        eval_every=0)
 
+
+def full_real_scores(data: RealData, *, model_cfg: ModelConfig, cfg: EvalConfig, training: EvaluationTraining,
+                     epochs: Optional[int] = None, sink: Optional[EventSink] = None) -> list[Score]:
+    """The whole real training set (see :func:`full_real_recipe`); the training port
+    streams its batches, so an on-disk prepared set (ImageNet) works as well as an
+    in-memory one."""
     sink = sink or NullSink()
-    from tesla.adapters.torch.augment import DSA
-
-    train_cfg = ExpertConfig(epochs=epochs or max(1, cfg.epochs // 10), lr=cfg.lr or REAL_LR,
-                             momentum=cfg.momentum, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-                             dsa=cfg.dsa, seed=cfg.seed, eval_every=0)
+    recipe = full_real_recipe(cfg, epochs)
     scores = []
     for arch in cfg.models:
         mcfg = arch_config(model_cfg, arch)
-        accs = []
-        for i in range(cfg.num_models):
-            net = build_model(mcfg, seed=cfg.seed + i)
-            history = train_expert(net, data, train_cfg, seed=cfg.seed + i, device=device,
-                                   augment=DSA() if cfg.dsa else None)
-            accs.append(history[-1])
-        score = _score(mcfg.name, "full-real", accs)
-        sink.emit(events.Evaluation(model=score.model, subject="full-real", mean=score.mean, std=score.std,
-                                    n=len(accs), accuracies=score.accuracies))
-        scores.append(score)
+        accs = [training.train_on_real(mcfg, data, recipe, cfg.seed + i) for i in range(cfg.num_models)]
+        scores.append(score(mcfg.name, "full-real", accs))
+        _emit(sink, scores[-1], None)
     return scores
+
+
+# --- a stored set: request -> prepared job -------------------------------------------------
+
+
+@attrs.frozen
+class EvaluateRequest:
+    """``tesla evaluate``: a stored set, the protocol, which references, data overrides."""
+
+    synthetic: str
+    cfg: EvalConfig
+    hard: bool = False
+    random_real: bool = True
+    full_real: bool = False
+    full_epochs: Optional[int] = None
+    dataset: Optional[str] = None
+    data: Optional[str] = None
+
+
+@attrs.frozen
+class EvaluatePorts:
+    read_set: ReadSet
+    load_data: LoadData
+    training: EvaluationTraining
+
+
+@attrs.frozen
+class PreparedEvaluation:
+    job: Callable[[EventSink, CancelFlag], list[Score]]
+    set: StoredSet
+
+
+def prepare_evaluation(req: EvaluateRequest, ports: EvaluatePorts) -> PreparedEvaluation:
+    """Read the set and open its data (every refusal before any training)."""
+    syn = ports.read_set(req.synthetic)
+    if "model" not in syn.attrs:
+        raise ConfigError(f"{req.synthetic} records no model: it was not written by `tesla distill`")
+    model_cfg = from_dict(ModelConfig, syn.attrs["model"])
+    data = ports.load_data(recorded_data_config(syn.attrs.get("dataset", {}), req.dataset, req.data))
+    images = syn.images
+    labels = syn.labels if req.hard or syn.soft_labels is None else syn.soft_labels
+
+    def job(sink: EventSink, cancel: CancelFlag) -> list[Score]:
+        return evaluate_set(images, labels, syn.lr, data, model_cfg=model_cfg, cfg=req.cfg, training=ports.training,
+                            ipc=syn.ipc, random_real=req.random_real, full_real=req.full_real,
+                            full_epochs=req.full_epochs, sink=sink)
+
+    return PreparedEvaluation(job=job, set=syn)
+

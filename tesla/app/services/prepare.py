@@ -1,8 +1,8 @@
 """The ``prepare`` service: convert real images once into a class-sorted on-disk store.
 
-``prepare(src, dest)`` detects the source layout (Downsampled-ImageNet batches, an
-ImageFolder tree, Tiny-ImageNet), opens it with the data adapters and drives a
-:class:`~tesla.adapters.data.prepared.PreparedWriter` task by task. Between tasks it
+``prepare(src, dest, sources=...)`` opens the source (Downsampled-ImageNet batches, an
+ImageFolder tree, Tiny-ImageNet: the :class:`~tesla.domain.ports.PrepareSources` port
+detects the layout) and drives the prepared store's writer task by task. Between tasks it
 publishes :class:`~tesla.domain.events.Progress` events (done / total over the whole job,
 so a watcher can show an ETA) and asks ``should_stop``; stopping, a crash or Ctrl-C all
 leave a store that the same call resumes, and the resumed store equals an uninterrupted
@@ -14,19 +14,15 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import attrs
 
 from tesla.domain import events as ev
-from tesla.domain.errors import UserError
-from tesla.domain.ports import EventSink, NullSink
+from tesla.domain.errors import PrepareError
+from tesla.domain.ports import EventSink, ImageSourceInfo, NullSink, PreparedOutput, PrepareSources
 
-FORMATS = ("imagenet64", "imagefolder", "tiny-imagenet")
-
-
-class PrepareError(UserError):
-    """The source cannot be prepared as asked; the message names the path and the fix."""
+__all__ = ["PrepareError", "PreparedSummary", "prepare"]
 
 
 @attrs.frozen
@@ -58,49 +54,15 @@ class PreparedSummary:
     std: tuple = attrs.field(default=(), converter=tuple)
 
 
-def detect_format(src: str | Path) -> str:
-    """``imagenet64`` | ``tiny-imagenet`` | ``imagefolder`` from what ``src`` holds."""
-    from tesla.adapters.data.imagefolder import is_imagefolder, is_tiny_imagenet
-    from tesla.adapters.data.imagenet64 import is_imagenet64
-
-    src = Path(src)
-    if not src.is_dir():
-        raise PrepareError(f"{src}: no such folder; SRC must be a folder of image data")
-    if is_imagenet64(src):
-        return "imagenet64"
-    if is_tiny_imagenet(src):
-        return "tiny-imagenet"
-    if is_imagefolder(src):
-        return "imagefolder"
-    raise PrepareError(
-        f"{src}: cannot tell the layout; expected train_data_batch_N.npz files (imagenet64),"
-        " wnids.txt + train/ (tiny-imagenet) or train/<class>/ images (imagefolder)"
-    )
-
-
-def open_source(src: str | Path, fmt: Optional[str] = None, image_size: int = 64) -> Any:
-    """The data adapter for ``src`` in layout ``fmt`` (detected when None)."""
-    from tesla.adapters.data.imagefolder import ImageFolderSource, TinyImageNetSource
-    from tesla.adapters.data.imagenet64 import Imagenet64Source
-
-    fmt = fmt or detect_format(src)
-    if fmt not in FORMATS:
-        raise PrepareError(f"format must be one of {', '.join(FORMATS)} (got {fmt!r})")
-    if not Path(src).is_dir():
-        raise PrepareError(f"{src}: no such folder; SRC must be a folder of image data")
-    cls = {"imagenet64": Imagenet64Source, "imagefolder": ImageFolderSource, "tiny-imagenet": TinyImageNetSource}[fmt]
-    return cls(src, image_size)
-
-
 def prepare(
     src: str | Path,
     dest: str,
     *,
+    sources: PrepareSources,
     fmt: Optional[str] = None,
     image_size: int = 64,
     chunk: int = 1024,
     sink: Optional[EventSink] = None,
-    storage_options: Optional[dict] = None,
     should_stop: Optional[Callable[[], bool]] = None,
     block: Optional[int] = None,
 ) -> PreparedSummary:
@@ -108,18 +70,16 @@ def prepare(
 
     Args:
         src: source folder. dest: ``.h5``/``.hdf5`` file, Zarr directory or fsspec URL.
+        sources: opens the source and the destination store.
         fmt: ``imagenet64`` | ``imagefolder`` | ``tiny-imagenet``; detected when None.
         image_size: side S of the stored images. chunk: images per chunk along N.
         sink: receives RunStarted, Progress (per task), RunFinished (and Error on failure).
-        storage_options: fsspec options for a remote Zarr ``dest``.
         should_stop: asked between tasks; True stops cleanly (re-run to resume).
         block: images per in-memory sort (default ``8 * chunk``): bounds the peak memory.
 
     Returns:
         :class:`PreparedSummary` (``complete`` False when stopped early).
     """
-    from tesla.adapters.data.prepared import PreparedWriter
-
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise PrepareError(f"image_size must be an integer >= 1 (got {image_size!r})")
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
@@ -127,9 +87,9 @@ def prepare(
     sink = sink or NullSink()
     should_stop = should_stop or (lambda: False)
     started = time.monotonic()
-    source = open_source(src, fmt, image_size)
+    source = sources.open(src, fmt, image_size)
     try:
-        writer = PreparedWriter(str(dest), source, chunk=chunk, block=block, storage_options=storage_options)
+        writer = sources.writer(str(dest), source, chunk=chunk, block=block)
         try:
             return _drive(writer, source, str(src), str(dest), sink, should_stop, started)
         finally:
@@ -138,7 +98,7 @@ def prepare(
         source.close()
 
 
-def _drive(writer: Any, source: Any, src: str, dest: str, sink: EventSink,
+def _drive(writer: PreparedOutput, source: ImageSourceInfo, src: str, dest: str, sink: EventSink,
            should_stop: Callable[[], bool], started: float) -> PreparedSummary:
     tasks = writer.tasks()
     done = sum(writer.is_done(t) for t in tasks)
@@ -152,7 +112,8 @@ def _drive(writer: Any, source: Any, src: str, dest: str, sink: EventSink,
         info = info or {}
         return PreparedSummary(
             dest=dest, source=writer.plan["source"], format=source.format, num_classes=writer.num_classes,
-            num_train=writer.plans["train"].n, num_test=writer.plans["test"].n, image_size=writer.plan["image_size"],
+            num_train=writer.plan["counts"]["train"], num_test=writer.plan["counts"]["test"],
+            image_size=writer.plan["image_size"],
             complete=complete, resumed=writer.resumed, already_complete=writer.already_complete, tasks_done=done,
             tasks_total=len(tasks), seconds=time.monotonic() - started,
             mean=info.get("mean", ()), std=info.get("std", ()),

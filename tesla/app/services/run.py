@@ -38,6 +38,7 @@ import attrs
 
 from tesla.app.services.distill import Cadence, DistillRun, check_inputs, check_resumable, distill, no_evaluation
 from tesla.domain.config import DataConfig, DistillConfig, EvalConfig, ModelConfig, from_dict, to_dict
+from tesla.domain.data import recorded_data_config as data_config_from_store
 from tesla.domain.engines import from_config
 from tesla.domain.errors import DistillError, StoreError
 from tesla.domain.ports import (Cancel, DataSource, DistillParts, EventSink, Evaluator, Gauges, NoGauges, NullSink,
@@ -87,18 +88,6 @@ class Inputs:
     data_cfg: DataConfig
     data: DataSource
     student: Student
-
-
-def data_config_from_store(meta_dataset: dict, dataset: Optional[str], data: Optional[str]) -> DataConfig:
-    """The data the experts were trained on, unless overridden."""
-    known = {k: v for k, v in (meta_dataset or {}).items() if k in ("name", "root", "zca", "image_size")}
-    if dataset:
-        known["name"] = dataset
-    if data:
-        known["root"] = data
-    if not known.get("name"):
-        known["name"] = "cifar10"
-    return DataConfig(**known)
 
 
 class AgreedCancel:

@@ -1,0 +1,64 @@
+"""Real-image sources to prepare: which layout a folder holds, and the reader for it.
+
+``tesla data prepare`` converts Downsampled-ImageNet batches (``imagenet64``), an
+ImageFolder tree (``imagefolder``) or Tiny-ImageNet (``tiny-imagenet``) into a prepared
+store. :func:`detect_format` tells them apart from what the folder holds;
+:class:`PrepareSourcesOnDisk` is the :class:`~tesla.domain.ports.PrepareSources` port the
+prepare service works through (it also opens the
+:class:`~tesla.adapters.data.prepared.PreparedWriter`, with the storage options of a
+remote destination).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from tesla.adapters.data.imagefolder import ImageFolderSource, TinyImageNetSource, is_imagefolder, is_tiny_imagenet
+from tesla.adapters.data.imagenet64 import Imagenet64Source, is_imagenet64
+from tesla.adapters.data.prepared import PreparedWriter
+from tesla.domain.errors import PrepareError
+
+FORMATS = ("imagenet64", "imagefolder", "tiny-imagenet")
+
+
+def detect_format(src: str | Path) -> str:
+    """``imagenet64`` | ``tiny-imagenet`` | ``imagefolder`` from what ``src`` holds."""
+    src = Path(src)
+    if not src.is_dir():
+        raise PrepareError(f"{src}: no such folder; SRC must be a folder of image data")
+    if is_imagenet64(src):
+        return "imagenet64"
+    if is_tiny_imagenet(src):
+        return "tiny-imagenet"
+    if is_imagefolder(src):
+        return "imagefolder"
+    raise PrepareError(
+        f"{src}: cannot tell the layout; expected train_data_batch_N.npz files (imagenet64),"
+        " wnids.txt + train/ (tiny-imagenet) or train/<class>/ images (imagefolder)"
+    )
+
+
+def open_source(src: str | Path, fmt: Optional[str] = None, image_size: int = 64) -> Any:
+    """The data adapter for ``src`` in layout ``fmt`` (detected when None)."""
+    fmt = fmt or detect_format(src)
+    if fmt not in FORMATS:
+        raise PrepareError(f"format must be one of {', '.join(FORMATS)} (got {fmt!r})")
+    if not Path(src).is_dir():
+        raise PrepareError(f"{src}: no such folder; SRC must be a folder of image data")
+    cls = {"imagenet64": Imagenet64Source, "imagefolder": ImageFolderSource, "tiny-imagenet": TinyImageNetSource}[fmt]
+    return cls(src, image_size)
+
+
+class PrepareSourcesOnDisk:
+    """Sources from local folders; prepared stores at paths or URLs (``storage_options``
+    for a remote Zarr destination)."""
+
+    def __init__(self, storage_options: Optional[dict] = None) -> None:
+        self.storage_options = storage_options
+
+    def open(self, src: str | Path, fmt: Optional[str], image_size: int) -> Any:
+        return open_source(src, fmt, image_size)
+
+    def writer(self, dest: str, source: Any, *, chunk: int, block: Optional[int]) -> PreparedWriter:
+        return PreparedWriter(str(dest), source, chunk=chunk, block=block, storage_options=self.storage_options)

@@ -1,0 +1,80 @@
+"""The training ports on torch: experts and evaluation networks.
+
+:class:`TorchExpertTraining` implements :class:`~tesla.domain.ports.ExpertTraining` and
+:class:`TorchEvaluationTraining` implements
+:class:`~tesla.domain.ports.EvaluationTraining`. Both are thin: they build the networks
+from the model config (:func:`~tesla.adapters.torch.models.build_model`, seeded), pick
+DSA from the config, and run the loops of :mod:`tesla.adapters.torch.parallel` (several
+networks at once where that is faster, i.e. on CUDA; one after another on a CPU, with
+the same seeds and so the same results either way) and
+:mod:`tesla.adapters.torch.training`. The device is fixed when the adapter is built
+(:mod:`tesla.app.bootstrap` does), so the services never see it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from tesla.adapters.torch.augment import DSA
+from tesla.adapters.torch.functional import FlatView
+from tesla.adapters.torch.models import build_model
+from tesla.adapters.torch.parallel import train_and_evaluate_parallel, train_experts_parallel
+from tesla.adapters.torch.training import train_expert
+from tesla.domain.config import EvalConfig, ExpertConfig, ModelConfig
+from tesla.domain.ports import EpochFn, ModelLayout, SnapshotFn
+
+
+def model_layout(model: ModelConfig) -> ModelLayout:
+    """The flat parameter layout of ``model``'s networks (built once, on the CPU)."""
+    view = FlatView(build_model(model, seed=0))
+    return ModelLayout(layout=view.layout, num_params=view.num_params)
+
+
+class TorchExpertTraining:
+    """Experts on ``device``: a group of seeds trains together (vmap on CUDA)."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = device
+
+    def layout(self, model: ModelConfig) -> ModelLayout:
+        return model_layout(model)
+
+    def train(self, model: ModelConfig, cfg: ExpertConfig, data: Any, seeds: Sequence[int], *,
+              on_snapshot: Sequence[SnapshotFn], on_epoch: Sequence[EpochFn],
+              should_stop: Optional[Callable[[], bool]] = None) -> list[list[Optional[float]]]:
+        return train_experts_parallel([build_model(model, seed=s) for s in seeds], data, cfg, seeds=list(seeds),
+                                      device=self.device, augment=DSA() if cfg.dsa else None,
+                                      on_snapshot=list(on_snapshot), on_epoch=list(on_epoch),
+                                      should_stop=should_stop)
+
+
+class TorchEvaluationTraining:
+    """Evaluation networks on ``device`` (the field's protocol)."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = device
+
+    def train_on(self, model: ModelConfig, images: torch.Tensor, labels: torch.Tensor, data: Any, *,
+                 seeds: Sequence[int], epochs: int, lr: float, cfg: EvalConfig) -> list[float]:
+        seeds = list(seeds)
+        images, labels = torch.as_tensor(images), torch.as_tensor(labels)  # stored arrays or tensors
+        return train_and_evaluate_parallel([build_model(model, seed=s) for s in seeds], images, labels, data,
+                                           epochs=epochs, lr=lr, momentum=cfg.momentum,
+                                           weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                                           augment=DSA() if cfg.dsa else None, seeds=seeds, device=self.device)
+
+    def train_on_real(self, model: ModelConfig, data: Any, recipe: ExpertConfig, seed: int) -> float:
+        net = build_model(model, seed=seed)
+        history = train_expert(net, data, recipe, seed=seed, device=self.device,
+                               augment=DSA() if recipe.dsa else None)
+        return history[-1]
+
+    def random_real(self, data: Any, ipc: int, seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.cat([data.sample_class(c, ipc, seed=seeds[c]) for c in range(data.num_classes)])
+        labels = torch.arange(data.num_classes).repeat_interleave(ipc)
+        return images, labels
+
+    def count(self, images: Any) -> int:
+        return int(images.shape[0])

@@ -1,0 +1,206 @@
+"""The experts service on fakes: what is trained, skipped, written and said, and what is
+refused before anything is written (no torch, no files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tesla.app.services.experts import ExpertsRequest, ExpertsPorts, distributed_experts, prepare_experts, train_experts
+from tesla.app.services.merge import merge_trajectory_stores
+from tesla.domain.config import DataConfig, ExpertConfig, ModelConfig, to_dict
+from tesla.domain.errors import DataMismatchError, RunDirError, StoreError
+from tesla.domain.ports import ListSink
+from tests.unit.service_fakes import (FakeData, FakeExpertTraining, FakeLoadData, FakeRunDirs, FakeStores,
+                                      FakeTrajectoryStore, OneRank, StopAfter)
+
+MODEL = ModelConfig(depth=2, width=8, image_size=16, num_classes=10)
+DATA = {"name": "demo"}
+
+
+def _train(store, cfg, *, training=None, sink=None, cancel=None, data=None):
+    return train_experts(model_cfg=MODEL, expert_cfg=cfg, data=data or FakeData(), store=store, dataset=DATA,
+                         training=training or FakeExpertTraining(), sink=sink, cancel=cancel)
+
+
+def test_every_expert_is_written_snapshot_by_snapshot_and_announced():
+    store, sink, training = FakeTrajectoryStore(), ListSink(), FakeExpertTraining()
+    result = _train(store, ExpertConfig(num_experts=3, epochs=2, seed=5), training=training, sink=sink)
+    assert result.status == "completed" and result.trained == (0, 1, 2) and result.skipped == ()
+    assert training.groups == [[5], [6], [7]]  # expert i is seeded seed + i, one at a time by default
+    assert store.expert_ids() == [0, 1, 2] and not store.begun
+    assert store.experts[1][0] == [(6, 0), (6, 1), (6, 2)]  # init and every epoch
+    assert store.expert_attrs(1)["seed"] == 6 and store.expert_attrs(1)["test_accuracy"] == [6.0, 16.0, 26.0]
+    assert store.meta.model == to_dict(MODEL) and store.meta.num_params == 4 and store.meta.dataset == DATA
+    assert result.final_accuracy == {0: 25.0, 1: 26.0, 2: 27.0}
+    types = [e.type for e in sink.events]
+    assert types[0] == "run_started" and sink.events[0].total == 6 and types[-1] == "run_finished"
+    assert types.count("epoch") == 6 and [e.path for e in sink.of("checkpoint")] == [
+        "mem://experts#expert-0", "mem://experts#expert-1", "mem://experts#expert-2"]
+    assert sink.events[-1].summary == {"trained": [0, 1, 2], "skipped": [], "final_accuracy": result.final_accuracy}
+
+
+def test_complete_experts_are_skipped_so_a_rerun_resumes():
+    store = FakeTrajectoryStore()
+    _train(store, ExpertConfig(num_experts=2, epochs=1))
+    training = FakeExpertTraining()
+    again = _train(store, ExpertConfig(num_experts=4, epochs=1), training=training)
+    assert again.trained == (2, 3) and again.skipped == (0, 1)
+    assert training.groups == [[2], [3]]  # the complete ones are not trained again
+
+
+def test_experts_train_in_groups_of_parallel():
+    training = FakeExpertTraining()
+    result = _train(FakeTrajectoryStore(), ExpertConfig(num_experts=5, epochs=1, parallel=2), training=training)
+    assert training.groups == [[0, 1], [2, 3], [4]] and result.trained == (0, 1, 2, 3, 4)
+
+
+def test_cancel_during_a_group_leaves_it_incomplete_and_the_rerun_redoes_it_from_its_seed():
+    cfg = ExpertConfig(num_experts=3, epochs=3)
+    whole = FakeTrajectoryStore()
+    _train(whole, cfg)
+    store, sink = FakeTrajectoryStore(), ListSink()
+    # expert 0 trains whole (1 group check + 3 epoch checks), expert 1 is stopped after its epoch 1
+    result = _train(store, cfg, sink=sink, cancel=StopAfter(1 + 3 + 1 + 1))
+    assert result.status == "cancelled" and result.trained == (0,)
+    assert store.expert_ids() == [0] and store.incomplete_ids() == [1]
+    assert sink.of("warning") and "expert(s) 1 stopped" in sink.of("warning")[0].message
+    assert sink.events[-1].type == "run_finished" and sink.events[-1].status == "cancelled"
+    again = _train(store, cfg)
+    assert again.status == "completed" and again.trained == (1, 2) and again.skipped == (0,)
+    for e in range(3):  # the redone expert is the one an uninterrupted run wrote
+        assert store.experts[e][0] == whole.experts[e][0]
+
+
+def test_cancel_before_a_group_trains_nothing_more():
+    store, training = FakeTrajectoryStore(), FakeExpertTraining()
+    result = _train(store, ExpertConfig(num_experts=3, epochs=1), training=training, cancel=StopAfter(0))
+    assert result.status == "cancelled" and result.trained == () and training.groups == [] and not store.begun
+
+
+def test_data_that_does_not_fit_the_model_is_refused_before_the_store_is_touched():
+    store = FakeTrajectoryStore()
+    with pytest.raises(DataMismatchError, match="100 classes but the model outputs 10"):
+        _train(store, ExpertConfig(num_experts=1, epochs=1), data=FakeData(num_classes=100))
+    with pytest.raises(DataMismatchError, match=r"\(3, 32, 32\) but the model expects \(3, 16, 16\)"):
+        _train(store, ExpertConfig(num_experts=1, epochs=1), data=FakeData(image_shape=(3, 32, 32)))
+    assert store.writes == 0 and not store.initialized
+
+
+# --- request -> prepared job ---------------------------------------------------------------------
+
+
+def _ports(data=None, stores=None, run_dirs=None, training=None):
+    return ExpertsPorts(load_data=FakeLoadData(data or FakeData()), stores=stores or FakeStores(),
+                        training=training or FakeExpertTraining(), run_dirs=run_dirs or FakeRunDirs())
+
+
+def _request(**kw):
+    base = dict(out="mem://t.zarr", data=DataConfig(name="demo"), model=MODEL,
+                experts=ExpertConfig(num_experts=2, epochs=1), run_dir=Path("/runs/r"))
+    base.update(kw)
+    return ExpertsRequest(**base)
+
+
+def test_prepared_job_records_the_run_and_trains_into_the_store():
+    ports = _ports()
+    prepared = prepare_experts(_request(), ports)
+    assert ports.training.groups == []  # nothing trained yet
+    assert ports.run_dirs.calls == [(Path("/runs/r"), prepared.config, True, ("model", "data"))]
+    assert prepared.config == {"experts": to_dict(ExpertConfig(num_experts=2, epochs=1)), "model": to_dict(MODEL),
+                               "data": to_dict(DataConfig(name="demo"))}
+    sink = ListSink()
+    result = prepared.job(sink, StopAfter(100))
+    assert result.trained == (0, 1) and ports.stores.stores["mem://t.zarr"].expert_ids() == [0, 1]
+    assert sink.events[0].config == prepared.config
+
+
+def test_without_a_preset_the_model_takes_the_datas_classes_and_shape():
+    data = FakeData(num_classes=100, image_shape=(3, 64, 64))
+    prepared = prepare_experts(_request(fit_model=True), _ports(data=data))
+    assert (prepared.model.num_classes, prepared.model.image_size, prepared.model.depth) == (100, 64, 4)
+    deeper = prepare_experts(_request(fit_model=True, depth=5), _ports(data=data))
+    assert deeper.model.depth == 5
+
+
+def test_mismatched_data_is_refused_before_any_store_or_run_directory():
+    ports = _ports(data=FakeData(num_classes=100))
+    with pytest.raises(DataMismatchError, match="pick the preset or dataset"):
+        prepare_experts(_request(), ports)
+    assert ports.stores.opened == [] and ports.run_dirs.calls == []
+
+
+def test_an_existing_store_of_another_model_is_refused_before_the_run_directory():
+    other = FakeTrajectoryStore("mem://t.zarr")
+    other.initialize({"width": 64}, [("w", [9])], 9, DATA)
+    ports = _ports(stores=FakeStores(t=other))
+    with pytest.raises(StoreError, match="another model"):
+        prepare_experts(_request(), ports)
+    assert ports.run_dirs.calls == [] and other.writes == 1 and other.closed
+
+
+def test_a_refused_run_directory_creates_no_store():
+    ports = _ports(run_dirs=FakeRunDirs(refuse=RunDirError("/runs/r holds a run with a different model config")))
+    with pytest.raises(RunDirError):
+        prepare_experts(_request(), ports)
+    assert ports.stores.opened == [] and ports.stores.stores == {}
+
+
+def test_one_rank_runs_the_same_experts_and_says_so():
+    ports, sink = _ports(), ListSink()
+    prepared = prepare_experts(_request(out="mem://t.zarr"), ports, OneRank())
+    result = prepared.job(sink, StopAfter(100))
+    assert result.status == "completed" and result.trained == (0, 1)
+    assert sink.events[0].config["distributed"] == {"world": 1} and sink.events[-1].summary["world"] == 1
+
+
+def test_distributed_experts_into_per_rank_files_skips_what_a_merged_file_holds():
+    stores = FakeStores()
+    training = FakeExpertTraining()
+    merged = stores.add(FakeTrajectoryStore("x.h5"))
+    _train(merged, ExpertConfig(num_experts=1, epochs=1))  # expert 0 merged by an earlier run
+
+    class TwoRanksSeenFromRankZero(OneRank):
+        world = 2
+
+        def all_gather_object(self, obj):
+            return [obj, obj if isinstance(obj, list) else ("completed", [], {})]
+
+    result = distributed_experts(ranks=TwoRanksSeenFromRankZero(), out="x.h5", model_cfg=MODEL,
+                                 expert_cfg=ExpertConfig(num_experts=3, epochs=1), data=FakeData(), dataset=DATA,
+                                 stores=stores, training=training, merge=False)
+    assert training.groups == [[1]]  # experts 1 and 2 remain; rank 0 deals itself the first
+    assert stores.stores["x.rank0.h5"].expert_ids() == [1] and result.skipped == (0,)
+
+
+# --- merging -------------------------------------------------------------------------------------
+
+
+def _store_with(url, ids, seed=0):
+    store = FakeTrajectoryStore(url)
+    _train(store, ExpertConfig(num_experts=max(ids) + 1, epochs=1, seed=seed))
+    for i in set(store.experts) - set(ids):
+        del store.experts[i]
+    return store
+
+
+def test_merge_copies_skips_equal_experts_and_refuses_different_ones():
+    stores = FakeStores(a=_store_with("a", [0, 2]), b=_store_with("b", [1]))
+    stores.stores["b"].begin_expert(3, 1, {})  # left unfinished
+    sink = ListSink()
+    result = merge_trajectory_stores(["a", "b"], "dest", stores=stores, sink=sink)
+    assert sorted(e for _, e in result.copied) == [0, 1, 2] and result.incomplete == (("b", 3),)
+    dest = stores.stores["dest"]
+    assert dest.expert_ids() == [0, 1, 2] and dest.experts[1][0] == stores.stores["b"].experts[1][0]
+    assert dest.expert_attrs(2)["test_accuracy"] == stores.stores["a"].expert_attrs(2)["test_accuracy"]
+    assert len(sink.of("checkpoint")) == 3
+    again = merge_trajectory_stores(["a", "b"], "dest", stores=stores)
+    assert again.copied == () and len(again.skipped) == 3
+    stores.add(_store_with("c", [0], seed=9))
+    with pytest.raises(StoreError, match="expert 0 from c differs"):
+        merge_trajectory_stores(["c"], "dest", stores=stores)
+    with pytest.raises(StoreError, match="both a source and the destination"):
+        merge_trajectory_stores(["a", "dest"], "dest", stores=stores)
+    with pytest.raises(StoreError, match="at least one SRC"):
+        merge_trajectory_stores([], "dest", stores=stores)

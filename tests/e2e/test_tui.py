@@ -49,6 +49,12 @@ async def _wait_for(pilot, condition, timeout: float = 10.0) -> None:
     assert condition(), "condition not reached"
 
 
+async def _caught_up(pilot) -> None:
+    """Wait until the reader thread has read the whole log and the screen shows it."""
+    await _wait_for(pilot, lambda: pilot.app.caught_up)
+    await pilot.pause()
+
+
 # -- RunState: pure folding ----------------------------------------------------------------
 
 def test_state_folds_a_distillation_run():
@@ -143,7 +149,7 @@ def test_app_shows_a_recorded_run():
     async def run() -> None:
         app = TeslaApp(DISTILL)
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.pause()
+            await _caught_up(pilot)
             header = _header(app)
             assert "iteration 50/50" in header and "IPC 10" in header and "teacher-target" in header
             assert len(app.state.losses) == 50
@@ -166,7 +172,7 @@ def test_app_follows_lines_appended_while_it_runs(tmp_path):
     async def run() -> None:
         app = TeslaApp(run_dir, poll_interval=0.05)
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.pause()
+            await _caught_up(pilot)
             assert "iteration 30/50" in _header(app) and len(app.state.losses) == 30
             with open(run_dir / "events.jsonl", "ab") as f:
                 f.write(b"".join(lines[cut + 1:]))
@@ -188,7 +194,7 @@ def test_app_waits_for_a_log_that_does_not_exist_yet(tmp_path):
     async def run() -> None:
         app = TeslaApp(tmp_path, poll_interval=0.05)
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.pause()
+            await _caught_up(pilot)
             assert "waiting for events" in _header(app)
             shutil.copy(EXPERTS / "events.jsonl", tmp_path / "events.jsonl")
             await _wait_for(pilot, lambda: app.state.status == "completed")
@@ -203,7 +209,7 @@ def test_app_starts_over_when_the_log_is_replaced(tmp_path):
     async def run() -> None:
         app = TeslaApp(tmp_path, poll_interval=0.05)
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.pause()
+            await _caught_up(pilot)
             assert app.state.job == "distill"
             shutil.copy(EXPERTS / "events.jsonl", tmp_path / "events.jsonl")  # shorter: a new run
             await _wait_for(pilot, lambda: app.state.job == "experts" and app.state.status == "completed")
@@ -278,7 +284,7 @@ def test_job_mode_reports_a_failing_job(tmp_path):
         app = TeslaApp(tmp_path, job=broken, poll_interval=0.05)
         async with app.run_test(size=(80, 24)) as pilot:
             await _wait_for(pilot, lambda: app.job_status == "failed")
-            assert any("out of memory on purpose" in line.text for line in app.state.log)
+            await _wait_for(pilot, lambda: any("out of memory on purpose" in line.text for line in app.state.log))
             assert "job failed" in _header(app)
 
     asyncio.run(run())
@@ -302,16 +308,16 @@ def test_monitor_without_events_exits_2(tmp_path):
 # -- snapshots (deterministic: every figure comes from event timestamps) ------------------------
 
 def test_snapshot_80x24(snap_compare):
-    assert snap_compare(TeslaApp(DISTILL), terminal_size=(80, 24))
+    assert snap_compare(TeslaApp(DISTILL), terminal_size=(80, 24), run_before=_caught_up)
 
 
 def test_snapshot_120x40(snap_compare):
-    assert snap_compare(TeslaApp(DISTILL), terminal_size=(120, 40))
+    assert snap_compare(TeslaApp(DISTILL), terminal_size=(120, 40), run_before=_caught_up)
 
 
 def test_snapshot_images_tab_80x24(snap_compare):
-    assert snap_compare(TeslaApp(DISTILL), terminal_size=(80, 24), press=["4"])
+    assert snap_compare(TeslaApp(DISTILL), terminal_size=(80, 24), press=["4"], run_before=_caught_up)
 
 
 def test_snapshot_expert_run_80x24(snap_compare):
-    assert snap_compare(TeslaApp(EXPERTS), terminal_size=(80, 24))
+    assert snap_compare(TeslaApp(EXPERTS), terminal_size=(80, 24), run_before=_caught_up)

@@ -16,10 +16,14 @@ quits once the worker has ended, so a run is never torn down mid-write. "job fin
 (or "stopped after cancel") is logged only once the reader has caught up with the job's
 last lines, so the Log tab tells events in the order they happened.
 
-Layout: a three-line run header, tabs (Training, Memory, Accuracy, Images, Log) and the
-footer. At 80x24 the Training tab holds the loss and learned-lr plots; from 120x36 on it
-also shows the memory and accuracy plots in a 2x2 grid, and the Accuracy tab puts the
-table beside its plot.
+Layout: the run header (three lines at 80 columns, whole: a part that does not fit moves
+to a fourth line rather than being cut), tabs (Training, Memory, Accuracy, Images, Log)
+and the footer with the keys, 1-5 included. At 80x24 the Training tab holds the loss and
+learned-lr plots; from 120x36 on it also shows the memory and accuracy plots in a 2x2
+grid. The Accuracy tab shows one row per model and subject (synthetic and its
+references, with a bar) above the accuracy plot, and from 120 columns the history of
+every evaluation beside the plot; a log of evaluations without iterations (``tesla
+evaluate``) gets the table alone.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any, Callable, Optional
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Container, Grid
+from textual.containers import Grid, Horizontal
 from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Footer, TabbedContent, TabPane
@@ -49,6 +53,7 @@ from tesla.app.tui.widgets import (
     MemoryNumbers,
     MemoryPlot,
     PreviewView,
+    ResultsTable,
     RunHeader,
     SecondPlot,
 )
@@ -92,7 +97,7 @@ class TeslaApp(App):
     VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
 
     CSS = """
-    RunHeader { height: 3; padding: 0 1; background: $boost; }
+    RunHeader { height: auto; max-height: 6; padding: 0 1; background: $boost; }
     TabbedContent { height: 1fr; }
     TabPane { padding: 0; }
     #training-grid { grid-size: 2 1; grid-gutter: 0 1; height: 1fr; }
@@ -100,22 +105,24 @@ class TeslaApp(App):
     Screen.-wide.-tall #training-grid { grid-size: 2 2; grid-gutter: 1 1; }
     Screen.-wide.-tall .big-only { display: block; }
     MemoryNumbers { height: 2; padding: 0 1; }
-    #accuracy-body { layout: vertical; height: 1fr; }
-    Screen.-wide #accuracy-body { layout: horizontal; }
-    EvalTable { height: 1fr; }
-    Screen.-wide EvalTable { width: 52; }
+    ResultsTable { height: auto; max-height: 8; }
+    #accuracy-body { height: 1fr; }
+    EvalTable { display: none; }
+    Screen.-wide EvalTable { display: block; width: 48; height: 1fr; }
     #accuracy-plot { height: 1fr; }
+    #tab-accuracy.-no-axis #accuracy-body { display: none; }
+    #tab-accuracy.-no-axis ResultsTable { max-height: 100%; }
     PreviewView { padding: 0 1; }
     """
 
     BINDINGS = [
         Binding("q", "quit", "Quit"),
         Binding("c", "cancel_job", "Cancel job"),
-        Binding("1", "show_tab('tab-training')", "Training", show=False),
-        Binding("2", "show_tab('tab-memory')", "Memory", show=False),
-        Binding("3", "show_tab('tab-accuracy')", "Accuracy", show=False),
-        Binding("4", "show_tab('tab-images')", "Images", show=False),
-        Binding("5", "show_tab('tab-log')", "Log", show=False),
+        Binding("1", "show_tab('tab-training')", "Training"),
+        Binding("2", "show_tab('tab-memory')", "Memory"),
+        Binding("3", "show_tab('tab-accuracy')", "Accuracy"),
+        Binding("4", "show_tab('tab-images')", "Images"),
+        Binding("5", "show_tab('tab-log')", "Log"),
     ]
 
     revision: reactive[int] = reactive(0)
@@ -158,7 +165,8 @@ class TeslaApp(App):
                 yield MemoryNumbers(id="memory-numbers").data_bind(bind)
                 yield MemoryPlot(id="memory-plot").data_bind(bind)
             with TabPane("Accuracy", id="tab-accuracy"):
-                with Container(id="accuracy-body"):
+                yield ResultsTable(id="results-table").data_bind(bind)
+                with Horizontal(id="accuracy-body"):
                     yield EvalTable(id="eval-table").data_bind(bind)
                     yield AccuracyPlot(id="accuracy-plot").data_bind(bind)
             with TabPane("Images", id="tab-images"):
@@ -210,6 +218,10 @@ class TeslaApp(App):
         if self.state.revision != self._state_seen or self.state is not self._state_obj:
             self._state_seen, self._state_obj = self.state.revision, self.state
             self.revision += 1
+            # evaluations without iterations (``tesla evaluate``): the table says it all
+            no_axis = bool(self.state.evaluations) and not self.state.has_steps
+            for pane in self.query("#tab-accuracy"):
+                pane.set_class(no_axis, "-no-axis")
 
     # -- the job --------------------------------------------------------------------------
     @work(thread=True, exit_on_error=False, name="tesla job", group="job")

@@ -167,6 +167,8 @@ def test_state_folds_an_expert_run():
     assert state.accuracy_series()["expert test"][0] == (1, 34.0)
     assert dict(state.header_labels()) == {"data": "cifar10", "model": "ConvNet", "experts": "2", "epochs": "3"}
     assert "device alloc" not in state.memory_series() and state.memory_reference == pytest.approx(900.0)
+    assert [line.text for line in state.log if line.level == "checkpoint"] == [
+        "expert 0 saved to experts.h5/expert_0", "expert 1 saved to experts.h5/expert_1"]
 
 
 def test_state_tolerates_odd_input():
@@ -369,7 +371,7 @@ def test_job_mode_cancel_stops_the_job(tmp_path):
             texts = _log_texts(app)
             order = [next(i for i, t in enumerate(texts) if needle in t) for needle in
                      ("distill started", "cancel requested", "ConvNet synthetic: 41.50 ± 0.50",
-                      f"checkpoint @ {job.iterations}", "distill cancelled", "job stopped after cancel")]
+                      f"checkpoint [{job.iterations}] saved to ckpt", "distill cancelled", "job stopped after cancel")]
             assert order == sorted(order) and order[-1] == len(texts) - 1
             await pilot.press("q")
         assert app.return_code == 0
@@ -409,7 +411,7 @@ def test_job_mode_logs_the_end_after_the_jobs_last_lines(tmp_path):
         async with app.run_test(size=(80, 24)) as pilot:
             await _wait_for(pilot, lambda: any(line.text == "job finished" for line in app.state.log))
             texts = [line.text for line in app.state.log]
-            assert texts[-3:] == ["checkpoint @ 3: ckpt", "distill completed", "job finished"]
+            assert texts[-3:] == ["saved to ckpt", "distill completed", "job finished"]
             assert app.job_status == "finished" and app.state.status == "completed"
 
     asyncio.run(run())
@@ -427,7 +429,7 @@ def test_log_tab_shows_evaluations_in_order():
                 "result     [0] ConvNet random-real: 26.00 ± 0.70 % over 3 networks",
                 "warning    [20] learned lr clamped to min_lr once",
                 "result     [25] ConvNet synthetic: 58.40 ± 0.60 % over 3 networks",
-                "checkpoint [25] checkpoint @ 25: runs/cifar10-ipc10/synthetic.zarr/checkpoints/000025",
+                "checkpoint [25] saved to runs/cifar10-ipc10/synthetic.zarr/checkpoints/000025",
                 "result     [50] ConvNet synthetic: 63.10 ± 0.40 % over 3 networks"]
 
     asyncio.run(run())

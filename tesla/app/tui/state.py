@@ -257,7 +257,10 @@ class RunState:
                   + ("s" if e.n != 1 else ""), e.iteration)
 
     def _on_checkpoint(self, e: ev.Checkpoint) -> None:
-        self._log("checkpoint", f"checkpoint @ {e.iteration}: {e.path}", e.iteration)
+        if self.is_experts:  # an expert's trajectory is complete; ``iteration`` is its index
+            self._log("checkpoint", f"expert {e.iteration} saved to {e.path}")
+        else:
+            self._log("checkpoint", f"saved to {e.path}", e.iteration)
 
     def _on_preview(self, e: ev.Preview) -> None:
         self.preview = e

@@ -1,9 +1,14 @@
-"""The terminal UI: the pure RunState fold, the half-block preview, the app driven by
-Textual's pilot on recorded runs (following a growing log, job mode with cancel), the
-``monitor`` command's error path, and SVG snapshots at 80x24 and 120x40.
+"""The terminal UI: the pure RunState fold (results per model and subject, log lines),
+the header's packing, integer ticks, the half-block preview and its re-tiling, the app
+driven by Textual's pilot on recorded runs (following a growing log, job mode with cancel
+and the order of its log lines, the Log tab, a lone accuracy point), the ``monitor``
+command's error path, and SVG snapshots at 80x24 and 120x40.
 
 Recorded runs live in ``tui_fixtures/`` (written by ``tui_fixtures/make_fixtures.py``).
-Snapshots: ``pytest tests/e2e/test_tui.py --snapshot-update`` rewrites ``__snapshots__``.
+The app reads its log in a thread (``test_tui_follow.py``), so every test waits for
+``app.caught_up`` before it looks. Snapshots: ``pytest tests/e2e/test_tui.py -k NAME
+--snapshot-update`` rewrites the named ones in ``__snapshots__``; look at them before
+committing.
 """
 
 from __future__ import annotations

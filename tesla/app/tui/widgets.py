@@ -224,7 +224,7 @@ class SeriesPlot(Vertical):
 
     DEFAULT_CSS = """
     SeriesPlot { height: 1fr; }
-    SeriesPlot > .legend { width: 1fr; height: auto; padding: 0 1; }
+    SeriesPlot > .legend { width: 1fr; height: 1; padding: 0 1; }
     """
 
     title = "plot"
@@ -254,7 +254,8 @@ class SeriesPlot(Vertical):
             return
         state = _state(self)
         curves = [c for c in self.curves(state) if c.points]
-        self.query_one(".legend", Static).update(self.legend(state, curves))
+        legend = self.query_one(".legend", Static)
+        legend.update(self.legend(state, curves, self.size.width - 2))  # less the legend's padding
         canvas = self.query_one(Canvas)
         plt = canvas.plt
         plt.clear_data()
@@ -287,21 +288,34 @@ class SeriesPlot(Vertical):
             plt.scatter(xs if not curve.flat else xs[-1:], ys if not curve.flat else ys[-1:],
                         marker=DOT, color=curve.colour)
 
-    def legend(self, state: RunState, curves: list[Curve]) -> Text:
+    def legend(self, state: RunState, curves: list[Curve], width: int = 0, values: bool = True) -> Text:
+        """One line: the title, then each curve's mark, name and latest value. When it is
+        wider than ``width`` the values go first (the header and tables show them), then
+        the end is cut."""
         title = self.plot_title(state)
         if len(curves) == 1 and curves[0].label in title:  # the title names the one curve
             curve = curves[0]
-            return (Text(DOT + " ", RICH_NAMES.get(curve.colour, curve.colour)).append(title, "bold")
-                    .append(f" {curve.value}", "dim"))
-        text = Text(title, "bold")
-        if not curves:
-            return text.append(" (no data yet)", "dim")
-        for curve in curves:
-            colour = RICH_NAMES.get(curve.colour, curve.colour)
-            text.append(GAP).append(DOT if not curve.flat else "─", colour).append(f" {curve.label}")
-            if curve.value:
+            text = Text(DOT + " ", RICH_NAMES.get(curve.colour, curve.colour)).append(title, "bold")
+            if values:
                 text.append(f" {curve.value}", "dim")
+        else:
+            text = Text(title, "bold")
+            if not curves:
+                text.append(" (no data yet)", "dim")
+            for curve in curves:
+                colour = RICH_NAMES.get(curve.colour, curve.colour)
+                text.append(GAP).append(DOT if not curve.flat else "─", colour).append(f" {curve.label}")
+                if curve.value and values:
+                    text.append(f" {curve.value}", "dim")
+        if width and text.cell_len > width:
+            if values:
+                return self.legend(state, curves, width, values=False)
+            text.truncate(width, overflow="ellipsis")
+        text.no_wrap = True
         return text
+
+    def on_resize(self) -> None:
+        self.replot()  # the legend fits its line anew
 
 
 def _last(points: list, fmt: str) -> str:

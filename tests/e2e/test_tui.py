@@ -1,9 +1,14 @@
-"""The terminal UI: the pure RunState fold, the half-block preview, the app driven by
-Textual's pilot on recorded runs (following a growing log, job mode with cancel), the
-``monitor`` command's error path, and SVG snapshots at 80x24 and 120x40.
+"""The terminal UI: the pure RunState fold (results per model and subject, log lines),
+the header's packing, integer ticks, the half-block preview and its re-tiling, the app
+driven by Textual's pilot on recorded runs (following a growing log, job mode with cancel
+and the order of its log lines, the Log tab, a lone accuracy point), the ``monitor``
+command's error path, and SVG snapshots at 80x24 and 120x40.
 
 Recorded runs live in ``tui_fixtures/`` (written by ``tui_fixtures/make_fixtures.py``).
-Snapshots: ``pytest tests/e2e/test_tui.py --snapshot-update`` rewrites ``__snapshots__``.
+The app reads its log in a thread (``test_tui_follow.py``), so every test waits for
+``app.caught_up`` before it looks. Snapshots: ``pytest tests/e2e/test_tui.py -k NAME
+--snapshot-update`` rewrites the named ones in ``__snapshots__``; look at them before
+committing.
 """
 
 from __future__ import annotations
@@ -21,14 +26,18 @@ from typer.testing import CliRunner
 from tesla.adapters.events.jsonl import JsonlSink, read_events
 from tesla.app.cli.monitor import register
 from tesla.app.tui.app import TeslaApp
-from tesla.app.tui.preview import fit_size, half_blocks
-from tesla.app.tui.state import RunState, format_duration, thin
-from tesla.app.tui.widgets import EvalTable, LogPanel, RunHeader
+from rich.text import Text
+
+from tesla.app.tui.preview import choose_layout, fit_size, grid_geometry, half_blocks, tile_preview
+from tesla.app.tui.state import RunState, format_duration, integer_ticks, thin
+from tesla.app.tui.widgets import AccuracyPlot, Canvas, EvalTable, LogPanel, ResultsTable, RunHeader, header_text, pack
 from tesla.domain import events as ev
 
 FIXTURES = Path(__file__).parent / "tui_fixtures"
 DISTILL = FIXTURES / "distill_run"
 EXPERTS = FIXTURES / "experts_run"
+SINGLE = FIXTURES / "single_eval_run"
+EVALUATE = FIXTURES / "evaluate_run"
 
 
 def _events(run: Path) -> list:
@@ -47,6 +56,12 @@ async def _wait_for(pilot, condition, timeout: float = 10.0) -> None:
             return
         await pilot.pause(0.02)
     assert condition(), "condition not reached"
+
+
+async def _caught_up(pilot) -> None:
+    """Wait until the reader thread has read the whole log and the screen shows it."""
+    await _wait_for(pilot, lambda: pilot.app.caught_up)
+    await pilot.pause()
 
 
 # -- RunState: pure folding ----------------------------------------------------------------
@@ -71,8 +86,65 @@ def test_state_folds_a_distillation_run():
     mem = state.memory_series()
     assert set(mem) == {"device alloc", "device peak", "host RSS"}
     assert state.memory_reference == pytest.approx(1400.0)
-    assert state.preview.iteration == 25 and state.preview.per_class == 1
-    assert [line.level for line in state.log] == ["info", "warning", "checkpoint"]
+    assert state.preview.iteration == 25 and state.preview.per_class == 3
+    # evaluation results are log lines too, in the order they came
+    assert [line.level for line in state.log] == ["info", "result", "warning", "result", "checkpoint", "result"]
+    results = [line for line in state.log if line.level == "result"]
+    assert [(r.iteration, r.text) for r in results] == [
+        (0, "ConvNet random-real: 26.00 ± 0.70 % over 3 networks"),
+        (25, "ConvNet synthetic: 58.40 ± 0.60 % over 3 networks"),
+        (50, "ConvNet synthetic: 63.10 ± 0.40 % over 3 networks")]
+
+
+def test_state_results_per_model_and_subject():
+    state = RunState()
+    state.apply_all(_events(DISTILL))
+    rows = state.results()
+    assert [(r.model, r.subject, r.latest.mean, r.best.mean, r.count) for r in rows] == [
+        ("ConvNet", "synthetic", 63.1, 63.1, 2), ("ConvNet", "random-real", 26.0, 26.0, 1)]
+    state = RunState()
+    state.apply_all(_events(EVALUATE))  # what ``tesla evaluate`` writes: no iterations
+    assert [(r.model, r.subject) for r in state.results()] == [
+        (m, s) for m in ("ConvNet", "ResNet18") for s in ("synthetic", "random-real", "full-real")]
+    assert state.results()[5].latest.mean == 92.1 and state.best().mean == 64.8
+    assert state.unit == "networks" and not state.has_steps
+    assert (state.done, state.progress_total, state.status) == (12, 12, "completed")
+    state.apply(ev.Evaluation(model="ConvNet", subject="synthetic", mean=60.0, std=0.1, n=2))  # worse, later
+    row = state.results()[0]
+    assert (row.latest.mean, row.best.mean, row.count) == (60.0, 64.8, 2)
+
+
+def test_integer_ticks():
+    assert integer_ticks(1, 50, 6) == [10, 20, 30, 40, 50]
+    assert integer_ticks(0, 50, 11) == [0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
+    assert integer_ticks(1, 6, 10) == [1, 2, 3, 4, 5, 6] and integer_ticks(1, 6, 4) == [2, 4, 6]
+    assert integer_ticks(30, 30, 5) == [30] and integer_ticks(0.2, 0.8, 5) == []
+    assert integer_ticks(1, 10**6, 8) == [200_000, 400_000, 600_000, 800_000, 1_000_000]
+    for lo, hi, n in ((1, 50, 6), (3, 997, 7), (0, 7, 3), (12, 13, 2), (1, 10**5, 4)):
+        ticks = integer_ticks(lo, hi, n)
+        assert 1 <= len(ticks) <= max(n, 2) and all(isinstance(t, int) and lo <= t <= hi for t in ticks)
+
+
+@pytest.mark.parametrize("run", [DISTILL, SINGLE, EVALUATE, EXPERTS], ids=lambda p: p.name)
+def test_header_is_whole_at_80_columns(run):
+    state = RunState()
+    state.apply_all(_events(run))
+    lines = header_text(state, width=78).plain.split("\n")  # 80 columns less the padding
+    assert len(lines) == 3 and all(len(line) <= 78 and "…" not in line for line in lines)
+    assert lines[1].startswith(state.status) and format_duration(state.elapsed) in lines[2]
+
+
+def test_header_moves_parts_that_do_not_fit_to_a_new_line():
+    state = RunState()
+    state.apply_all(_events(DISTILL))
+    lines = header_text(state, job_status="running", width=40).plain.split("\n")
+    assert len(lines) > 3 and all(len(line) <= 40 and "…" not in line for line in lines)
+    words = " ".join(lines)
+    for part in ("teacher-target", "iteration 50/50", "ETA 0:00:00", "best 63.10%", "host 2105 MiB",
+                 "dev 702/1400 MiB"):
+        assert part in words  # whole, never cut across lines
+    parts = [Text("a" * 10), Text("b" * 10), Text("c" * 50)]
+    assert [t.plain for t in pack([parts], 25)] == ["a" * 10 + "  " + "b" * 10, "c" * 24 + "…"]
 
 
 def test_state_eta_and_resume():
@@ -100,6 +172,8 @@ def test_state_folds_an_expert_run():
     assert state.accuracy_series()["expert test"][0] == (1, 34.0)
     assert dict(state.header_labels()) == {"data": "cifar10", "model": "ConvNet", "experts": "2", "epochs": "3"}
     assert "device alloc" not in state.memory_series() and state.memory_reference == pytest.approx(900.0)
+    assert [line.text for line in state.log if line.level == "checkpoint"] == [
+        "expert 0 saved to experts.h5/expert_0", "expert 1 saved to experts.h5/expert_1"]
 
 
 def test_state_tolerates_odd_input():
@@ -135,6 +209,50 @@ def test_half_blocks_paint_two_pixels_per_cell():
     assert fit_size(30, 72, 200, 5) == (10, 24)  # 5 rows of cells = 10 pixel rows
     big = [[[i % 256, 0, 0] for _ in range(64)] for i in range(64)]
     assert max(len(line) for line in half_blocks(big, 16, 4).plain.split("\n")) == 8
+    # growing: by whole factors only (nearest neighbour stays sharp), and only when asked
+    assert fit_size(8, 10, 35, 20) == (8, 10) and fit_size(8, 10, 35, 20, upscale=True) == (24, 30)
+    grown = half_blocks(pixels, width=4, height=2, upscale=True)  # 2x2 pixels -> x2 = 4x4
+    assert grown.plain == "▀▀▀▀\n▀▀▀▀"
+    colours = [(s.style.color.triplet, s.style.bgcolor.triplet) for s in grown.spans]
+    assert colours[:4] == [((255, 0, 0), (255, 0, 0))] * 2 + [((0, 255, 0), (0, 255, 0))] * 2
+    assert colours[4:] == [((0, 0, 255), (0, 0, 255))] * 2 + [((255, 255, 255), (255, 255, 255))] * 2
+
+
+def _grid(classes: int, per_class: int, side: int, pad: int = 1) -> list:
+    """A make_grid-like picture whose every image is one colour: (class, index, 7)."""
+    rows, cols = per_class * (side + pad) + pad, classes * (side + pad) + pad
+    grid = [[[0, 0, 0] for _ in range(cols)] for _ in range(rows)]
+    for c in range(classes):
+        for k in range(per_class):
+            for r in range(side):
+                for j in range(side):
+                    grid[pad + k * (side + pad) + r][pad + c * (side + pad) + j] = [c, k, 7]
+    return grid
+
+
+def test_preview_is_retiled_to_use_the_cells():
+    grid = _grid(10, 3, 16)  # the distill service's preview: 171 x 52 px
+    assert grid_geometry(len(grid), len(grid[0]), 3) == (16, 1, 10)
+    assert grid_geometry(30, 72, 1) is None  # not a grid of square images: drawn whole
+    # 80x24: 78 x 16 cells once the caption is shown. As it comes the strip would shrink
+    # to 78/171 (7 px images); one image per class in two bands of five is ~14 px.
+    lay = choose_layout(10, 3, 16, 1, 78, 16)
+    assert (lay.shown, lay.across) == (1, 5) and lay.scale * 16 >= 13
+    tiled = tile_preview(grid, 3, 78, 16)
+    assert (tiled.classes, tiled.shown, tiled.size) == (10, 1, 16)
+    assert tiled.describe() == "10 classes, 1 of 3 per class, 14 px each"
+    # class c sits in band c // 5, column c % 5, its first image only
+    for c in range(10):
+        top, left = 1 + (c // 5) * (16 + 1 + 1), 1 + (c % 5) * 17
+        block = {tuple(p) for row in tiled.pixels[top:top + 16] for p in row[left:left + 16]}
+        assert block == {(c, 0, 7)}
+    # 120x40 (118 x 32 cells): two of each class at native size
+    assert tile_preview(grid, 3, 118, 32).shown == 2
+    # a big terminal: all of them, grown by a whole factor
+    big = tile_preview(grid, 3, 400, 120)
+    assert (big.shown, big.scale) == (3, 2) and big.describe().endswith("32 px each")
+    drawn = half_blocks(big.pixels, 400, 120, upscale=True).plain.split("\n")
+    assert len(drawn[0]) == 2 * len(big.pixels[0]) and len(drawn) == len(big.pixels)
 
 
 # -- the app on recorded and growing runs -----------------------------------------------------
@@ -143,7 +261,7 @@ def test_app_shows_a_recorded_run():
     async def run() -> None:
         app = TeslaApp(DISTILL)
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.pause()
+            await _caught_up(pilot)
             header = _header(app)
             assert "iteration 50/50" in header and "IPC 10" in header and "teacher-target" in header
             assert len(app.state.losses) == 50
@@ -166,7 +284,7 @@ def test_app_follows_lines_appended_while_it_runs(tmp_path):
     async def run() -> None:
         app = TeslaApp(run_dir, poll_interval=0.05)
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.pause()
+            await _caught_up(pilot)
             assert "iteration 30/50" in _header(app) and len(app.state.losses) == 30
             with open(run_dir / "events.jsonl", "ab") as f:
                 f.write(b"".join(lines[cut + 1:]))
@@ -188,7 +306,7 @@ def test_app_waits_for_a_log_that_does_not_exist_yet(tmp_path):
     async def run() -> None:
         app = TeslaApp(tmp_path, poll_interval=0.05)
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.pause()
+            await _caught_up(pilot)
             assert "waiting for events" in _header(app)
             shutil.copy(EXPERTS / "events.jsonl", tmp_path / "events.jsonl")
             await _wait_for(pilot, lambda: app.state.status == "completed")
@@ -203,7 +321,7 @@ def test_app_starts_over_when_the_log_is_replaced(tmp_path):
     async def run() -> None:
         app = TeslaApp(tmp_path, poll_interval=0.05)
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.pause()
+            await _caught_up(pilot)
             assert app.state.job == "distill"
             shutil.copy(EXPERTS / "events.jsonl", tmp_path / "events.jsonl")  # shorter: a new run
             await _wait_for(pilot, lambda: app.state.job == "experts" and app.state.status == "completed")
@@ -229,6 +347,8 @@ class FakeJob:
                                       expert=0, start_epoch=0, seconds=0.01))
                 sink.emit(ev.Warning(message="the app's sink accepts events too"))
                 cancel.wait(0.01)
+            log.emit(ev.Evaluation(model="ConvNet", subject="synthetic", mean=41.5, std=0.5, n=2,
+                                   iteration=self.iterations))
             log.emit(ev.Checkpoint(path="ckpt", iteration=self.iterations))
             log.emit(ev.RunFinished(status="cancelled"))
         self.stopped_cleanly.set()
@@ -248,10 +368,111 @@ def test_job_mode_cancel_stops_the_job(tmp_path):
             await _wait_for(pilot, lambda: app.job_status == "cancelled")
             assert job.stopped_cleanly.is_set()
             await _wait_for(pilot, lambda: app.state.status == "cancelled")
-            assert any(line.level == "checkpoint" for line in app.state.log)
+            await pilot.press("5")  # the Log tab
+            await _wait_for(pilot, lambda: any("job stopped after cancel" in t for t in _log_texts(app)))
             assert app.state.done == job.iterations
+            # the Log tab tells it in the order it happened: the job's last lines (its
+            # evaluation, checkpoint and finish), then the job's end
+            texts = _log_texts(app)
+            order = [next(i for i, t in enumerate(texts) if needle in t) for needle in
+                     ("distill started", "cancel requested", "ConvNet synthetic: 41.50 ± 0.50",
+                      f"checkpoint [{job.iterations}] saved to ckpt", "distill cancelled", "job stopped after cancel")]
+            assert order == sorted(order) and order[-1] == len(texts) - 1
             await pilot.press("q")
         assert app.return_code == 0
+
+    asyncio.run(run())
+
+
+LEVELS = ("info", "result", "warning", "error", "checkpoint")
+
+
+def _log_texts(app: TeslaApp) -> list[str]:
+    """The entries the Log tab shows, as text: a line that does not start with a level
+    continues the entry above (the panel wraps long lines)."""
+    entries: list[str] = []
+    for strip in app.query_one(LogPanel).lines:
+        text = strip.text.rstrip()
+        if entries and not text.startswith(LEVELS):
+            entries[-1] += " " + text
+        else:
+            entries.append(text)
+    return entries
+
+
+def test_job_mode_logs_the_end_after_the_jobs_last_lines(tmp_path):
+    """The job writes its last lines and returns at once: the app must not log "job
+    finished" before the reader has read them (it used to, before the checkpoint)."""
+    def job(sink, cancel):
+        with JsonlSink(tmp_path / "events.jsonl") as log:
+            log.emit(ev.RunStarted(job="distill", config={}, total=3))
+            for i in range(1, 4):
+                log.emit(ev.Iteration(iteration=i, total=3, loss=1.0, lr=0.01, expert=0, start_epoch=0, seconds=0.1))
+            log.emit(ev.Checkpoint(path="ckpt", iteration=3))
+            log.emit(ev.RunFinished(status="completed"))
+
+    async def run() -> None:
+        app = TeslaApp(tmp_path, job=job, poll_interval=5.0)  # a slow poll: only the wake can be in time
+        async with app.run_test(size=(80, 24)) as pilot:
+            await _wait_for(pilot, lambda: any(line.text == "job finished" for line in app.state.log))
+            texts = [line.text for line in app.state.log]
+            assert texts[-3:] == ["saved to ckpt", "distill completed", "job finished"]
+            assert app.job_status == "finished" and app.state.status == "completed"
+
+    asyncio.run(run())
+
+
+def test_log_tab_shows_evaluations_in_order():
+    async def run() -> None:
+        app = TeslaApp(DISTILL)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await _caught_up(pilot)
+            await pilot.press("5")
+            await _wait_for(pilot, lambda: len(_log_texts(app)) >= 6)
+            assert _log_texts(app) == [
+                "info       distill started (total 50)",
+                "result     [0] ConvNet random-real: 26.00 ± 0.70 % over 3 networks",
+                "warning    [20] learned lr clamped to min_lr once",
+                "result     [25] ConvNet synthetic: 58.40 ± 0.60 % over 3 networks",
+                "checkpoint [25] saved to runs/cifar10-ipc10/synthetic.zarr/checkpoints/000025",
+                "result     [50] ConvNet synthetic: 63.10 ± 0.40 % over 3 networks"]
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_a_single_accuracy_point_is_drawn_and_the_header_is_whole(size):
+    async def run() -> None:
+        app = TeslaApp(SINGLE)
+        async with app.run_test(size=size) as pilot:
+            await _caught_up(pilot)
+            await pilot.press("3")
+            await pilot.pause()
+            header = _header(app).split("\n")
+            assert len(header) == 3 and "…" not in _header(app) and "0:00:14" in header[2]
+            plot = app.query_one("#accuracy-plot", AccuracyPlot)
+            assert plot.region.height >= 10  # not squeezed under the table
+            drawn = app.query_one("#accuracy-plot Canvas", Canvas).render().plain
+            assert drawn.count("●") == 1  # the one synthetic evaluation, inside the frame
+            dot_row = next(line for line in drawn.split("\n") if "●" in line)
+            assert dot_row.index("●") > len(dot_row) * 0.8  # at iteration 30 of 30: the right end
+            legend = str(plot.query_one(".legend").render())
+            assert "synthetic 46.70" in legend and "random-real 14.90" in legend and "full-real 84.60" in legend
+            table = app.query_one(ResultsTable)
+            assert table.row_count == 3 and table.display
+            ticks = drawn.rstrip().split("\n")[-1].split()
+            assert ticks and all(t.isdigit() for t in ticks)  # integer iteration ticks
+
+    asyncio.run(run())
+
+
+def test_footer_shows_the_tab_keys():
+    async def run() -> None:
+        app = TeslaApp(DISTILL)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await _caught_up(pilot)
+            shown = {key for key, active in app.active_bindings.items() if active.binding.show}
+            assert {"1", "2", "3", "4", "5", "q"} <= shown
 
     asyncio.run(run())
 
@@ -278,7 +499,7 @@ def test_job_mode_reports_a_failing_job(tmp_path):
         app = TeslaApp(tmp_path, job=broken, poll_interval=0.05)
         async with app.run_test(size=(80, 24)) as pilot:
             await _wait_for(pilot, lambda: app.job_status == "failed")
-            assert any("out of memory on purpose" in line.text for line in app.state.log)
+            await _wait_for(pilot, lambda: any("out of memory on purpose" in line.text for line in app.state.log))
             assert "job failed" in _header(app)
 
     asyncio.run(run())
@@ -302,16 +523,28 @@ def test_monitor_without_events_exits_2(tmp_path):
 # -- snapshots (deterministic: every figure comes from event timestamps) ------------------------
 
 def test_snapshot_80x24(snap_compare):
-    assert snap_compare(TeslaApp(DISTILL), terminal_size=(80, 24))
+    assert snap_compare(TeslaApp(DISTILL), terminal_size=(80, 24), run_before=_caught_up)
 
 
 def test_snapshot_120x40(snap_compare):
-    assert snap_compare(TeslaApp(DISTILL), terminal_size=(120, 40))
+    assert snap_compare(TeslaApp(DISTILL), terminal_size=(120, 40), run_before=_caught_up)
 
 
 def test_snapshot_images_tab_80x24(snap_compare):
-    assert snap_compare(TeslaApp(DISTILL), terminal_size=(80, 24), press=["4"])
+    assert snap_compare(TeslaApp(DISTILL), terminal_size=(80, 24), press=["4"], run_before=_caught_up)
 
 
 def test_snapshot_expert_run_80x24(snap_compare):
-    assert snap_compare(TeslaApp(EXPERTS), terminal_size=(80, 24))
+    assert snap_compare(TeslaApp(EXPERTS), terminal_size=(80, 24), run_before=_caught_up)
+
+
+def test_snapshot_single_accuracy_point_80x24(snap_compare):
+    assert snap_compare(TeslaApp(SINGLE), terminal_size=(80, 24), press=["3"], run_before=_caught_up)
+
+
+def test_snapshot_single_accuracy_point_120x40(snap_compare):
+    assert snap_compare(TeslaApp(SINGLE), terminal_size=(120, 40), press=["3"], run_before=_caught_up)
+
+
+def test_snapshot_evaluate_results_80x24(snap_compare):
+    assert snap_compare(TeslaApp(EVALUATE), terminal_size=(80, 24), press=["3"], run_before=_caught_up)

@@ -1,37 +1,49 @@
 """The Textual app that watches a run: ``tesla monitor RUN_DIR`` and the ``--tui`` of jobs.
 
-The screen knows a run only through ``RUN_DIR/events.jsonl``. A timer (every
-``poll_interval`` seconds) reads the lines appended since the last offset -- a cheap,
-bounded read on the UI thread that never waits -- folds them into a :class:`RunState`,
-and bumps the ``revision`` reactive the widgets are bound to. The same code therefore
+The screen knows a run only through ``RUN_DIR/events.jsonl``. A thread worker runs a
+:class:`~tesla.app.tui.follow.LogFollower` that reads the log in bounded chunks (every
+``poll_interval`` seconds once caught up) and posts each chunk's events as an
+:class:`EventsRead` message; the UI thread folds them into a :class:`RunState` and bumps
+the ``revision`` reactive the widgets are bound to (at most every
+:data:`REDRAW_INTERVAL` while a long log is caught up). No file is touched on the UI
+thread, so a slow filesystem or a 50 MB log never freezes the keys. The same code
 watches a run in another process, a finished run, and a job started here.
 
 Job mode: given ``job(sink, cancel)``, the app runs it in a thread worker. The job writes
 its own ``events.jsonl`` (the services do); the screen just follows the file. ``c`` sets
 ``cancel`` (the job stops at its next safe point and checkpoints); ``q`` does the same and
-quits once the worker has ended, so a run is never torn down mid-write.
+quits once the worker has ended, so a run is never torn down mid-write. "job finished"
+(or "stopped after cancel") is logged only once the reader has caught up with the job's
+last lines, so the Log tab tells events in the order they happened.
 
-Layout: a three-line run header, tabs (Training, Memory, Accuracy, Images, Log) and the
-footer. At 80x24 the Training tab holds the loss and learned-lr plots; from 120x36 on it
-also shows the memory and accuracy plots in a 2x2 grid, and the Accuracy tab puts the
-table beside its plot.
+Layout: the run header (three lines at 80 columns, whole: a part that does not fit moves
+to a fourth line rather than being cut), tabs (Training, Memory, Accuracy, Images, Log)
+and the footer with the keys, 1-5 included. At 80x24 the Training tab holds the loss and
+learned-lr plots; from 120x36 on it also shows the memory and accuracy plots in a 2x2
+grid. The Accuracy tab shows one row per model and subject (synthetic and its
+references, with a bar) above the accuracy plot, and from 120 columns the history of
+every evaluation beside the plot; a log of evaluations without iterations (``tesla
+evaluate``) gets the table alone.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Container, Grid
+from textual.containers import Grid, Horizontal
+from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Footer, TabbedContent, TabPane
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from tesla.adapters.events.jsonl import read_events
+from tesla.app.tui.follow import CHUNK_BYTES, Batch, LogFollower
 from tesla.app.tui.state import RunState
 from tesla.app.tui.widgets import (
     AccuracyPlot,
@@ -41,6 +53,7 @@ from tesla.app.tui.widgets import (
     MemoryNumbers,
     MemoryPlot,
     PreviewView,
+    ResultsTable,
     RunHeader,
     SecondPlot,
 )
@@ -49,7 +62,15 @@ from tesla.domain.ports import EventSink, NullSink
 Job = Callable[[EventSink, threading.Event], Any]
 
 EVENTS_FILE = "events.jsonl"
-MAX_READ_PER_TICK = 4 * 2**20  # bytes; a huge log is caught up over several ticks
+REDRAW_INTERVAL = 0.2  # seconds between redraws while a long log is being caught up
+
+
+class EventsRead(Message):
+    """A bounded batch of the log, read by the follower's thread."""
+
+    def __init__(self, batch: Batch) -> None:
+        super().__init__()
+        self.batch = batch
 
 
 class TeslaApp(App):
@@ -60,7 +81,14 @@ class TeslaApp(App):
         job: ``job(sink, cancel)`` run in a thread; it must return when ``cancel`` is set.
             ``sink`` is a do-nothing sink: the job's events reach the screen through the
             file it writes.
-        poll_interval: seconds between reads of the log.
+        poll_interval: seconds between reads of a log that has stopped growing.
+        read_chunk: at most this many bytes of the log are parsed per batch.
+        read: the log reader (:func:`~tesla.adapters.events.jsonl.read_events`; tests
+            slow it down to stand for a slow filesystem).
+
+    Attributes:
+        caught_up: the reader has reached the end of the log (as of its last read).
+        batches: how many batches have been folded.
     """
 
     TITLE = "tesla"
@@ -69,7 +97,7 @@ class TeslaApp(App):
     VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
 
     CSS = """
-    RunHeader { height: 3; padding: 0 1; background: $boost; }
+    RunHeader { height: auto; max-height: 6; padding: 0 1; background: $boost; }
     TabbedContent { height: 1fr; }
     TabPane { padding: 0; }
     #training-grid { grid-size: 2 1; grid-gutter: 0 1; height: 1fr; }
@@ -77,38 +105,48 @@ class TeslaApp(App):
     Screen.-wide.-tall #training-grid { grid-size: 2 2; grid-gutter: 1 1; }
     Screen.-wide.-tall .big-only { display: block; }
     MemoryNumbers { height: 2; padding: 0 1; }
-    #accuracy-body { layout: vertical; height: 1fr; }
-    Screen.-wide #accuracy-body { layout: horizontal; }
-    EvalTable { height: 1fr; }
-    Screen.-wide EvalTable { width: 52; }
+    ResultsTable { height: auto; max-height: 8; }
+    #accuracy-body { height: 1fr; }
+    EvalTable { display: none; }
+    Screen.-wide EvalTable { display: block; width: 48; height: 1fr; }
     #accuracy-plot { height: 1fr; }
+    #tab-accuracy.-no-axis #accuracy-body { display: none; }
+    #tab-accuracy.-no-axis ResultsTable { max-height: 100%; }
     PreviewView { padding: 0 1; }
     """
 
     BINDINGS = [
         Binding("q", "quit", "Quit"),
         Binding("c", "cancel_job", "Cancel job"),
-        Binding("1", "show_tab('tab-training')", "Training", show=False),
-        Binding("2", "show_tab('tab-memory')", "Memory", show=False),
-        Binding("3", "show_tab('tab-accuracy')", "Accuracy", show=False),
-        Binding("4", "show_tab('tab-images')", "Images", show=False),
-        Binding("5", "show_tab('tab-log')", "Log", show=False),
+        Binding("1", "show_tab('tab-training')", "Training"),
+        Binding("2", "show_tab('tab-memory')", "Memory"),
+        Binding("3", "show_tab('tab-accuracy')", "Accuracy"),
+        Binding("4", "show_tab('tab-images')", "Images"),
+        Binding("5", "show_tab('tab-log')", "Log"),
     ]
 
     revision: reactive[int] = reactive(0)
 
-    def __init__(self, run_dir: Path | str, job: Optional[Job] = None, *, poll_interval: float = 0.25) -> None:
+    def __init__(self, run_dir: Path | str, job: Optional[Job] = None, *, poll_interval: float = 0.25,
+                 read_chunk: int = CHUNK_BYTES, read: Callable[..., tuple[list, int]] = read_events) -> None:
         super().__init__()
         self.run_dir = Path(run_dir)
         self.events_path = self.run_dir / EVENTS_FILE
         self.job = job
         self.poll_interval = poll_interval
+        self.read_chunk = read_chunk
+        self._read = read
         self.cancel_event = threading.Event()
         self.state = RunState()
         self.job_status: Optional[str] = "starting" if job is not None else None
-        self._offset = 0
+        self.caught_up = False
+        self.batches = 0
+        self._follower: Optional[LogFollower] = None
+        self._reader: Optional[Worker] = None
+        self._last_bump = 0.0
         self._state_seen, self._state_obj = -1, self.state
         self._worker: Optional[Worker] = None
+        self._job_end: Optional[tuple[int, str, str]] = None  # (wake token, note, level) to log once caught up
         self._quit_when_done = False
         self.sub_title = str(self.run_dir)
 
@@ -127,7 +165,8 @@ class TeslaApp(App):
                 yield MemoryNumbers(id="memory-numbers").data_bind(bind)
                 yield MemoryPlot(id="memory-plot").data_bind(bind)
             with TabPane("Accuracy", id="tab-accuracy"):
-                with Container(id="accuracy-body"):
+                yield ResultsTable(id="results-table").data_bind(bind)
+                with Horizontal(id="accuracy-body"):
                     yield EvalTable(id="eval-table").data_bind(bind)
                     yield AccuracyPlot(id="accuracy-plot").data_bind(bind)
             with TabPane("Images", id="tab-images"):
@@ -137,40 +176,52 @@ class TeslaApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.poll_events(catch_up=True)  # the recorded part of the run, before the first frame
-        self.set_interval(self.poll_interval, self.poll_events)
+        self._start_reader()
         if self.job is not None:
             self._worker = self._run_job()
             self._set_job_status("running")
 
     # -- following the log ----------------------------------------------------------------
-    def poll_events(self, catch_up: bool = False) -> int:
-        """Fold the events appended since the last call; returns how many were read."""
+    def _start_reader(self) -> None:
+        self._follower = LogFollower(self.events_path, lambda batch: self.post_message(EventsRead(batch)),
+                                     poll=self.poll_interval, chunk=self.read_chunk, read=self._read)
+        follower = self._follower
+
+        def read_log() -> None:
+            worker = get_current_worker()
+            follower.run(cancelled=lambda: worker.is_cancelled)
+
+        self._reader = self.run_worker(read_log, thread=True, exit_on_error=False, name="tesla log reader",
+                                       group="reader")
+
+    def on_events_read(self, message: EventsRead) -> None:
+        """Fold one bounded batch of the log (the reader waits until this is done)."""
+        batch = message.batch
         try:
-            size = self.events_path.stat().st_size
-        except FileNotFoundError:
-            return 0
-        if size < self._offset:  # the log was replaced or truncated: start over
-            self.state, self._offset = RunState(), 0
-            self.state.note("info", f"{EVENTS_FILE} was replaced; reading it again from the start")
-        count = 0
-        while size > self._offset:
-            events, offset = read_events(self.events_path, self._offset, max_bytes=MAX_READ_PER_TICK)
-            if offset == self._offset:
-                break  # only a partial line so far
-            self._offset = offset
-            self.state.apply_all(events)
-            count += len(events)
-            if not catch_up:
-                break  # one bounded read per tick keeps the UI responsive
-        self._bump()
-        return count
+            if batch.reset:  # the log was replaced or truncated: a new run, start over
+                self.state = RunState()
+                self.state.note("info", f"{EVENTS_FILE} was replaced; reading it again from the start")
+            self.state.apply_all(batch.events)
+            self.batches += 1
+            self.caught_up = batch.eof
+            if batch.eof and self._job_end is not None and batch.wake >= self._job_end[0]:
+                self._log_job_end()
+        finally:
+            if self._follower is not None:
+                self._follower.consumed()
+        if batch.eof or time.monotonic() - self._last_bump >= REDRAW_INTERVAL:
+            self._bump()
 
     def _bump(self) -> None:
         """Tell the widgets (bound to ``revision``) that the state has moved on."""
+        self._last_bump = time.monotonic()
         if self.state.revision != self._state_seen or self.state is not self._state_obj:
             self._state_seen, self._state_obj = self.state.revision, self.state
             self.revision += 1
+            # evaluations without iterations (``tesla evaluate``): the table says it all
+            no_axis = bool(self.state.evaluations) and not self.state.has_steps
+            for pane in self.query("#tab-accuracy"):
+                pane.set_class(no_axis, "-no-axis")
 
     # -- the job --------------------------------------------------------------------------
     @work(thread=True, exit_on_error=False, name="tesla job", group="job")
@@ -184,21 +235,42 @@ class TeslaApp(App):
         self._bump()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker is self._reader and event.state == WorkerState.ERROR:
+            self.state.note("error", f"the log reader stopped: {event.worker.error}")
+            self._bump()
+            self._log_job_end()
+            return
         if event.worker is not self._worker:
             return
         if event.state == WorkerState.SUCCESS:
             cancelled = self.cancel_event.is_set()
-            self._set_job_status("cancelled" if cancelled else "finished",
-                                 "job stopped after cancel" if cancelled else "job finished")
+            self._end_job("cancelled" if cancelled else "finished",
+                          "job stopped after cancel" if cancelled else "job finished")
         elif event.state == WorkerState.ERROR:
             error = event.worker.error
-            self._set_job_status("failed", f"job failed: {type(error).__name__}: {error}", "error")
+            self._end_job("failed", f"job failed: {type(error).__name__}: {error}", "error")
             self.notify(f"job failed: {error}", severity="error", timeout=10)
         elif event.state == WorkerState.CANCELLED:
-            self._set_job_status("cancelled", "job cancelled")
-        else:
+            self._end_job("cancelled", "job cancelled")
+
+    def _end_job(self, status: str, note: str, level: str = "info") -> None:
+        """The job's thread has returned: its last lines are in the file but perhaps not
+        read yet. Log ``note`` once the reader has caught up with them."""
+        self.job_status = status
+        self._bump()
+        if self._follower is None or self._reader is None or self._reader.is_finished:
+            self._job_end = (0, note, level)
+            self._log_job_end()
             return
-        self.poll_events(catch_up=True)  # the job's last lines
+        self._job_end = (self._follower.wake(), note, level)
+
+    def _log_job_end(self) -> None:
+        if self._job_end is None:
+            return
+        _, note, level = self._job_end
+        self._job_end = None
+        self.state.note(level, note)
+        self._bump()
         if self._quit_when_done:
             self.exit()
 
@@ -236,8 +308,10 @@ class TeslaApp(App):
         self.query_one(TabbedContent).active = tab
 
     def on_unmount(self) -> None:
-        # However the app ends, a job thread must not outlive it unasked.
+        # However the app ends, neither the job nor the reader may outlive it unasked.
         self.cancel_event.set()
+        if self._follower is not None:
+            self._follower.stop()
 
 
 __all__ = ["TeslaApp", "EVENTS_FILE"]

@@ -27,6 +27,7 @@ from tesla.domain import events as ev
 RATE_WINDOW = 20  # iterations (or epochs) whose duration the rate averages over
 MAX_LOG = 500  # log lines kept for the log panel
 BASELINE_SUBJECTS = ("random-real", "full-real")
+SUBJECT_ORDER = ("synthetic",) + BASELINE_SUBJECTS
 
 
 @attrs.frozen
@@ -43,6 +44,17 @@ class EpochRow:
 
 
 @attrs.frozen
+class Result:
+    """The evaluations of one (model, subject): the latest, the best, how many."""
+
+    model: str
+    subject: str
+    latest: ev.Evaluation
+    best: ev.Evaluation
+    count: int
+
+
+@attrs.frozen
 class MemoryRow:
     """One memory sample; ``x`` is its iteration, or the sample's position when it has none."""
 
@@ -54,7 +66,7 @@ class MemoryRow:
 
 @attrs.frozen
 class LogLine:
-    """A line of the log panel. ``level``: info | warning | error | checkpoint."""
+    """A line of the log panel. ``level``: info | warning | error | checkpoint | result."""
 
     level: str
     text: str
@@ -82,6 +94,32 @@ def format_duration(seconds: Optional[float]) -> str:
         return "-"
     s = int(round(seconds))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def format_mib(n: Optional[float]) -> str:
+    """Bytes as whole MiB (the header's compact form), ``-`` when None."""
+    return "-" if n is None else f"{n / 2**20:.0f}"
+
+
+def format_accuracy(e: ev.Evaluation) -> str:
+    """``mean ± std`` in percent, two decimals."""
+    return f"{e.mean:.2f} ± {e.std:.2f}"
+
+
+def integer_ticks(lo: float, hi: float, max_count: int) -> list[int]:
+    """At most ``max_count`` round integers in ``[lo, hi]`` (steps 1, 2, 5 x 10^k) to
+    label an axis of iterations or epochs, which are never fractional."""
+    first, last = math.ceil(lo), math.floor(hi)
+    if last < first:
+        return []
+    if last == first or max_count <= 1:
+        return [first]
+    span, step = last - first, 1
+    while span // step + 1 > max_count:
+        step = next(m * 10**e for e in range(20) for m in (1, 2, 5) if m * 10**e > step)
+    start = -(-first // step) * step  # the first multiple of step at or above first
+    ticks = list(range(start, last + 1, step))
+    return ticks if len(ticks) > 1 else [first, last]
 
 
 def format_bytes(n: Optional[float]) -> str:
@@ -215,9 +253,14 @@ class RunState:
 
     def _on_evaluation(self, e: ev.Evaluation) -> None:
         self.evaluations.append(e)
+        self._log("result", f"{e.model} {e.subject}: {format_accuracy(e)} % over {e.n} network"
+                  + ("s" if e.n != 1 else ""), e.iteration)
 
     def _on_checkpoint(self, e: ev.Checkpoint) -> None:
-        self._log("checkpoint", f"checkpoint @ {e.iteration}: {e.path}", e.iteration)
+        if self.is_experts:  # an expert's trajectory is complete; ``iteration`` is its index
+            self._log("checkpoint", f"expert {e.iteration} saved to {e.path}")
+        else:
+            self._log("checkpoint", f"saved to {e.path}", e.iteration)
 
     def _on_preview(self, e: ev.Preview) -> None:
         self.preview = e
@@ -312,7 +355,18 @@ class RunState:
 
     @property
     def unit(self) -> str:
-        return "epoch" if self.is_experts else "iteration"
+        """What :attr:`done` counts: epochs, iterations, or the last Progress label (a
+        job without iterations, such as ``evaluate``)."""
+        if self.is_experts:
+            return "epoch"
+        if self.iteration is None and self.job != "distill" and self.progress:
+            return list(self.progress)[-1]
+        return "iteration"
+
+    @property
+    def has_steps(self) -> bool:
+        """Progress is counted in iterations or epochs (so there is a rate and an x axis)."""
+        return self.is_experts or self.iteration is not None or self.job == "distill"
 
     def header_labels(self) -> list[tuple[str, str]]:
         """``(label, value)`` pairs for the run header, only those the config holds."""
@@ -352,10 +406,6 @@ class RunState:
             }
         return {"learned lr": list(self.lrs)}
 
-    @property
-    def second_title(self) -> str:
-        return "accuracy % (expert)" if self.is_experts else "learned lr"
-
     def memory_series(self) -> dict[str, list[tuple[float, float]]]:
         """Memory in MiB over iterations: device allocated and peak (when on a GPU) and
         host RSS."""
@@ -379,10 +429,12 @@ class RunState:
         return value / 2**20
 
     def accuracy_series(self) -> dict[str, list[tuple[float, float]]]:
-        """Mean accuracy over iterations per subject (and model, when several were evaluated)."""
+        """Mean accuracy over iterations per subject (and model, when several were
+        evaluated): synthetic series first, then the references."""
         models = {e.model for e in self.evaluations}
         series: dict[str, list[tuple[float, float]]] = {}
-        for e in self.evaluations:
+        ordered = sorted(self.evaluations, key=lambda e: e.subject in BASELINE_SUBJECTS)  # stable
+        for e in ordered:
             label = e.subject if len(models) <= 1 else f"{e.model} {e.subject}"
             x = e.iteration if e.iteration is not None else (self.iteration or 0)
             series.setdefault(label, []).append((float(x), float(e.mean)))
@@ -391,6 +443,22 @@ class RunState:
             if tests:
                 series["expert test"] = tests
         return series
+
+    def results(self) -> list[Result]:
+        """One row per (model, subject) evaluated: models in the order first seen, then
+        synthetic, random-real, full-real (the references beside what they judge)."""
+        groups: dict[tuple[str, str], list[ev.Evaluation]] = {}
+        for e in self.evaluations:
+            groups.setdefault((e.model, e.subject), []).append(e)
+        models = list(dict.fromkeys(e.model for e in self.evaluations))
+
+        def order(key: tuple[str, str]) -> tuple:
+            subject = key[1]
+            rank = SUBJECT_ORDER.index(subject) if subject in SUBJECT_ORDER else len(SUBJECT_ORDER)
+            return models.index(key[0]), rank, subject
+
+        return [Result(model, subject, found[-1], max(found, key=lambda e: e.mean), len(found))
+                for (model, subject), found in sorted(groups.items(), key=lambda kv: order(kv[0]))]
 
     def best(self, subject: str = "synthetic") -> Optional[ev.Evaluation]:
         """The evaluation of ``subject`` with the highest mean."""
@@ -406,5 +474,5 @@ class RunState:
         return (max(peaks) if peaks else None, max((r.host_rss for r in self.memory), default=None))
 
 
-__all__ = ["RunState", "EpochRow", "MemoryRow", "LogLine", "thin", "model_name", "format_duration",
-           "format_bytes", "BASELINE_SUBJECTS"]
+__all__ = ["RunState", "EpochRow", "MemoryRow", "LogLine", "Result", "thin", "model_name", "format_duration",
+           "format_bytes", "format_mib", "format_accuracy", "integer_ticks", "BASELINE_SUBJECTS", "SUBJECT_ORDER"]

@@ -4,7 +4,13 @@
 
 Deterministic: fixed timestamps and closed-form values, so the snapshots stay stable.
 ``distill_run``: a distillation of 50 iterations with memory samples, a random-real
-baseline, two evaluations of the synthetic set, a preview, a warning and a checkpoint.
+baseline, two evaluations of the synthetic set, a preview (laid out as the distill
+service's ``make_grid``: 10 classes as columns, 3 images of 16 px each, 1 px border), a
+warning and a checkpoint.
+``single_eval_run``: a short distillation whose only synthetic evaluation comes at its
+end, with random-real and full-real references and a cancelled finish.
+``evaluate_run``: what ``tesla evaluate`` writes for two models: synthetic, random-real
+and full-real results without iterations, after progress events.
 ``experts_run``: two experts of three epochs each.
 """
 
@@ -35,20 +41,22 @@ DISTILL_CONFIG = {
 }
 
 
-def preview_pixels(classes: int = 10, per_row: int = 5, size: int = 12, pad: int = 2) -> list:
-    """A grid of one synthetic-looking image per class: hue per class, a soft blob."""
-    rows = classes // per_row
-    height, width = rows * size + (rows + 1) * pad, per_row * size + (per_row + 1) * pad
+def preview_pixels(classes: int = 10, per_class: int = 3, size: int = 16, pad: int = 1) -> list:
+    """A make_grid-like picture: class c in column c, ``per_class`` images down it, black
+    borders; each image a hue per class, a soft blob moving with the image's index and a
+    dark bar, so scaling mistakes show."""
+    height, width = per_class * (size + pad) + pad, classes * (size + pad) + pad
     grid = [[[0, 0, 0] for _ in range(width)] for _ in range(height)]
     for c in range(classes):
-        top = pad + (c // per_row) * (size + pad)
-        left = pad + (c % per_row) * (size + pad)
-        for i in range(size):
-            for j in range(size):
-                d = math.hypot(i - size / 2 + 0.5, j - size / 2 + 0.5) / (size / 2)
-                v = max(0.15, 1.0 - 0.8 * d)
-                r, g, b = colorsys.hsv_to_rgb(c / classes, 0.75, v)
-                grid[top + i][left + j] = [int(r * 255), int(g * 255), int(b * 255)]
+        for k in range(per_class):
+            top, left = pad + k * (size + pad), pad + c * (size + pad)
+            ci, cj = size / 2 - 0.5 + 2 * (k - 1), size / 2 - 0.5 - 2 * (k - 1)
+            for i in range(size):
+                for j in range(size):
+                    d = math.hypot(i - ci, j - cj) / (size / 2)
+                    v = 0.1 if i == size - 3 else max(0.15, 1.0 - 0.8 * d)
+                    r, g, b = colorsys.hsv_to_rgb(c / classes, 0.75, v)
+                    grid[top + i][left + j] = [int(r * 255), int(g * 255), int(b * 255)]
     return grid
 
 
@@ -77,10 +85,49 @@ def write_distill(path: Path) -> None:
                                         iteration=25, accuracies=(57.6, 58.7, 58.9), time=t + 5))
                 sink.emit(ev.Checkpoint(path="runs/cifar10-ipc10/synthetic.zarr/checkpoints/000025",
                                         iteration=25, time=t + 6))
-                sink.emit(ev.Preview(iteration=25, pixels=preview_pixels(), per_class=1, time=t + 6))
+                sink.emit(ev.Preview(iteration=25, pixels=preview_pixels(), per_class=3, time=t + 6))
                 t += 6
         sink.emit(ev.Evaluation(model="ConvNet", subject="synthetic", mean=63.1, std=0.4, n=3,
                                 iteration=50, accuracies=(62.6, 63.2, 63.5), time=t + 5))
+
+
+def write_single_eval(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    config = dict(DISTILL_CONFIG, distill=dict(DISTILL_CONFIG["distill"], iterations=30, ipc=1, labels="hard"))
+    with JsonlSink(path) as sink:
+        sink.emit(ev.RunStarted(job="distill", config=config, run_dir="runs/one-eval", total=30, time=T0))
+        sink.emit(ev.Evaluation(model="ConvNet", subject="random-real", mean=14.9, std=0.8, n=3,
+                                iteration=0, accuracies=(14.1, 14.9, 15.7), time=T0 + 1))
+        sink.emit(ev.Evaluation(model="ConvNet", subject="full-real", mean=84.6, std=0.3, n=3,
+                                accuracies=(84.3, 84.6, 84.9), time=T0 + 2))
+        t = T0 + 2
+        for i in range(1, 31):
+            t += 0.25
+            sink.emit(ev.Iteration(iteration=i, total=30, loss=round(0.9 - 0.01 * i, 6), lr=0.01, expert=i % 3,
+                                   start_epoch=i % 2, seconds=0.25, time=t))
+        sink.emit(ev.Evaluation(model="ConvNet", subject="synthetic", mean=46.7, std=1.1, n=3,
+                                iteration=30, accuracies=(45.6, 46.6, 47.9), time=t + 4))
+        sink.emit(ev.Checkpoint(path="runs/one-eval/synthetic.zarr/checkpoints/000030", iteration=30, time=t + 5))
+        sink.emit(ev.RunFinished(status="cancelled", summary={"iterations": 30}, time=t + 5))
+
+
+def write_evaluate(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    with JsonlSink(path) as sink:
+        sink.emit(ev.RunStarted(job="evaluate", config={"data": {"name": "cifar10"}, "distill": {"ipc": 10}},
+                                total=None, time=T0))
+        t = T0
+        results = {"ConvNet": (64.8, 31.2, 84.7), "ResNet18": (47.3, 27.9, 92.1)}
+        done = 0
+        for model, means in results.items():
+            for subject, mean in zip(("synthetic", "random-real", "full-real"), means):
+                for _ in range(2):
+                    t += 30
+                    done += 1
+                    sink.emit(ev.Progress(label="networks", done=done, total=12, time=t))
+                sink.emit(ev.Evaluation(model=model, subject=subject, mean=mean, std=0.5, n=2,
+                                        accuracies=(mean - 0.35, mean + 0.35), time=t))
+        sink.emit(ev.RunFinished(status="completed", time=t + 1))
 
 
 def write_experts(path: Path) -> None:
@@ -101,7 +148,8 @@ def write_experts(path: Path) -> None:
 
 
 if __name__ == "__main__":
-    for name, write in (("distill_run", write_distill), ("experts_run", write_experts)):
+    for name, write in (("distill_run", write_distill), ("single_eval_run", write_single_eval),
+                        ("evaluate_run", write_evaluate), ("experts_run", write_experts)):
         folder = HERE / name
         folder.mkdir(exist_ok=True)
         write(folder / "events.jsonl")

@@ -26,7 +26,9 @@ keeps every piece's graph for its final backward, so its memory does not shrink.
 Where the set lives (``set_on``): ``device`` (default) computes where the images are;
 ``host`` leaves the images, labels and the gradient accumulator in host memory and
 computes on ``device`` (default: the network's): each piece gathers its rows to the
-device, and ``accumulate`` scatters their gradient back into the host accumulator.
+device (through a page-locked buffer on CUDA), and ``accumulate`` scatters their
+gradient back into the host accumulator. Device memory then holds the network, the
+weight vectors and one piece's rows and activations, whatever the size of the set.
 
 Labels are class ids (N,), probabilities (N, K), or learned logits (N, K) softmaxed in
 the loss (``learned_labels=True``), in which case the data gradient also covers them.
@@ -63,7 +65,7 @@ class TorchCompute:
         micro_batch: compute each step in pieces of at most this many images (None: the
             whole batch at once). Refused (ConfigError) for a model with batch norm.
         set_on: ``device`` (the images are where the steps compute) or ``host`` (they stay
-            where they are, normally pinned host memory, and each step gathers its rows).
+            where they are, normally host memory, and each step gathers its rows).
         device: where the steps compute with ``set_on='host'`` (default: where the
             network's parameters are). With ``set_on='device'`` it may only name the
             images' device type.
@@ -90,7 +92,7 @@ class TorchCompute:
         self.set_on = check_set_on(set_on)
         self.device = self._compute_device(device)
         self._aug_params: dict[tuple[int, int], Any] = {}
-        # the accumulators live with the set: only host ops touch them, so they need no pinning
+        # the accumulators live with the set (host memory for set_on='host'); scatter adds into them
         self._images_grad = torch.zeros_like(self.images)
         self._labels_grad = torch.zeros_like(self.labels) if learned_labels else None
 
@@ -111,9 +113,18 @@ class TorchCompute:
         return pieces(n, self.micro_batch)
 
     def _gather(self, source: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Rows ``idx`` of ``source`` (the set, or a differentiable copy of it) on the compute device."""
-        rows = source[idx.to(source.device)]
-        return rows.to(self.device, non_blocking=True)
+        """Rows ``idx`` of ``source`` (the set, or a differentiable copy of it) on the compute device.
+
+        From host memory to CUDA the rows are gathered straight into page-locked memory and
+        copied asynchronously: gathering copies them anyway, so the set itself need not be
+        pinned (the caching host allocator keeps the buffer until the copy is done).
+        """
+        idx = idx.to(source.device)
+        if source.device.type == "cpu" and self.device.type == "cuda" and not source.requires_grad:
+            rows = torch.empty((len(idx), *source.shape[1:]), dtype=source.dtype, pin_memory=True)
+            torch.index_select(source, 0, idx, out=rows)
+            return rows.to(self.device, non_blocking=True)
+        return source[idx].to(self.device)
 
     def _step_params(self, step: Step, n: int) -> Any:
         """The step's augmentation parameters for its whole batch of ``n``: drawn from the

@@ -91,10 +91,13 @@ def slice_params(params: Any, start: int, stop: int) -> Any:
 
 
 def host_copy(t: torch.Tensor) -> torch.Tensor:
-    """A copy of ``t`` in host memory, page-locked where CUDA exists (fast, asynchronous
-    copies to the device); a plain CPU copy otherwise."""
-    out = t.detach().to("cpu", copy=True)
-    return out.pin_memory() if torch.cuda.is_available() else out
+    """A copy of ``t`` in (pageable) host memory.
+
+    Not page-locked: a step's rows are gathered out of the set, a copy anyway, and the
+    compute gathers them straight into a pinned buffer for the copy to the device, so
+    locking the whole set (gigabytes, with its momentum) would buy nothing.
+    """
+    return t.detach().to("cpu", copy=True)
 
 
 def module_device(module: nn.Module, default: torch.device) -> torch.device:

@@ -6,12 +6,12 @@ from plain numpy arrays so that a checkpoint holds everything needed to continue
 bit-for-bit (momentum buffers included). ``soft_labels`` is the teacher forward of
 TESLA's soft label assignment, in chunks so 50,000 images fit.
 
-``set_on='host'`` keeps the set (images, class ids, logits, lr) in host memory, pinned
-where CUDA exists so a step's rows copy to the device asynchronously; the optimisers'
-momentum buffers are made beside their parameters, so they stay on the host too and the
-update runs there. Device memory then does not grow with the set (the compute gathers
-each step's rows, see :class:`~tesla.adapters.torch.compute.TorchCompute`). The
-checkpoint arrays are the same either way.
+``set_on='host'`` keeps the set (images, class ids, logits, lr) in host memory; the
+optimisers' momentum buffers are made beside their parameters, so they stay on the host
+too and the update runs there. Device memory then does not grow with the set: the
+compute gathers each step's rows (:class:`~tesla.adapters.torch.compute.TorchCompute`),
+through a pinned buffer of its own, so the set itself is not page-locked. The checkpoint
+arrays are the same either way.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class SyntheticState:
 
     Args:
         set_on: ``device`` keeps every tensor where ``images`` is; ``host`` copies them to
-            (pinned) host memory, where the optimisers then update them.
+            host memory, where the optimisers then update them.
     """
 
     def __init__(self, images: torch.Tensor, class_ids: torch.Tensor, lr: float, cfg: DistillConfig, *,

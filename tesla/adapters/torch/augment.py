@@ -78,6 +78,19 @@ class DSAParams:
         """B, the number of samples the parameters were drawn for."""
         return int(next(iter(self.values.values())).shape[0])
 
+    def rows(self, start: int, stop: int) -> "DSAParams":
+        """The parameters of samples ``start .. stop-1``: the same op, each (B,) tensor cut.
+
+        Every op's parameters are per sample and every op acts on each sample alone, so
+        applying ``rows(a, b)`` to ``x[a:b]`` gives rows ``a:b`` of applying the whole to
+        ``x``: a micro-batched step draws once for its whole batch and cuts. The rows are
+        copied, so a micro-batch's graph holds only its own rows, not the batch's storage.
+        """
+        b = self.batch_size
+        if not 0 <= start < stop <= b:
+            raise ValueError(f"rows {start}:{stop} are outside the {b} samples the parameters were drawn for")
+        return DSAParams(self.op, {k: v[start:stop].clone() for k, v in self.values.items()})
+
     def to(self, device: torch.device | str | None) -> "DSAParams":
         """The same parameters on ``device`` (self when already there or device is None)."""
         if device is None:

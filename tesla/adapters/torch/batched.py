@@ -9,7 +9,9 @@ into one batched kernel (a convolution with k weight sets becomes one grouped
 convolution). Summing the k per-step losses and differentiating with respect to the
 stacked weights gives the k step gradients as rows (the rows do not interact), and one
 more backward of ``sum_i g_i . v`` gives the k data gradients. Activation memory is k
-times one step's: it depends on the chunk ``k`` (a config value), never on N.
+times one step's: it depends on the chunk ``k`` (a config value), never on N. With
+``micro_batch`` the k batches are cut into pieces at the same rows and each piece runs
+this way in turn (size-weighted, as in :class:`TorchCompute`): k times one piece's.
 
 Why vmap over the stacked weights rather than ``torch.func.grad`` nested in ``vmap``:
 augmentation differs per step (DSA draws one op per call), so it cannot be vmapped; it
@@ -42,6 +44,7 @@ from torch.func import functional_call, vmap
 
 from tesla.adapters.torch.compute import TorchCompute
 from tesla.adapters.torch.functional import FlatView
+from tesla.adapters.torch.microbatch import slice_params
 from tesla.domain.ports import VJP, Step
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -88,7 +91,8 @@ class BatchedTorchCompute(TorchCompute):
     """:class:`TorchCompute` with ``vjp_many`` (batched pass 2) and precision options.
 
     Args:
-        view, images, labels, augment, learned_labels: as :class:`TorchCompute`.
+        view, images, labels, augment, learned_labels, offload, micro_batch, set_on, device:
+            as :class:`TorchCompute` (``vjp_many`` takes its steps in micro-batches too).
         precision: ``fp32`` (default), ``tf32`` (CUDA) or ``bf16`` (autocast forward).
         channels_last: feed the network channels-last images.
         mode: how ``vjp_many`` computes: ``vmap`` (stacked weights, one batched forward),
@@ -103,14 +107,16 @@ class BatchedTorchCompute(TorchCompute):
 
     def __init__(self, view: FlatView, images: torch.Tensor, labels: torch.Tensor, *, augment: Any = None,
                  learned_labels: bool = False, precision: str = "fp32", channels_last: bool = False,
-                 mode: str = "auto", offload: bool = False) -> None:
-        super().__init__(view, images, labels, augment=augment, learned_labels=learned_labels, offload=offload)
+                 mode: str = "auto", offload: bool = False, micro_batch: Optional[int] = None,
+                 set_on: str = "device", device: Any = None) -> None:
+        super().__init__(view, images, labels, augment=augment, learned_labels=learned_labels, offload=offload,
+                         micro_batch=micro_batch, set_on=set_on, device=device)
         self.precision = check_precision(precision)
         self.channels_last = bool(channels_last)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)} (got {mode!r})")
         if mode == "auto":
-            mode = "vmap" if self.images.device.type == "cuda" else "loop"
+            mode = "vmap" if self.device.type == "cuda" else "loop"
         self.mode = mode
         # autocast does not reach inside vmap (the stacked forward would silently run in
         # fp32), so bf16 computes the VJPs one at a time
@@ -130,8 +136,8 @@ class BatchedTorchCompute(TorchCompute):
             return out.to(self.images.dtype)
         return forward(*args)
 
-    def _loss(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, step: Step) -> torch.Tensor:
-        logits = self._forward(self.view, w, self._augmented(x, step))
+    def _loss(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, params: Any) -> torch.Tensor:
+        logits = self._forward(self.view, w, self._augmented(x, params))
         return F.cross_entropy(logits, self._targets(y))
 
     def _scope(self):
@@ -181,7 +187,8 @@ class BatchedTorchCompute(TorchCompute):
         return out  # type: ignore[return-value]
 
     def _stacked(self, ws: Sequence[torch.Tensor], steps: Sequence[Step], v: torch.Tensor) -> list[VJP]:
-        """k steps with equal batch sizes through one vmapped forward and double backward."""
+        """k steps with equal batch sizes B through one vmapped forward and double backward
+        per micro-batch: piece j stacks rows j of every step's batch (k, m, C, H, W)."""
         view = self.view
         buffers = dict(view.module.named_buffers())
 
@@ -189,27 +196,46 @@ class BatchedTorchCompute(TorchCompute):
             return functional_call(view.module, (view.unflatten(w), buffers), (x,))
 
         idxs = [self._index(s) for s in steps]
+        k, n = len(steps), len(idxs[0])
+        params = [self._step_params(s, n) for s in steps]
+        v = v.detach().to(self.device)
+        dxs: list[list[torch.Tensor]] = [[] for _ in steps]
+        dys: list[list[torch.Tensor]] = [[] for _ in steps]
+        dots = torch.zeros(k, dtype=v.dtype, device=v.device)
         with torch.enable_grad():
             W = torch.stack([self._on_device(w) for w in ws]).requires_grad_(True)  # (k, P)
-            xs = [self.images[idx].requires_grad_(True) for idx in idxs]
-            ys = [self.labels[idx].requires_grad_(True) if self.learned_labels else self.labels[idx] for idx in idxs]
-            X = torch.stack([self._augmented(x, s) for x, s in zip(xs, steps)])  # (k, B, C, H, W)
-            logits = self._forward(vmap(one), W, X)  # (k, B, K)
-            k, b = logits.shape[:2]
-            Y = torch.stack([self._targets(y) for y in ys])
-            # per-step mean cross-entropy, summed over steps: row i of dL/dW is g_i
-            if Y.dim() == 2:
-                per = F.cross_entropy(logits.reshape(k * b, -1), Y.reshape(-1), reduction="none").view(k, b)
-            else:
-                per = F.cross_entropy(logits.reshape(k * b, -1), Y.reshape(k * b, -1), reduction="none").view(k, b)
-            (G,) = torch.autograd.grad(per.mean(dim=1).sum(), W, create_graph=True)  # (k, P)
-            dots = G @ v.detach()  # (k,)
-            inputs = xs + (ys if self.learned_labels else [])
-            grads = torch.autograd.grad(dots.sum(), inputs, allow_unused=True)
-        dots_list = dots.detach().tolist()
+            for a, b in self._pieces(n):
+                xs = [self._gather(self.images, idx[a:b]).requires_grad_(True) for idx in idxs]
+                ys = [self._gather(self.labels, idx[a:b]) for idx in idxs]
+                if self.learned_labels:
+                    ys = [y.requires_grad_(True) for y in ys]
+                cut = [p if b - a == n else slice_params(p, a, b) for p in params]
+                X = torch.stack([self._augmented(x, p) for x, p in zip(xs, cut)])  # (k, m, C, H, W)
+                logits = self._forward(vmap(one), W, X)  # (k, m, K)
+                m = logits.shape[1]
+                Y = torch.stack([self._targets(y) for y in ys])
+                # per-step mean cross-entropy, summed over steps: row i of dL/dW is g_i
+                if Y.dim() == 2:
+                    per = F.cross_entropy(logits.reshape(k * m, -1), Y.reshape(-1), reduction="none").view(k, m)
+                else:
+                    per = F.cross_entropy(logits.reshape(k * m, -1), Y.reshape(k * m, -1), reduction="none").view(k, m)
+                loss = per.mean(dim=1).sum()
+                if m != n:  # this piece's share of every step's mean
+                    loss = loss * (m / n)
+                (G,) = torch.autograd.grad(loss, W, create_graph=True)  # (k, P)
+                d = G @ v  # (k,)
+                inputs = xs + (ys if self.learned_labels else [])
+                grads = torch.autograd.grad(d.sum(), inputs, allow_unused=True)
+                dots += d.detach()
+                for i in range(k):
+                    dxs[i].append(grads[i])
+                    if self.learned_labels:
+                        dys[i].append(grads[k + i])
+                del X, logits, per, loss, G, d, grads, xs, ys  # free this piece's graph before the next
+        dots_list = dots.tolist()
         out = []
         for i, idx in enumerate(idxs):
-            dx = grads[i]
-            dy = grads[k + i] if self.learned_labels else None
+            dx = torch.cat(dxs[i]) if len(dxs[i]) > 1 else dxs[i][0]
+            dy = (torch.cat(dys[i]) if len(dys[i]) > 1 else dys[i][0]) if self.learned_labels else None
             out.append(VJP(data=(idx, dx, dy), hvp=None, dot=float(dots_list[i])))
         return out

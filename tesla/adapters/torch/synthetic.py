@@ -5,6 +5,13 @@
 from plain numpy arrays so that a checkpoint holds everything needed to continue
 bit-for-bit (momentum buffers included). ``soft_labels`` is the teacher forward of
 TESLA's soft label assignment, in chunks so 50,000 images fit.
+
+``set_on='host'`` keeps the set (images, class ids, logits, lr) in host memory; the
+optimisers' momentum buffers are made beside their parameters, so they stay on the host
+too and the update runs there. Device memory then does not grow with the set: the
+compute gathers each step's rows (:class:`~tesla.adapters.torch.compute.TorchCompute`),
+through a pinned buffer of its own, so the set itself is not page-locked. The checkpoint
+arrays are the same either way.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from tesla.adapters.torch.functional import FlatView
+from tesla.adapters.torch.microbatch import check_set_on, host_copy
 from tesla.domain.config import DistillConfig
 from tesla.domain.labels import LEARNED_INIT
 
@@ -24,12 +32,14 @@ def soft_labels(view: FlatView, w: torch.Tensor, images: torch.Tensor, chunk: in
     """Softmax of the network at ``w`` over ``images`` (N, C, H, W) -> (N, K), un-augmented.
 
     Computed under ``no_grad`` in chunks of ``chunk`` images: the teacher's output is a
-    constant target for the iteration.
+    constant target for the iteration. Each chunk runs where ``w`` is and the labels come
+    back beside the images (host memory for a host-resident set).
     """
     outs = []
     with torch.no_grad():
         for i in range(0, images.shape[0], chunk):
-            outs.append(F.softmax(view(w, images[i:i + chunk].detach()), dim=1))
+            x = images[i:i + chunk].detach().to(w.device, non_blocking=True)
+            outs.append(F.softmax(view(w, x), dim=1).to(images.device))
     return torch.cat(outs)
 
 
@@ -42,15 +52,21 @@ class SyntheticState:
 
     Images are ordered class by class (``ipc`` per class), the layout of the published
     code and of our stores.
+
+    Args:
+        set_on: ``device`` keeps every tensor where ``images`` is; ``host`` copies them to
+            host memory, where the optimisers then update them.
     """
 
     def __init__(self, images: torch.Tensor, class_ids: torch.Tensor, lr: float, cfg: DistillConfig, *,
-                 logits: Optional[torch.Tensor] = None) -> None:
+                 logits: Optional[torch.Tensor] = None, set_on: str = "device") -> None:
         self.cfg = cfg
-        self.images = images.detach().clone().requires_grad_(True)
-        self.class_ids = class_ids.detach().clone()
-        self.lr = torch.tensor(float(lr), dtype=images.dtype, device=images.device, requires_grad=True)
-        self.logits = None if logits is None else logits.detach().clone().requires_grad_(True)
+        self.set_on = check_set_on(set_on)
+        own = host_copy if set_on == "host" else (lambda t: t.detach().clone())
+        self.images = own(images).requires_grad_(True)
+        self.class_ids = own(class_ids)
+        self.lr = torch.tensor(float(lr), dtype=images.dtype, device=self.images.device, requires_grad=True)
+        self.logits = None if logits is None else own(logits).requires_grad_(True)
         self.opt_images = _sgd(self.images, cfg.lr_img, cfg.momentum)
         self.opt_lr = _sgd(self.lr, cfg.lr_lr, cfg.momentum)
         self.opt_logits = None if self.logits is None else _sgd(self.logits, cfg.lr_label, cfg.momentum)
@@ -59,9 +75,14 @@ class SyntheticState:
     # -- construction ------------------------------------------------------------------
     @classmethod
     def initialise(cls, data: Any, cfg: DistillConfig, *, num_classes: int, device: torch.device,
-                   learned_labels: bool = False) -> "SyntheticState":
-        """Real images of each class (``cfg.init == 'real'``) or Gaussian noise, seeded by ``cfg.seed``."""
+                   learned_labels: bool = False, set_on: str = "device") -> "SyntheticState":
+        """Real images of each class (``cfg.init == 'real'``) or Gaussian noise, seeded by ``cfg.seed``.
+
+        A host-resident set (``set_on='host'``) is made in host memory: ``device`` is not used.
+        """
         ipc = cfg.ipc
+        if check_set_on(set_on) == "host":
+            device = torch.device("cpu")
         if cfg.init == "real":
             parts = [data.sample_class(c, ipc, seed=cfg.seed * 100_003 + c) for c in range(num_classes)]
             images = torch.cat(parts).to(device=device, dtype=torch.float32)
@@ -72,7 +93,7 @@ class SyntheticState:
         logits = None
         if learned_labels:
             logits = F.one_hot(class_ids, num_classes).to(images.dtype) * LEARNED_INIT
-        return cls(images, class_ids, cfg.lr_init, cfg, logits=logits)
+        return cls(images, class_ids, cfg.lr_init, cfg, logits=logits, set_on=set_on)
 
     @property
     def lr_value(self) -> float:
@@ -87,12 +108,12 @@ class SyntheticState:
         norm = float(images_grad.norm())
         if self.cfg.max_grad_norm is not None and norm > self.cfg.max_grad_norm:
             images_grad = images_grad * (self.cfg.max_grad_norm / norm)
-        self.images.grad = images_grad.to(self.images.dtype)
+        self.images.grad = images_grad.to(device=self.images.device, dtype=self.images.dtype)
         self.lr.grad = torch.tensor(float(lr_grad), dtype=self.lr.dtype, device=self.lr.device)
         self.opt_images.step()
         self.opt_lr.step()
         if self.opt_logits is not None and logits_grad is not None:
-            self.logits.grad = logits_grad
+            self.logits.grad = logits_grad.to(device=self.logits.device, dtype=self.logits.dtype)
             self.opt_logits.step()
         with torch.no_grad():
             self.lr.clamp_(min=self.cfg.min_lr)
@@ -154,12 +175,17 @@ class SyntheticState:
         return out
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], cfg: DistillConfig, device: torch.device) -> "SyntheticState":
+    def from_arrays(cls, arrays: dict[str, np.ndarray], cfg: DistillConfig, device: torch.device, *,
+                    set_on: str = "device") -> "SyntheticState":
+        """The state :meth:`to_arrays` saved, on ``device`` (or in host memory for ``set_on='host'``)."""
+        if check_set_on(set_on) == "host":
+            device = torch.device("cpu")
         images = torch.as_tensor(np.asarray(arrays["images"]), device=device)
         class_ids = torch.as_tensor(np.asarray(arrays["class_ids"]), device=device)
         logits = arrays.get("label_logits")
         logits = None if logits is None else torch.as_tensor(np.asarray(logits), device=device)
-        state = cls(images, class_ids, float(np.asarray(arrays["lr"]).reshape(-1)[0]), cfg, logits=logits)
+        state = cls(images, class_ids, float(np.asarray(arrays["lr"]).reshape(-1)[0]), cfg, logits=logits,
+                    set_on=set_on)
         state._set_momentum(state.opt_images, state.images, arrays.get("momentum_images"))
         state._set_momentum(state.opt_lr, state.lr, arrays.get("momentum_lr"))
         state._set_momentum(state.opt_logits, state.logits, arrays.get("momentum_logits"))

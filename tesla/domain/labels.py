@@ -43,7 +43,7 @@ from typing import Optional, Sequence
 
 import attrs
 
-from tesla.domain.config import LABELS
+from tesla.domain.config import LABELS, ConfigError
 
 LEARNED_INIT = 10.0
 CANDIDATES_PER_IMAGE = 4  # real images drawn per synthetic image for learned-teacher's choice
@@ -90,7 +90,7 @@ class LabelInit:
         """The snapshot used for an expert with ``num_snapshots`` snapshots (epochs + 1)."""
         epoch = num_snapshots - 1 if self.epoch is None else self.epoch
         if not 0 <= epoch < num_snapshots:
-            raise ValueError(f"label_epoch {epoch} is outside the experts' snapshots 0..{num_snapshots - 1}: "
+            raise ConfigError(f"label_epoch {epoch} is outside the experts' snapshots 0..{num_snapshots - 1}: "
                              "choose a smaller --label-epoch")
         return epoch
 
@@ -163,14 +163,14 @@ def labels_for(cfg) -> LabelStrategy:
     """The strategy a :class:`~tesla.domain.config.DistillConfig` asks for (the one mapping)."""
     name = cfg.labels
     if name not in LABELS:
-        raise ValueError(f"labels must be one of {', '.join(LABELS)} (got {name!r})")
+        raise ConfigError(f"labels must be one of {', '.join(LABELS)} (got {name!r})")
     if name == "learned":
         return LabelStrategy(name, learned=True, init="class")
     if name == "learned-teacher":
         return LabelStrategy(name, learned=True, init="experts", fixed_epoch=cfg.label_epoch)
     if name == "teacher-epoch":
         if cfg.label_epoch is None:
-            raise ValueError("teacher-epoch labels need label_epoch")
+            raise ConfigError("label_epoch is required when labels is 'teacher-epoch': pass --label-epoch E")
         return LabelStrategy(name, fixed_epoch=cfg.label_epoch)
     return LabelStrategy(name)
 

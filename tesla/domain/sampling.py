@@ -31,6 +31,7 @@ from typing import Optional, Protocol, Sequence
 
 import attrs
 
+from tesla.domain.errors import ConfigError
 from tesla.domain.ports import Step
 
 
@@ -175,5 +176,5 @@ def sampling_for(cfg) -> Sampling:
         return Window(min_start_epoch=cfg.min_start_epoch, initial_max=cfg.window_initial_max,
                       max_start_epoch=cfg.max_start_epoch, length=cfg.window_length)
     if cfg.sampling != "uniform":
-        raise ValueError(f"sampling must be 'uniform' or 'window' (got {cfg.sampling!r})")
+        raise ConfigError(f"sampling must be 'uniform' or 'window' (got {cfg.sampling!r})")
     return Uniform(max_start_epoch=cfg.max_start_epoch, min_start_epoch=cfg.min_start_epoch)

@@ -59,6 +59,28 @@ def _non_negative(inst: Any, attr: attrs.Attribute, value: Any) -> None:
         raise ConfigError(f"{attr.name} must be a finite number >= 0 (got {value!r})")
 
 
+def _fraction(*, low_open: bool, optional: bool = False):
+    """A number in (0, 1] (``low_open``) or [0, 1]; None where ``optional``."""
+
+    def check(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+        if value is None and optional:
+            return
+        if not _is_number(value) or not (0 < value <= 1 if low_open else 0 <= value <= 1):
+            raise ConfigError(f"{attr.name} must be a number in {'(0, 1]' if low_open else '[0, 1]'} (got {value!r})")
+
+    return check
+
+
+def _decay(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+    if value is not None and (not _is_number(value) or not 0 <= value < 1):
+        raise ConfigError(f"{attr.name} must be a number in [0, 1) or None (got {value!r})")
+
+
+def _non_negative_or_none(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+    if value is not None:
+        _non_negative(inst, attr, value)
+
+
 def _flag(inst: Any, attr: attrs.Attribute, value: Any) -> None:
     if not isinstance(value, bool):
         raise ConfigError(f"{attr.name} must be true or false (got {value!r})")
@@ -88,7 +110,8 @@ NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
 ARCHS = ("convnet", "resnet18", "vit")
 DATASETS = ("cifar10", "cifar100", "demo", "imagenet64", "imagefolder", "tiny-imagenet", "prepared")
 ENGINES = ("tesla", "exact", "unrolled")
-LABELS = ("hard", "teacher-target", "teacher-last", "teacher-epoch", "learned")
+LABELS = ("hard", "teacher-target", "teacher-last", "teacher-epoch", "learned", "learned-teacher")
+SAMPLINGS = ("uniform", "window")
 
 
 def to_dict(cfg: Any) -> dict:
@@ -203,17 +226,55 @@ class DistillConfig:
         ipc: synthetic images per class.
         syn_steps: student steps N per iteration.
         expert_epochs: M; the target is the expert M epochs after the start.
-        max_start_epoch: start epochs are drawn uniformly from [0, max_start_epoch).
+        max_start_epoch: start epochs are drawn from [min_start_epoch, max_start_epoch)
+            (uniformly; ``sampling='window'`` opens the upper end over the run).
         batch_syn: synthetic images per student step (None: all of them).
         iterations: distillation iterations.
         lr_img, lr_lr: SGD learning rates of the images and of the learned student lr.
-        lr_label: SGD learning rate of the label logits (``labels='learned'``).
+        lr_label: SGD learning rate of the label logits (``learned``, ``learned-teacher``;
+            DATM uses 2-10).
         lr_init: initial student lr alpha.
         momentum: SGD momentum of the images, the lr and the labels (0.5 in MTT/TESLA).
         engine: gradient engine, ``tesla`` (first order, constant memory), ``exact``
             (adjoint, constant activation memory) or ``unrolled`` (MTT, memory grows with N).
         labels: ``hard``, ``teacher-target`` (TESLA's SLA), ``teacher-last``,
-            ``teacher-epoch`` (with ``label_epoch``) or ``learned``.
+            ``teacher-epoch`` (with ``label_epoch``), ``learned`` (logits from the class
+            ids) or ``learned-teacher`` (DATM: logits from the experts' logits on real
+            images the expert classifies correctly, then learned; needs ``init='real'``).
+        label_epoch: the expert epoch of ``teacher-epoch`` labels (required there), and of
+            the experts whose logits initialise ``learned-teacher`` labels (None: each
+            expert's last snapshot, as DATM). Ignored by the other strategies.
+        label_momentum: SGD momentum of the learned label logits; None: ``momentum``
+            (DATM uses 0.9). Only for the learned strategies.
+        sampling: how start epochs are drawn: ``uniform`` in [min_start_epoch,
+            max_start_epoch) (the paper), or ``window`` (DATM): from [min_start_epoch,
+            current_max) where current_max opens from ``initial_max_start_epoch`` to
+            ``max_start_epoch`` over ``window_iterations`` iterations.
+        min_start_epoch: lowest start epoch drawn (0: the paper's; DATM keeps it at 0 too).
+        initial_max_start_epoch: ``window`` only: the window's upper end at iteration 0
+            (DATM's ``current_max_start_epoch``); None: halfway from min_start_epoch to
+            max_start_epoch (rounded up), DATM's CIFAR ratio.
+        window_iterations: ``window`` only: iterations over which the upper end reaches
+            max_start_epoch (DATM's ``expansion_end_epoch``, counted in iterations);
+            None: a tenth of ``iterations`` (DATM: 1,000 of 10,000 on CIFAR-10).
+        ema_decay: FTD's exponential moving average of the synthetic images,
+            ``ema <- decay * ema + (1 - decay) * images`` after every image update, started
+            at the initial images; the average is what is evaluated and stored. None or 0:
+            off (FTD/DATM use 0.995-0.9995).
+        match_fraction: PAD's parameter selection: match only about this fraction of the
+            parameters, the deepest ones, cut at whole layers (1: all, the paper). Loss,
+            distance and gradients are all over the selected slice; not with ``unrolled``.
+        min_label_agreement: run health: the labels have collapsed when fewer than this
+            fraction of the synthetic images have a label whose argmax is their own class
+            for ``collapse_iterations`` iterations in a row; the run then stops keeping its
+            last good checkpoint. None: twice chance (2 / classes, at most 0.75); 0: never.
+        collapse_iterations: consecutive iterations below ``min_label_agreement`` that
+            count as a collapse (teacher labels change every iteration: one bad teacher is
+            not a collapse). The stored set is checked once more, with no patience.
+        stall_iterations: run health: the run has stalled when the learned lr has sat at
+            ``min_lr`` while the loss stayed above ``1 - stall_tolerance`` for this many
+            iterations in a row (no matching progress); 0: never.
+        stall_tolerance: how far below 1 a loss still counts as "near 1" for the stall.
         init: ``real`` (random real images of each class) or ``noise``.
         dsa: replayed DSA augmentation in the student steps.
         seed: seeds every random choice of the run.
@@ -252,6 +313,17 @@ class DistillConfig:
     engine: str = attrs.field(default="tesla", validator=_one_of(*ENGINES))
     labels: str = attrs.field(default="hard", validator=_one_of(*LABELS))
     label_epoch: Optional[int] = attrs.field(default=None, validator=_int_at_least(0, optional=True))
+    label_momentum: Optional[float] = attrs.field(default=None, validator=_non_negative_or_none)
+    sampling: str = attrs.field(default="uniform", validator=_one_of(*SAMPLINGS))
+    min_start_epoch: int = attrs.field(default=0, validator=_int_at_least(0))
+    initial_max_start_epoch: Optional[int] = attrs.field(default=None, validator=_int_at_least(1, optional=True))
+    window_iterations: Optional[int] = attrs.field(default=None, validator=_int_at_least(1, optional=True))
+    ema_decay: Optional[float] = attrs.field(default=None, validator=_decay)
+    match_fraction: float = attrs.field(default=1.0, validator=_fraction(low_open=True))
+    min_label_agreement: Optional[float] = attrs.field(default=None, validator=_fraction(low_open=False, optional=True))
+    collapse_iterations: int = attrs.field(default=10, validator=_int_at_least(1))
+    stall_iterations: int = attrs.field(default=100, validator=_int_at_least(0))
+    stall_tolerance: float = attrs.field(default=0.05, validator=_non_negative)
     init: str = attrs.field(default="real", validator=_one_of("real", "noise"))
     dsa: bool = attrs.field(default=True, validator=_flag)
     seed: int = attrs.field(default=0, validator=_int_at_least(0))
@@ -274,12 +346,54 @@ class DistillConfig:
         if self.remake_weights and self.engine != "exact":
             raise ConfigError(f"remake_weights applies to engine 'exact' only (got {self.engine!r}); "
                               "drop --remake-weights or use --engine exact")
+        self._check_recipe()
+
+    def _check_recipe(self) -> None:
+        """The cross-field rules of the recipe levers (labels, sampling, selection)."""
+        learned = self.labels in ("learned", "learned-teacher")
+        if self.label_momentum is not None and not learned:
+            raise ConfigError(f"label_momentum applies to learned labels only (labels is {self.labels!r}): "
+                              "drop --label-momentum or use --labels learned-teacher")
+        if self.labels == "learned-teacher" and self.init != "real":
+            raise ConfigError("labels 'learned-teacher' start from real images the expert classifies correctly: "
+                              f"use init 'real' (got init {self.init!r})")
+        if self.min_start_epoch >= self.max_start_epoch:
+            raise ConfigError(f"min_start_epoch ({self.min_start_epoch}) must be below max_start_epoch "
+                              f"({self.max_start_epoch})")
+        if self.sampling != "window":
+            for name in ("initial_max_start_epoch", "window_iterations"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{name} applies to sampling 'window' only (sampling is {self.sampling!r}): "
+                                      f"drop --{name.replace('_', '-')} or use --sampling window")
+        elif not self.min_start_epoch < self.window_initial_max <= self.max_start_epoch:
+            raise ConfigError(f"initial_max_start_epoch ({self.window_initial_max}) must be above min_start_epoch "
+                              f"({self.min_start_epoch}) and at most max_start_epoch ({self.max_start_epoch})")
+        if self.match_fraction < 1.0 and self.engine == "unrolled":
+            raise ConfigError(f"match_fraction {self.match_fraction:g} (parameter selection) needs engine 'exact' "
+                              "or 'tesla', not 'unrolled': use --engine exact (the same gradient as unrolled)")
+
+    @property
+    def window_initial_max(self) -> int:
+        """``initial_max_start_epoch``, or its default: halfway up from min_start_epoch (rounded up)."""
+        if self.initial_max_start_epoch is not None:
+            return self.initial_max_start_epoch
+        return self.min_start_epoch + -(-(self.max_start_epoch - self.min_start_epoch) // 2)
+
+    @property
+    def window_length(self) -> int:
+        """``window_iterations``, or its default: a tenth of the run (at least 1)."""
+        return self.window_iterations if self.window_iterations is not None else max(1, self.iterations // 10)
+
+    @property
+    def label_sgd_momentum(self) -> float:
+        """The momentum of the learned label logits (``label_momentum`` or ``momentum``)."""
+        return self.momentum if self.label_momentum is None else self.label_momentum
 
     @property
     def last_epoch_needed(self) -> int:
         """Highest expert epoch an iteration can read (start + M); stores must hold it."""
-        needed = self.max_start_epoch - 1 + self.expert_epochs
-        if self.labels == "teacher-epoch" and self.label_epoch is not None:
+        needed = self.max_start_epoch - 1 + self.expert_epochs  # the window never opens past max_start_epoch
+        if self.labels in ("teacher-epoch", "learned-teacher") and self.label_epoch is not None:
             needed = max(needed, self.label_epoch)
         return needed
 

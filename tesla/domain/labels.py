@@ -1,31 +1,52 @@
 """Label-assignment strategies: which targets the student steps train on.
 
-TESLA's soft label assignment (SLA, NOTES §3) labels the synthetic images, every
-iteration, with the softmax of the expert at the *target* epoch of that iteration:
-no training and no new hyperparameter, and what makes 1,000 classes work. The others
-are the paper's ablations and baselines:
+TESLA's soft label assignment (SLA, ``docs/MATHS.md``) labels the synthetic images,
+every iteration, with the softmax of the expert at the *target* epoch of that
+iteration: no training and no new hyperparameter, and what makes 1,000 classes work.
+The others are the paper's ablations and baselines, and DATM's learned soft labels:
 
 - ``hard``: class ids;
 - ``teacher-target``: the sampled expert at epoch s + M (SLA, the default for many classes);
 - ``teacher-last``: the sampled expert at its last epoch;
 - ``teacher-epoch``: the sampled expert at a fixed epoch;
 - ``learned``: logits, initialised at ``LEARNED_INIT`` on the class entry and 0
-  elsewhere, softmaxed in the loss and learned with their own SGD.
+  elsewhere, softmaxed in the loss and learned with their own SGD;
+- ``learned-teacher`` (DATM, ICLR 2024): logits learned the same way, but initialised
+  from the experts' own logits on the initial real images, and those images chosen
+  among the ones the expert classifies correctly, so every label starts on its class
+  with the expert's view of what the image also resembles.
 
-A strategy is pure: given the iteration's draw it says where labels come from. The
-service asks the compute adapter for the teacher's softmax (in chunks) and records
-which expert and epoch made the labels it stores.
+A :class:`LabelStrategy` is chosen once from the config (:func:`labels_for`) and then
+says, every iteration, where that iteration's labels come from (:meth:`LabelStrategy.plan`)
+and, once at the start, how the learned logits begin (:meth:`LabelStrategy.init_plan`).
+The service asks the compute adapter for the tensors (teacher softmax or logits, in
+chunks) and records which expert and epoch made the labels it stores.
+
+What DATM does to initialise (its ``samples_predicted_correctly`` init, read for
+behaviour): every class's real images are scanned in a random order through the first
+expert at ``Label_Model_Timestamp`` (default -1, the expert's *last* snapshot), keeping
+the first IPC it classifies correctly; the label logits of each chosen image are then the
+mean of the logits of every expert (at that same epoch) that classifies it correctly.
+We do the same with the complete experts of the store: the chooser is the first
+expert, the candidates a random draw of ``candidates(ipc)`` real images per class (where
+too few are correct the rest are filled, in draw order, with ones it gets wrong, and
+the provenance says how many were correct), and :func:`consensus_weights` gives the
+per-image weights of the averaging. The epoch defaults to the last snapshot as in DATM:
+the most accurate teacher, so the chosen images are typical of their class and the
+logits the most informed; it does not depend on which start epochs the run draws.
+``label_epoch`` chooses another.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import attrs
 
-from tesla.domain.config import LABELS
+from tesla.domain.config import LABELS, ConfigError
 
 LEARNED_INIT = 10.0
+CANDIDATES_PER_IMAGE = 4  # real images drawn per synthetic image for learned-teacher's choice
 
 
 @attrs.frozen
@@ -57,6 +78,113 @@ class LabelPlan:
         return self.kind == "teacher"
 
 
+@attrs.frozen
+class LabelInit:
+    """How learned logits begin: from the class ids, or from the experts' logits.
+
+    Attributes:
+        source: ``class`` (``LEARNED_INIT`` on the class entry) | ``experts`` (DATM).
+        chooser: ``experts`` only: the expert whose correct predictions choose the
+            initial real images.
+        experts: ``experts`` only: the experts whose logits are averaged (over those
+            that classify each image correctly; :func:`consensus_weights`).
+        epoch: ``experts`` only: their epoch; None means each expert's last snapshot.
+    """
+
+    source: str
+    chooser: Optional[int] = None
+    experts: tuple = ()
+    epoch: Optional[int] = None
+
+    def epoch_of(self, num_snapshots: int) -> int:
+        """The snapshot used for an expert with ``num_snapshots`` snapshots (epochs + 1)."""
+        epoch = num_snapshots - 1 if self.epoch is None else self.epoch
+        if not 0 <= epoch < num_snapshots:
+            raise ConfigError(f"label_epoch {epoch} is outside the experts' snapshots 0..{num_snapshots - 1}: "
+                             "choose a smaller --label-epoch")
+        return epoch
+
+    def provenance(self, *, epoch: Optional[int] = None, correct: Optional[int] = None,
+                   images: Optional[int] = None) -> dict:
+        """What the stored set records about its initial logits.
+
+        Args:
+            epoch: the snapshot actually used (resolved from ``num_snapshots``).
+            correct, images: of the chosen initial images, how many the chooser
+                classified correctly, out of how many.
+        """
+        out: dict = {"source": self.source}
+        if self.source == "experts":
+            out.update(chooser=self.chooser, experts=list(self.experts),
+                       epoch=self.epoch if epoch is None else epoch, correct=correct, images=images)
+        return out
+
+
+@attrs.frozen
+class LabelStrategy:
+    """A label strategy as a value: what the loop needs to know, chosen once.
+
+    Attributes:
+        name: the config name (:data:`tesla.domain.config.LABELS`).
+        learned: the labels are logits trained with ``lr_label`` (kept in the state and
+            checkpointed) rather than made afresh every iteration.
+        init: how learned logits begin: ``class`` | ``experts`` | None (not learned).
+        fixed_epoch: ``teacher-epoch``'s epoch, or ``learned-teacher``'s init epoch
+            (None there: the last snapshot).
+    """
+
+    name: str
+    learned: bool = False
+    init: Optional[str] = None
+    fixed_epoch: Optional[int] = None
+
+    @property
+    def chooses_images(self) -> bool:
+        """The initial real images are chosen by an expert's correct predictions."""
+        return self.init == "experts"
+
+    def plan(self, *, expert: int, start_epoch: int, expert_epochs: int, num_snapshots: int) -> LabelPlan:
+        """The label source of one iteration (see :func:`plan_labels`)."""
+        return plan_labels(self.name, expert=expert, start_epoch=start_epoch, expert_epochs=expert_epochs,
+                           num_snapshots=num_snapshots, fixed_epoch=self.fixed_epoch)
+
+    def init_plan(self, expert_ids: Sequence[int]) -> Optional[LabelInit]:
+        """How the learned logits begin (None for the strategies that learn nothing).
+
+        Args:
+            expert_ids: the complete experts of the store; the first chooses the images,
+                all of them vote on the logits (DATM averages every expert it has).
+        """
+        if not self.learned:
+            return None
+        if self.init == "class":
+            return LabelInit("class")
+        ids = sorted(int(e) for e in expert_ids)
+        if not ids:
+            raise ValueError("no complete expert in the trajectory store: train experts first (tesla experts)")
+        return LabelInit("experts", chooser=ids[0], experts=tuple(ids), epoch=self.fixed_epoch)
+
+    def candidates(self, ipc: int) -> int:
+        """Real images to draw per class for the chooser (``ipc`` when nothing is chosen)."""
+        return ipc * CANDIDATES_PER_IMAGE if self.chooses_images else ipc
+
+
+def labels_for(cfg) -> LabelStrategy:
+    """The strategy a :class:`~tesla.domain.config.DistillConfig` asks for (the one mapping)."""
+    name = cfg.labels
+    if name not in LABELS:
+        raise ConfigError(f"labels must be one of {', '.join(LABELS)} (got {name!r})")
+    if name == "learned":
+        return LabelStrategy(name, learned=True, init="class")
+    if name == "learned-teacher":
+        return LabelStrategy(name, learned=True, init="experts", fixed_epoch=cfg.label_epoch)
+    if name == "teacher-epoch":
+        if cfg.label_epoch is None:
+            raise ConfigError("label_epoch is required when labels is 'teacher-epoch': pass --label-epoch E")
+        return LabelStrategy(name, fixed_epoch=cfg.label_epoch)
+    return LabelStrategy(name)
+
+
 def plan_labels(strategy: str, *, expert: int, start_epoch: int, expert_epochs: int, num_snapshots: int,
                 fixed_epoch: Optional[int] = None) -> LabelPlan:
     """The label source of one iteration.
@@ -72,7 +200,7 @@ def plan_labels(strategy: str, *, expert: int, start_epoch: int, expert_epochs: 
         raise ValueError(f"labels must be one of {', '.join(LABELS)} (got {strategy!r})")
     if strategy == "hard":
         return LabelPlan("hard")
-    if strategy == "learned":
+    if strategy in ("learned", "learned-teacher"):
         return LabelPlan("learned")
     if strategy == "teacher-target":
         epoch = start_epoch + expert_epochs
@@ -85,3 +213,55 @@ def plan_labels(strategy: str, *, expert: int, start_epoch: int, expert_epochs: 
     if not 0 <= epoch < num_snapshots:
         raise ValueError(f"label epoch {epoch} is outside expert {expert}'s snapshots 0..{num_snapshots - 1}")
     return LabelPlan("teacher", expert=expert, epoch=epoch)
+
+
+def choose_correct(predictions: Sequence[int], cls: int, n: int) -> tuple[list[int], int]:
+    """Which of a class's candidate real images become its initial synthetic images.
+
+    Args:
+        predictions: the chooser expert's argmax for each candidate, in draw order.
+        cls: the candidates' class.
+        n: images wanted (the IPC).
+
+    Returns:
+        (indices into ``predictions``, how many of them are correct): the first ``n``
+        candidates predicted as ``cls``, in draw order (DATM's rule); where fewer are
+        correct, the remaining places go to the first wrongly predicted ones.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1 (got {n})")
+    if len(predictions) < n:
+        raise ValueError(f"{len(predictions)} candidate images cannot give {n} (draw more candidates)")
+    correct = [i for i, p in enumerate(predictions) if int(p) == cls]
+    chosen = correct[:n]
+    if len(chosen) < n:
+        chosen += [i for i, p in enumerate(predictions) if int(p) != cls][:n - len(chosen)]
+    return chosen, min(len(correct), n)
+
+
+def consensus_weights(predictions: Sequence[Sequence[int]], class_ids: Sequence[int]) -> list[list[float]]:
+    """Per-expert, per-image weights of DATM's averaged initial logits.
+
+    Args:
+        predictions: ``predictions[e][i]``: expert ``e``'s argmax for image ``i``.
+        class_ids: image ``i``'s class.
+
+    Returns:
+        ``w[e][i]``: ``1 / k_i`` for each of the ``k_i`` experts that classify image ``i``
+        correctly and 0 for the others, so ``sum_e w[e][i] logits_e[i]`` is the mean of
+        the correct experts' logits (DATM). An image no expert gets right (possible
+        only where :func:`choose_correct` had to fill) takes the plain mean of all of
+        them, where DATM would divide by zero.
+    """
+    if not predictions:
+        raise ValueError("at least one expert is needed")
+    n = len(class_ids)
+    if any(len(p) != n for p in predictions):
+        raise ValueError("every expert needs one prediction per image")
+    weights = [[0.0] * n for _ in predictions]
+    for i, c in enumerate(class_ids):
+        right = [e for e, p in enumerate(predictions) if int(p[i]) == int(c)]
+        voters = right or list(range(len(predictions)))
+        for e in voters:
+            weights[e][i] = 1.0 / len(voters)
+    return weights

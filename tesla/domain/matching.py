@@ -45,6 +45,14 @@ dL/dalpha. The three engines below differ only in how they get them:
     themselves: every k-th kept, the others remade segment by segment in the backward
     sweep), about 2 sqrt(N) of them for one more ``grad`` per step.
 
+Parameter selection (PAD, :mod:`tesla.domain.selection`): every engine takes an optional
+``selection``; with it, distance, loss and the starting cotangent are over the selected
+slice, ``D = ||S(start - target)||^2``, ``L = ||S(w_N - target)||^2 / D``,
+``lambda_N = (2/D) S(w_N - target)``, the first-order ``v`` is restricted likewise, and
+the rest of each engine is unchanged. The compute restricts vectors with
+``select(vec, start)``; without a selection it is never called, so the plain objective
+is computed exactly as before. ``unrolled`` (the compute's own autograd loss) takes none.
+
 Everything here works on opaque vectors through :class:`~tesla.domain.ports.Compute`;
 the data gradient is accumulated inside the compute (``accumulate``/``data_grad``).
 """
@@ -57,6 +65,7 @@ from typing import Optional, Sequence
 import attrs
 
 from tesla.domain.ports import BatchedVJP, Compute, KeepsWeights, Step, Vec
+from tesla.domain.selection import Selection
 
 ENGINES = ("tesla", "exact", "unrolled")
 
@@ -78,10 +87,17 @@ class Matched:
     final: Optional[Vec] = None
 
 
-def _distance(compute: Compute, start: Vec, target: Vec) -> float:
-    diff = start - target
+def _restrict(compute: Compute, vec: Vec, selection: Optional[Selection]) -> Vec:
+    return vec if selection is None else selection.restrict(compute, vec)
+
+
+def _distance(compute: Compute, start: Vec, target: Vec, selection: Optional[Selection] = None) -> float:
+    diff = _restrict(compute, start - target, selection)
     d = compute.dot(diff, diff)
     if not d > 0.0:
+        if selection is not None:
+            raise ValueError("the selected (deepest) parameters are identical at start and target: "
+                             "raise match_fraction or use a larger expert_epochs")
         raise ValueError("start and target parameters are identical (||start - target|| = 0): "
                          "use expert_epochs >= 1 and a trajectory whose snapshots differ")
     return d
@@ -114,7 +130,8 @@ def _forward(compute: Compute, start: Vec, alpha: float, steps: Sequence[Step],
 
 
 def first_order(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequence[Step],
-                *, shard: tuple[int, int] = (0, 1), chunk: int = 1) -> Matched:
+                *, shard: tuple[int, int] = (0, 1), chunk: int = 1,
+                selection: Optional[Selection] = None) -> Matched:
     """TESLA's first-order gradient (module docstring) with the correct factor 2.
 
     Args:
@@ -124,17 +141,18 @@ def first_order(compute: Compute, start: Vec, target: Vec, alpha: float, steps: 
         chunk: pass-2 steps handed to ``compute.vjp_many`` together (they are
             independent once pass 1 is done); 1, or a compute without ``vjp_many``,
             means one at a time. Memory grows with ``chunk``, never with the steps.
+        selection: match only this slice of the parameters (module docstring).
     """
     rank, world = shard
-    distance = _distance(compute, start, target)
+    distance = _distance(compute, start, target, selection)
     many = compute.vjp_many if chunk > 1 and isinstance(compute, BatchedVJP) else None
     streaming = world == 1 and many is None
     kept, total, final = _forward(compute, start, alpha, steps, every=None if streaming else 1)
-    residual = final - target
+    residual = _restrict(compute, final - target, selection)
     loss = compute.dot(residual, residual) / distance
     lr_grad = -(2.0 / distance) * compute.dot(residual, total)
     # v = (2/D)(alpha (target - start) + alpha^2 G) = -alpha * (2/D)(w_N - target)
-    v = (2.0 / distance) * (alpha * (target - start) + (alpha * alpha) * total)
+    v = _restrict(compute, (2.0 / distance) * (alpha * (target - start) + (alpha * alpha) * total), selection)
     if streaming:  # walk the trajectory again; every w_i but the current one is garbage
         w = start
         for step in steps:
@@ -157,7 +175,7 @@ def first_order(compute: Compute, start: Vec, target: Vec, alpha: float, steps: 
 
 
 def exact(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequence[Step],
-          *, segment: Optional[int] = None) -> Matched:
+          *, segment: Optional[int] = None, selection: Optional[Selection] = None) -> Matched:
     """The exact gradient by the reverse-mode adjoint (module docstring).
 
     Args:
@@ -166,14 +184,15 @@ def exact(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequen
             segment's weights from its first one just before its adjoint steps: at most
             N/k + k vectors (about 2 sqrt(N) at :func:`sqrt_segment`) for one more
             ``grad`` per step. The numbers are the same either way.
+        selection: match only this slice of the parameters (module docstring).
     """
     if segment is not None and segment < 1:
         raise ValueError(f"segment must be >= 1 (got {segment})")
-    distance = _distance(compute, start, target)
+    distance = _distance(compute, start, target, selection)
     n, k = len(steps), segment or 1
     keep = _keeper(compute)
     marks, _, final = _forward(compute, start, alpha, steps, every=k)  # the first weights of every segment
-    residual = final - target
+    residual = _restrict(compute, final - target, selection)
     loss = compute.dot(residual, residual) / distance
     lam = (2.0 / distance) * residual
     lr_grad = 0.0
@@ -196,8 +215,15 @@ def sqrt_segment(steps: int) -> int:
     return math.isqrt(steps - 1) + 1 if steps > 1 else 1
 
 
-def unrolled(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequence[Step]) -> Matched:
-    """MTT's reference: autograd through every step, supplied whole by the compute."""
+def unrolled(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequence[Step],
+             *, selection: Optional[Selection] = None) -> Matched:
+    """MTT's reference: autograd through every step, supplied whole by the compute.
+
+    The compute's loss is over every parameter, so a ``selection`` is refused (use
+    ``exact``: the same gradient, to rounding, over any slice)."""
+    if selection is not None:
+        raise ValueError("parameter selection (match_fraction < 1) needs engine 'exact' or 'tesla', not "
+                         "'unrolled': use --engine exact (the same gradient as unrolled)")
     distance = _distance(compute, start, target)
     loss, lr_grad = compute.unrolled(start, target, alpha, steps)
     return Matched(loss=loss, lr_grad=lr_grad, distance=distance, final=None)
@@ -206,7 +232,7 @@ def unrolled(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Seq
 def match(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequence[Step], engine: str = "tesla",
           **kwargs) -> Matched:
     """Run one engine by name (``tesla`` | ``exact`` | ``unrolled``) with its options
-    (``chunk``/``shard``, ``segment``); see :func:`tesla.domain.engines.engine_for`."""
+    (``chunk``/``shard``, ``segment``, ``selection``); see :func:`tesla.domain.engines.engine_for`."""
     from tesla.domain.engines import engine_for
 
     return engine_for(engine, **kwargs)(compute, start, target, alpha, steps)

@@ -97,6 +97,10 @@ class Compute(Protocol):
     def data_grad(self) -> tuple[Images, Optional[Labels]]:
         """The accumulated gradient: (images (N, C, H, W), label logits (N, K) or None)."""
 
+    def select(self, vec: Vec, start: int) -> Vec:
+        """``vec`` with the entries before ``start`` set to zero (PAD's parameter selection,
+        :mod:`tesla.domain.selection`); a new vector."""
+
     def unrolled(self, start: Vec, target: Vec, alpha: float, steps: Sequence[Step]) -> tuple[float, float]:
         """Reference: autograd through all steps. Accumulates the data gradient and
         returns (loss, dL/dalpha)."""

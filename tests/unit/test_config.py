@@ -94,3 +94,35 @@ def test_remake_weights_is_for_the_exact_engine_only():
     assert DistillConfig(engine="exact", remake_weights=True).remake_weights
     with pytest.raises(ConfigError, match="remake_weights applies to engine 'exact' only"):
         DistillConfig(engine="tesla", remake_weights=True)
+
+
+RECIPE_FIELDS = ("label_momentum", "sampling", "min_start_epoch", "initial_max_start_epoch", "window_iterations",
+                 "ema_decay", "match_fraction", "min_label_agreement", "collapse_iterations", "stall_iterations",
+                 "stall_tolerance")
+
+
+def test_configs_recorded_before_the_recipe_fields_still_load_and_mean_the_same():
+    old = {k: v for k, v in to_dict(DistillConfig(labels="learned", ipc=3)).items() if k not in RECIPE_FIELDS}
+    cfg = from_dict(DistillConfig, old)
+    assert cfg == DistillConfig(labels="learned", ipc=3)
+    # the defaults are today's behaviour: uniform starts from 0, no average, every parameter matched
+    assert (cfg.sampling, cfg.min_start_epoch, cfg.ema_decay, cfg.match_fraction, cfg.label_sgd_momentum) == (
+        "uniform", 0, None, 1.0, cfg.momentum)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("sampling", "random"), ("min_start_epoch", -1), ("initial_max_start_epoch", 0), ("window_iterations", 0),
+    ("ema_decay", 1.0), ("match_fraction", 0.0), ("match_fraction", 1.01), ("label_momentum", -0.5),
+    ("min_label_agreement", 2.0), ("collapse_iterations", 0), ("stall_iterations", -3), ("stall_tolerance", -1.0),
+])
+def test_bad_recipe_field_is_named(field, value):
+    with pytest.raises(ConfigError, match=field):
+        DistillConfig(**{field: value})
+
+
+def test_recipe_fields_round_trip():
+    cfg = DistillConfig(labels="learned-teacher", label_epoch=9, label_momentum=0.9, sampling="window",
+                        initial_max_start_epoch=12, window_iterations=300, ema_decay=0.999, match_fraction=0.5,
+                        min_label_agreement=0.3, collapse_iterations=4, stall_iterations=0, stall_tolerance=0.01,
+                        engine="exact")
+    assert from_dict(DistillConfig, to_dict(cfg)) == cfg

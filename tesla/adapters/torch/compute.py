@@ -222,6 +222,13 @@ class TorchCompute:
     def dot(self, a: torch.Tensor, b: torch.Tensor) -> float:
         return float(torch.dot(a.reshape(-1), b.reshape(-1)))
 
+    def select(self, vec: torch.Tensor, start: int) -> torch.Tensor:
+        """``vec`` (P,) with entries ``[:start]`` zeroed: PAD's parameter selection
+        (:mod:`tesla.domain.selection`); a new tensor, ``vec`` is left as it is."""
+        out = vec.clone()
+        out[:start] = 0
+        return out
+
     def accumulate(self, step: Step, data_grad: Any, scale: float) -> None:
         """Scatter a step's data gradient (rows on the compute device) into the accumulator
         (with the set: host memory for ``set_on='host'``)."""

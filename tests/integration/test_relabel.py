@@ -11,8 +11,8 @@ import torch
 from tesla.adapters.data.demo import load_demo
 from tesla.adapters.torch.functional import FlatView
 from tesla.adapters.torch.models import build_model
-from tesla.adapters.torch.relabel import (RelabelAugment, param_groups, relabel_loss, snapshot_teacher,
-                                          train_relabel)
+from tesla.adapters.torch.relabel import (RelabelAugment, module_teacher, param_groups, relabel_loss,
+                                          snapshot_teacher, train_relabel)
 from tesla.adapters.torch.training import derive_seed, train_expert
 from tesla.domain.config import ExpertConfig, ModelConfig
 from tesla.domain.relabel import RelabelConfig
@@ -164,6 +164,17 @@ def test_student_learns_from_a_teacher_on_real_images(demo):
     # same images with hard labels and SGD reach 18.5 %)
     few = demo.subset_per_class(10, seed=1)
     cfg = RelabelConfig(epochs=30, batch_size=50, lr=0.003, temperature=4.0)
-    acc = train_relabel(build_model(SMALL, seed=1), few.train_x, snapshot_teacher(teacher_net, FlatView(teacher_net).flatten()),
-                        demo, cfg, seed=0)
+    teacher = snapshot_teacher(teacher_net, FlatView(teacher_net).flatten())
+    acc = train_relabel(build_model(SMALL, seed=1), few.train_x, teacher, demo, cfg, seed=0)
     assert acc > 20.0, acc
+
+
+def test_teachers_from_a_module_and_from_a_snapshot_agree(tiny):
+    net = build_model(SMALL, seed=2)
+    x = tiny.train_x[:4]
+    with torch.no_grad():
+        want = net(x)
+        from_module = module_teacher(net)(x)
+        from_snapshot = snapshot_teacher(build_model(SMALL, seed=7), FlatView(net).flatten())(x)
+    assert not net.training
+    assert torch.allclose(from_module, want) and torch.allclose(from_snapshot, want, atol=1e-6)

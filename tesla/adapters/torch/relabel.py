@@ -93,7 +93,8 @@ class RelabelAugment:
 
     def __init__(self, cfg: RelabelConfig, size: tuple[int, int]) -> None:
         self.size = (int(size[0]), int(size[1]))
-        self.crop = RandomResizedCrop(self.size, scale=cfg.crop_scale, ratio=(3.0 / 4.0, 4.0 / 3.0)) if cfg.crop else None
+        self.crop = (RandomResizedCrop(self.size, scale=cfg.crop_scale, ratio=(3.0 / 4.0, 4.0 / 3.0))
+                     if cfg.crop else None)
         self.flip = RandomHorizontalFlip(p=0.5) if cfg.flip else None
         self.cutmix = (RandomCutMixV2(beta=cfg.cutmix_beta, use_correct_lambda=True, data_keys=["input"])
                        if cfg.cutmix else None)

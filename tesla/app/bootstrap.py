@@ -159,13 +159,15 @@ def experts_ports(device: Any = "cpu", storage_options: Optional[dict] = None) -
 
 
 def prepare_experts(request: "ExpertsRequest", *, device: str = "auto", storage_options: Optional[dict] = None,
-                    ranks: Any = None) -> "PreparedExperts":
+                    ctx: Any = None) -> "PreparedExperts":
     """:func:`tesla.app.services.experts.prepare_experts` on torch (one process on
-    ``device``, or one rank of ``ranks``, on its own device) and the real stores."""
+    ``device``, or the torchrun rank ``ctx``, a DistContext, on its own device) and the
+    real stores."""
+    from tesla.adapters.torch.ranks import ranks_of
     from tesla.app.services.experts import prepare_experts as prepare
 
-    dev = ranks.device if ranks is not None else resolve_device(device)
-    return prepare(request, experts_ports(dev, storage_options), ranks)
+    dev = ctx.device if ctx is not None else resolve_device(device)
+    return prepare(request, experts_ports(dev, storage_options), None if ctx is None else ranks_of(ctx))
 
 
 def train_experts(*, device: Any = "cpu", **kwargs: Any) -> "ExpertsResult":
@@ -181,8 +183,10 @@ def distributed_experts(*, ctx: Any, storage_options: Optional[dict] = None, **k
     :class:`~tesla.adapters.torch.dist.DistContext`), training on its device."""
     from tesla.app.services.experts import distributed_experts as run
 
+    from tesla.adapters.torch.ranks import ranks_of
+
     ports = experts_ports(ctx.device, storage_options)
-    return run(ranks=ctx, stores=ports.stores, training=ports.training, **kwargs)
+    return run(ranks=ranks_of(ctx), stores=ports.stores, training=ports.training, **kwargs)
 
 
 def merge_trajectory_stores(srcs: Any, dest: str, *, storage_options: Optional[dict] = None,
@@ -192,13 +196,6 @@ def merge_trajectory_stores(srcs: Any, dest: str, *, storage_options: Optional[d
     from tesla.app.services.merge import merge_trajectory_stores as merge
 
     return merge(srcs, dest, stores=TrajectoryStoreOpener(storage_options), sink=sink)
-
-
-def rank_group(device: str = "auto") -> Any:
-    """This process as one torchrun rank (a context manager; DistributedError outside torchrun)."""
-    from tesla.adapters.torch.dist import process_group
-
-    return process_group(device)
 
 
 def reported_to_all_ranks(error: BaseException) -> bool:

@@ -193,7 +193,7 @@ class DataConfig:
 
 @attrs.frozen
 class ExpertConfig:
-    """Expert (teacher) training: the published recipe of NOTES §4 by default.
+    """Expert (teacher) training: the published recipe of docs/MATHS.md §4 by default.
 
     Fields:
         num_experts: trajectories to train.
@@ -220,7 +220,7 @@ class ExpertConfig:
 
 @attrs.frozen
 class DistillConfig:
-    """One distillation run (NOTES §1, §9).
+    """One distillation run (docs/MATHS.md §1, §9).
 
     Fields:
         ipc: synthetic images per class.
@@ -400,7 +400,7 @@ class DistillConfig:
 
 @attrs.frozen
 class EvalConfig:
-    """The field's evaluation protocol (NOTES §8).
+    """The field's evaluation protocol (docs/MATHS.md §8).
 
     Fields:
         models: architectures to train on the synthetic set (``convnet``, ``resnet18``, ``vit``).

@@ -148,3 +148,10 @@ class DistillConfigLike(Protocol):
     second_pass_chunk: int
     remake_weights: bool
     match_fraction: float
+
+
+def match(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequence[Step], engine: str = "tesla",
+          **options: object) -> Matched:
+    """One iteration of the engine called ``engine`` with its options (``chunk``, ``shard``,
+    ``segment``, ``remake_weights``, ``selection``): :func:`engine_for` then a call."""
+    return engine_for(engine, **options)(compute, start, target, alpha, steps)  # type: ignore[arg-type]

@@ -1,6 +1,6 @@
 """The trajectory-matching objective and three ways to differentiate it.
 
-One iteration (NOTES §1): starting at an expert's snapshot ``start`` the student takes N
+One iteration (docs/MATHS.md §1): starting at an expert's snapshot ``start`` the student takes N
 SGD steps on synthetic batches, ``w_{i+1} = w_i - alpha * g_i``, and the loss is
 
     L = ||w_N - target||^2 / D,      D = ||start - target||^2.
@@ -227,12 +227,3 @@ def unrolled(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Seq
     distance = _distance(compute, start, target)
     loss, lr_grad = compute.unrolled(start, target, alpha, steps)
     return Matched(loss=loss, lr_grad=lr_grad, distance=distance, final=None)
-
-
-def match(compute: Compute, start: Vec, target: Vec, alpha: float, steps: Sequence[Step], engine: str = "tesla",
-          **kwargs) -> Matched:
-    """Run one engine by name (``tesla`` | ``exact`` | ``unrolled``) with its options
-    (``chunk``/``shard``, ``segment``, ``selection``); see :func:`tesla.domain.engines.engine_for`."""
-    from tesla.domain.engines import engine_for
-
-    return engine_for(engine, **kwargs)(compute, start, target, alpha, steps)

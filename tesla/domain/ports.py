@@ -171,11 +171,20 @@ class Normalization(Protocol):
         """What a stored set records to be shown and evaluated without the data."""
 
 
-class DataSource(Protocol):
-    """Real images: class-balanced sampling, training batches and the test set."""
+class RealData(Protocol):
+    """Real images as the services see them: how many classes, what one image is.
+
+    Batches, the test set and class samples are the training ports' business; a service
+    only checks the data against the model and hands it on.
+    """
 
     num_classes: int
     image_shape: tuple  # (C, H, W)
+
+
+class DataSource(RealData, Protocol):
+    """Real images: class-balanced sampling, training batches and the test set."""
+
     class_names: list
     normalizer: Optional[Normalization]
 
@@ -278,12 +287,23 @@ class Ranks(Protocol):
     uses. Every rank calls the collectives the same number of times, in the same order."""
 
     @property
+    def rank(self) -> int:
+        """This process's rank (0 .. world - 1)."""
+
+    @property
+    def world(self) -> int:
+        """How many processes take part."""
+
+    @property
     def shard(self) -> tuple[int, int]:
         """(rank, world)."""
 
     @property
     def is_writer(self) -> bool:
         """Whether this rank writes checkpoints, sets, logs (rank 0)."""
+
+    def all_gather(self, obj: Any) -> list:
+        """Every rank's ``obj`` (small picklable values), in rank order, on every rank."""
 
     def sum(self, value: Images) -> Images:
         """``value`` summed over the ranks, in place; every rank gets identical values."""
@@ -301,8 +321,19 @@ class SingleProcess:
     """The ranks of a plain run: rank 0 of 1, every collective the identity."""
 
     @property
+    def rank(self) -> int:
+        return 0
+
+    @property
+    def world(self) -> int:
+        return 1
+
+    @property
     def shard(self) -> tuple[int, int]:
         return (0, 1)
+
+    def all_gather(self, obj: Any) -> list:
+        return [obj]
 
     @property
     def is_writer(self) -> bool:
@@ -418,30 +449,11 @@ if TYPE_CHECKING:  # only for the annotations: the domain modules below import t
     from tesla.domain.bench import BenchSettings, MemoryPoint, MemoryResult
     from tesla.domain.config import DataConfig, DistillConfig, EvalConfig, ExpertConfig, ModelConfig
 
-T = TypeVar("T")
-Labels = Any  # class ids (N,) or probabilities (N, K), opaque to the services
 
 # on_snapshot(epoch, flat parameters (P,), test accuracy or None): after init and every epoch
 SnapshotFn = Callable[[int, Vec, Optional[float]], None]
 # on_epoch(epoch, epochs, train loss, train accuracy, test accuracy or None, seconds)
 EpochFn = Callable[[int, int, float, float, Optional[float], float], None]
-
-
-class CancelFlag(Protocol):
-    """Set (by Ctrl-C, SIGTERM or the TUI) to ask a job to stop at its next safe point."""
-
-    def is_set(self) -> bool: ...
-
-
-class RealData(Protocol):
-    """Real images as the services see them: how many classes, what one image is.
-
-    Batches, the test set and class samples are the training ports' business; a service
-    only checks the data against the model and hands it on.
-    """
-
-    num_classes: int
-    image_shape: tuple  # (C, H, W)
 
 
 class LoadData(Protocol):
@@ -470,15 +482,6 @@ class ExpertOutput(Protocol):
 
     def finish(self) -> int:
         """Mark the expert complete; returns its id."""
-
-
-class StoredModel(Protocol):
-    """What a trajectory store records about the experts it holds."""
-
-    model: dict
-    layout: list
-    num_params: int
-    dataset: dict
 
 
 class TrajectoryOutput(Protocol):
@@ -512,11 +515,11 @@ class TrajectoryOutput(Protocol):
     def close(self) -> None: ...
 
 
-class TrajectoryInput(Protocol):
+class TrajectoryInput(Trajectories, Protocol):
     """The read side of a trajectory store as the merge service walks it."""
 
     @property
-    def meta(self) -> StoredModel: ...
+    def meta(self) -> TrajectoryMeta: ...
 
     def check_compatible(self, model: Mapping[str, Any], layout: Any, num_params: int,
                          dataset: Mapping[str, Any]) -> None:
@@ -589,23 +592,6 @@ class EvaluationTraining(Protocol):
 
     def count(self, images: Images) -> int:
         """Number of images in a set."""
-
-
-class RankGroup(Protocol):
-    """The processes of a distributed run as the experts service needs them."""
-
-    rank: int
-    world: int
-
-    @property
-    def is_writer(self) -> bool:
-        """Rank 0: it prints, logs and merges."""
-
-    def agree(self, fn: Callable[[], T], *, only_writer: bool = False) -> Optional[T]:
-        """Run ``fn`` (on every rank, or rank 0 only); if any rank failed, every rank raises."""
-
-    def all_gather_object(self, obj: Any) -> list:
-        """One object per rank, in rank order, on every rank."""
 
 
 class PrepareRunDir(Protocol):
@@ -761,7 +747,7 @@ class DistillStage(Protocol):
     is there) and returns how it ended and the final set."""
 
     def __call__(self, cfg: "DistillConfig", model: "ModelConfig", data: RealData, trajectories: str, run_dir: Path,
-                 sink: EventSink, cancel: Optional[CancelFlag]) -> tuple[DistillOutcome, Optional[StoredSet]]: ...
+                 sink: EventSink, cancel: Optional[Cancel]) -> tuple[DistillOutcome, Optional[StoredSet]]: ...
 
 
 class ExportImages(Protocol):

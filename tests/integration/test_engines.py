@@ -189,7 +189,7 @@ def test_public_api_validates_inputs():
 @pytest.mark.parametrize("engine", ["tesla", "exact"])
 def test_offloaded_weights_equal_device_weights_on_cuda(engine):
     from tesla.adapters.torch.compute import TorchCompute
-    from tesla.domain import matching, sampling
+    from tesla.domain import engines, matching, sampling
     import random
 
     model, start, target, images, labels = _problem(4)
@@ -199,7 +199,7 @@ def test_offloaded_weights_equal_device_weights_on_cuda(engine):
     outs = []
     for offload in (False, True):
         c = TorchCompute(view, images, labels, offload=offload)
-        m = matching.match(c, start, target, 0.1, plan, engine)
+        m = engines.match(c, start, target, 0.1, plan, engine)
         outs.append((m.loss, c.data_grad()[0]))
         if offload:
             assert c.keep(start).device.type == "cpu"

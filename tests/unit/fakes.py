@@ -359,6 +359,10 @@ class FakeRanks:
         self.calls.append("sum")
         return value
 
+    def all_gather(self, obj) -> list:
+        self.calls.append("all_gather")
+        return [obj] * self.world
+
     def any(self, flag: bool) -> bool:
         self.calls.append("any")
         return bool(flag) or self.others_cancel

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Sequence
 import attrs
 
 from tesla.domain.errors import StoreError, TrainingStopped
-from tesla.domain.ports import ModelLayout
+from tesla.domain.ports import ModelLayout, SingleProcess
 
 
 @attrs.define
@@ -253,20 +253,7 @@ class FakeLoadData:
         return self.data
 
 
-class OneRank:
-    """A RankGroup of one process (rank 0 of 1): agree just runs, gather wraps."""
-
-    rank, world = 0, 1
-
-    @property
-    def is_writer(self) -> bool:
-        return True
-
-    def agree(self, fn: Callable, *, only_writer: bool = False) -> Any:
-        return fn()
-
-    def all_gather_object(self, obj: Any) -> list:
-        return [obj]
+OneRank = SingleProcess  # the domain's null object is the one-process rank group
 
 
 # --- benchmarks ----------------------------------------------------------------------------------

@@ -164,7 +164,7 @@ def test_distributed_experts_into_per_rank_files_skips_what_a_merged_file_holds(
     class TwoRanksSeenFromRankZero(OneRank):
         world = 2
 
-        def all_gather_object(self, obj):
+        def all_gather(self, obj):
             return [obj, obj if isinstance(obj, list) else ("completed", [], {})]
 
     result = distributed_experts(ranks=TwoRanksSeenFromRankZero(), out="x.h5", model_cfg=MODEL,

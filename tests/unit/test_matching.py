@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from tesla.domain import matching, sampling
+from tesla.domain import engines, matching, sampling
 from tests.unit.fakes import QuadraticCompute, V
 
 
@@ -20,7 +20,7 @@ def _setup(n_images=6, dim=3, steps=5, batch=2, seed=0):
 def _run(engine, alpha=0.3, **kw):
     images, start, target, plan = _setup(**kw)
     compute = QuadraticCompute(images)
-    out = matching.match(compute, start, target, alpha, plan, engine)
+    out = engines.match(compute, start, target, alpha, plan, engine)
     return out, compute.data_grad()[0], compute
 
 
@@ -92,13 +92,13 @@ def test_bad_inputs_are_refused_by_name():
     images, start, target, plan = _setup()
     c = QuadraticCompute(images)
     with pytest.raises(ValueError, match="engine"):
-        matching.match(c, start, target, 0.1, plan, "magic")
+        engines.match(c, start, target, 0.1, plan, "magic")
     with pytest.raises(ValueError, match="lr"):
-        matching.match(c, start, target, -0.1, plan, "tesla")
+        engines.match(c, start, target, -0.1, plan, "tesla")
     with pytest.raises(ValueError, match="identical"):
-        matching.match(c, start, start, 0.1, plan, "exact")
+        engines.match(c, start, start, 0.1, plan, "exact")
     with pytest.raises(ValueError, match="step"):
-        matching.match(c, start, target, 0.1, [], "tesla")
+        engines.match(c, start, target, 0.1, [], "tesla")
 
 
 class BatchedQuadratic(QuadraticCompute):
@@ -156,9 +156,9 @@ class KeepingQuadratic(QuadraticCompute):
 def test_kept_weights_give_the_same_gradients(engine):
     images, start, target, plan = _setup(steps=6)
     plain = QuadraticCompute(images)
-    a = matching.match(plain, start, target, 0.3, plan, engine)
+    a = engines.match(plain, start, target, 0.3, plan, engine)
     kept = KeepingQuadratic(images)
-    b = matching.match(kept, start, target, 0.3, plan, engine)
+    b = engines.match(kept, start, target, 0.3, plan, engine)
     # exact walks the steps backwards and keeps every w_i; tesla's pass 2 walks forwards
     # and remakes them, so it keeps none
     assert kept.kept == (6 if engine == "exact" else 0)
@@ -199,7 +199,7 @@ class Counted(V):
 def _most_vectors_alive(engine: str, steps: int, **kwargs) -> int:
     images, start, target, plan = _setup(steps=steps)
     Counted.alive = Counted.most = 0
-    matching.match(QuadraticCompute(images), Counted(start), Counted(target), 0.3, plan, engine, **kwargs)
+    engines.match(QuadraticCompute(images), Counted(start), Counted(target), 0.3, plan, engine, **kwargs)
     return Counted.most
 
 

@@ -1,4 +1,4 @@
-"""Seeded schedules follow NOTES §1: permutation chunks, one per step, redrawn when used up."""
+"""Seeded schedules follow docs/MATHS.md §1: permutation chunks, one per step, redrawn when used up."""
 
 import random
 

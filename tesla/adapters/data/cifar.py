@@ -8,7 +8,7 @@ the trusted dataset format; nothing else is unpickled.
 
 Images are scaled to [0, 1] and mapped to model space by a :class:`Normalizer`: the
 standard CIFAR mean/std, or with ``zca=True`` kornia's ZCA whitening (eps 0.1) fitted
-once on the training images (NOTES §7). The fitted ZCA is a 3072x3072 transform; it is
+once on the training images (docs/MATHS.md §7). The fitted ZCA is a 3072x3072 transform; it is
 cached as ``cache_dir/zca-<hash>.npz`` where the hash covers the training pixels and
 eps, so a changed data set never reuses a stale transform.
 """

@@ -1,6 +1,6 @@
 """Differentiable Siamese augmentation (DSA) with recorded, replayable parameters.
 
-DSA (Zhao & Bilen 2021), as MTT and TESLA use it (NOTES §6): each call applies ONE
+DSA (Zhao & Bilen 2021), as MTT and TESLA use it (docs/MATHS.md §6): each call applies ONE
 operation chosen uniformly from the configured list, with parameters drawn per sample;
 every operation is differentiable with respect to the images, so the gradient of a
 matching loss flows back into the synthetic pixels through the augmentation.
@@ -123,7 +123,7 @@ class DSA:
         ops: the operations to choose from (uniformly), a sequence or a strategy string
             such as ``"color_crop_cutout_flip_scale_rotate"``.
         ratio_scale, ratio_rotate, ratio_crop, ratio_cutout, prob_flip, brightness,
-        saturation, contrast: the ranges of NOTES §6 (published defaults).
+        saturation, contrast: the ranges of docs/MATHS.md §6 (published defaults).
 
     Example:
         >>> dsa = DSA.from_strategy("color_crop_cutout_flip_scale_rotate")

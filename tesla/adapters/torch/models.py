@@ -1,6 +1,6 @@
 """The networks of the field, built from a :class:`~tesla.domain.config.ModelConfig`.
 
-- **ConvNet** (DC/DSA/DM/MTT/TESLA, NOTES §5): ``depth`` blocks of
+- **ConvNet** (DC/DSA/DM/MTT/TESLA, docs/MATHS.md §5): ``depth`` blocks of
   conv 3x3 (``width`` filters, padding 1) -> norm -> ReLU -> AvgPool 2x2, then one linear
   classifier. The module layout (``features`` Sequential + ``classifier``) is the published
   one, so ``parameters()`` order, and therefore the flat trajectory layout, matches the

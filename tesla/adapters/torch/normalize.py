@@ -1,7 +1,7 @@
 """Map images between display space [0, 1] and model space, and back.
 
 A run works in *model space*: per-channel mean/std normalisation (ImageNet, CIFAR without
-ZCA), or ZCA whitening of [0, 1] images (CIFAR in MTT/TESLA, NOTES §7) with
+ZCA), or ZCA whitening of [0, 1] images (CIFAR in MTT/TESLA, docs/MATHS.md §7) with
 :class:`kornia.enhance.ZCAWhitening` (``eps=0.1``, fitted on the whole training set, no
 mean/std afterwards). Distilled images live in model space too, so showing or exporting
 them needs the inverse: :meth:`Normalizer.decode` (inverse ZCA or un-normalise, clamped

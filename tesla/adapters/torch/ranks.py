@@ -27,8 +27,19 @@ class TorchRanks:
         self.ctx = ctx
 
     @property
+    def rank(self) -> int:
+        return self.ctx.rank
+
+    @property
+    def world(self) -> int:
+        return self.ctx.world
+
+    @property
     def shard(self) -> tuple[int, int]:
         return self.ctx.shard
+
+    def all_gather(self, obj: object) -> list:
+        return self.ctx.all_gather_object(obj)
 
     @property
     def is_writer(self) -> bool:

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+import attrs
 import typer
 from rich.console import Console
 
@@ -141,3 +142,50 @@ def run_job(job: Callable[[Any, threading.Event], Any], *, run_dir: Optional[Pat
     finally:
         for close in closers:
             close()
+
+
+@attrs.frozen
+class RankedRun:
+    """What :func:`run_on_ranks` returns: the job's result, whether this process is the
+    one that prints (rank 0, or the only process), and how many processes took part."""
+
+    result: Any
+    is_writer: bool
+    world: int
+
+
+def run_on_ranks(prepare: Callable[[Any], Any], *, device: str, distributed: bool, run_dir: Optional[Path],
+                 quiet: bool = False, json_mode: bool = False, tui: bool = False,
+                 tensorboard: Optional[str] = None) -> RankedRun:
+    """Prepare and run a job in this process, or as one rank of a ``torchrun`` job.
+
+    ``prepare(ctx)`` checks and opens everything for this process's context (a
+    DistContext: one plain process on ``device``, or this rank with ``distributed``) and
+    returns a prepared job. Rank 0 (or the only process) runs it under the terminal
+    display or the TUI; the other ranks run it silently. An error every rank saw alike (a
+    failed check, a NaN stop) is printed by rank 0 alone: the others exit with its code.
+    """
+    from tesla.app import bootstrap
+    from tesla.domain.errors import ConfigError, NumericalError
+    from tesla.domain.ports import NullSink
+
+    if distributed and tui:
+        raise ConfigError("--tui shows one process: drop it with --distributed and follow rank 0 with "
+                          f"`tesla monitor {run_dir}`")
+    with bootstrap.process_context(device, distributed) as ctx:
+        writer = ctx.is_writer
+        try:
+            prepared = prepare(ctx)  # validates before any work
+            if writer:
+                result = run_job(prepared.job, run_dir=run_dir, quiet=quiet, json_mode=json_mode, tui=tui,
+                                 tensorboard=tensorboard)
+            else:
+                with cancel_on_signals() as cancel:
+                    result = prepared.job(NullSink(), cancel)
+        except Exception as e:
+            if not writer and isinstance(e, NumericalError):
+                raise typer.Exit(EXIT_NUMERICAL) from None
+            if not writer and bootstrap.reported_to_all_ranks(e):
+                raise typer.Exit(EXIT_BAD_INPUT) from None
+            raise
+        return RankedRun(result=result, is_writer=writer, world=ctx.world)

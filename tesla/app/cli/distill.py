@@ -105,35 +105,16 @@ def run_ranked_distillation(request, distributed: bool, tui: bool, quiet: bool, 
     """Validate, then run in this process, or as one torchrun rank with ``--distributed``
     (rank 0 alone prints and logs)."""
     from tesla.app import bootstrap
-    from tesla.app.cli.common import cancel_on_signals
-    from tesla.domain.config import ConfigError
-    from tesla.domain.errors import NumericalError
-    from tesla.domain.ports import NullSink
+    from tesla.app.cli.common import run_on_ranks
     from tesla.domain.urls import redact_url
 
-    if distributed and tui:
-        raise ConfigError("--tui shows one process: drop it with --distributed and follow rank 0 with "
-                          f"`tesla monitor {request.out}`")
-    with bootstrap.process_context(request.device, distributed) as ctx:
-        writer = ctx.is_writer
-        try:
-            prepared = bootstrap.prepare_distillation(request, ctx)  # validates before any work
-            if writer:
-                result = run_job(prepared.job, run_dir=request.out, quiet=quiet, json_mode=json_mode, tui=tui,
-                                 tensorboard=tensorboard)
-            else:
-                with cancel_on_signals() as cancel:
-                    result = prepared.job(NullSink(), cancel)
-        except Exception as e:
-            # every rank saw a NaN or a failed check alike: rank 0 alone prints it
-            if not writer and isinstance(e, NumericalError):
-                raise typer.Exit(3) from None
-            if not writer and bootstrap.reported_to_all_ranks(e):
-                raise typer.Exit(2) from None
-            raise
+    ran = run_on_ranks(lambda ctx: bootstrap.prepare_distillation(request, ctx), device=request.device,
+                       distributed=distributed, run_dir=request.out, quiet=quiet, json_mode=json_mode, tui=tui,
+                       tensorboard=tensorboard)
+    result = ran.result
     if result is None:
         raise typer.Exit(1)
-    if writer and not quiet and not json_mode:
+    if ran.is_writer and not quiet and not json_mode:
         loss = "-" if result.loss is None else f"{result.loss:.4f}"
         where = redact_url(request.store_url) if request.store_url else request.out / request.set_name
         typer.echo(f"{result.status} at iteration {result.iterations}: loss {loss}, lr {result.lr:.5f} -> {where}")

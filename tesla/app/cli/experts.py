@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import typer
 
-from tesla.app.cli.common import cancel_on_signals, errors, run_job, storage_options
+from tesla.app.cli.common import errors, run_on_ranks, storage_options
 
 
 def experts(
@@ -56,39 +56,16 @@ def experts(
         request = ExpertsRequest(out=out, data=data_cfg, model=model_cfg, experts=expert_cfg, fit_model=not preset,
                                  depth=depth, run_dir=run_dir)
         opts = storage_options(storage_option)
-        if distributed:
-            _run_ranked(request, device, opts, quiet, json_mode)
-            return
-        prepared = bootstrap.prepare_experts(request, device=device, storage_options=opts)
-        result = run_job(prepared.job, run_dir=run_dir, quiet=quiet, json_mode=json_mode)
-        if not quiet and not json_mode:
-            typer.echo(_summary(result, out, f"trained {len(result.trained)}", result.final_accuracy.items()))
+        ran = run_on_ranks(lambda ctx: bootstrap.prepare_experts(request, device=device, storage_options=opts,
+                                                                 ctx=ctx if distributed else None),
+                           device=device, distributed=distributed, run_dir=run_dir, quiet=quiet,
+                           json_mode=json_mode)
+        result = ran.result
+        if ran.is_writer and not quiet and not json_mode:
+            done = f"{ran.world} ranks trained" if distributed else "trained"
+            typer.echo(_summary(result, out, f"{done} {len(result.trained)}", sorted(result.final_accuracy.items())))
         if result.status != "completed":
             raise typer.Exit(1)
-
-
-def _run_ranked(request: Any, device: str, opts: Optional[dict], quiet: bool, json_mode: bool) -> None:
-    """``--distributed``: this process is one torchrun rank; rank 0 alone prints and logs."""
-    from tesla.app import bootstrap
-    from tesla.domain.ports import NullSink
-
-    with bootstrap.rank_group(device) as ranks:
-        try:
-            prepared = bootstrap.prepare_experts(request, storage_options=opts, ranks=ranks)
-            if ranks.is_writer:
-                result = run_job(prepared.job, run_dir=request.run_dir, quiet=quiet, json_mode=json_mode)
-            else:
-                with cancel_on_signals() as cancel:
-                    result = prepared.job(NullSink(), cancel)
-        except Exception as e:
-            if not ranks.is_writer and bootstrap.reported_to_all_ranks(e):  # rank 0 alone prints it
-                raise typer.Exit(2) from None
-            raise
-    if ranks.is_writer and not quiet and not json_mode:
-        done = f"{ranks.world} ranks trained {len(result.trained)}"
-        typer.echo(_summary(result, request.out, done, sorted(result.final_accuracy.items())))
-    if result.status != "completed":
-        raise typer.Exit(1)
 
 
 def _summary(result: Any, out: str, done: str, accuracies: Any) -> str:

@@ -43,14 +43,14 @@ from tesla.domain import events
 from tesla.domain.bench import (BASE_ENGINE, BENCH_ENGINES, DEFAULT_STEPS, ENGINES, OOM, BenchSettings, MemoryPoint,
                                 MemoryResult, SpeedResult, SpeedRow, check_request)
 from tesla.domain.errors import BenchError
-from tesla.domain.ports import CancelFlag, EventSink, MemoryPlot, MemoryProbe, NullSink, SpeedProbe, SpeedSession
+from tesla.domain.ports import Cancel, EventSink, MemoryPlot, MemoryProbe, NullSink, SpeedProbe, SpeedSession
 
 __all__ = ["BENCH_ENGINES", "DEFAULT_STEPS", "ENGINES", "OOM", "BenchError", "BenchSettings", "MemoryPoint",
            "MemoryResult", "SpeedResult", "SpeedRow", "memory_bench", "memory_report", "memory_summary",
            "speed_bench", "speed_report", "write_memory_csv", "write_speed_csv"]
 
 
-def _cancelled(cancel: Optional[CancelFlag]) -> bool:
+def _cancelled(cancel: Optional[Cancel]) -> bool:
     return cancel is not None and cancel.is_set()
 
 
@@ -59,7 +59,7 @@ def _cancelled(cancel: Optional[CancelFlag]) -> bool:
 
 def memory_bench(s: BenchSettings, *, probe: MemoryProbe, steps: Sequence[int] = DEFAULT_STEPS,
                  engines: Sequence[str] = ENGINES, sink: Optional[EventSink] = None,
-                 cancel: Optional[CancelFlag] = None) -> MemoryResult:
+                 cancel: Optional[Cancel] = None) -> MemoryResult:
     """Peak memory of one iteration per (engine, steps); see the module docstring.
 
     Args:
@@ -151,7 +151,7 @@ def speed_bench(s: BenchSettings, *, probe: SpeedProbe, steps: Sequence[int] = (
                 engines: Sequence[str] = BENCH_ENGINES, repeats: int = 5, warmup: int = 1,
                 precisions: Sequence[str] = ("fp32",), channels_last: bool = False,
                 max_memory_gb: Optional[float] = None, sink: Optional[EventSink] = None,
-                cancel: Optional[CancelFlag] = None) -> SpeedResult:
+                cancel: Optional[Cancel] = None) -> SpeedResult:
     """Seconds per iteration, interleaved (A B C A B C ...); see the module docstring.
 
     Args:
@@ -217,7 +217,7 @@ class _Rounds:
         self.failed: set = set()
 
     def run(self, session: SpeedSession, warmup: int, repeats: int, sink: EventSink,
-            cancel: Optional[CancelFlag]) -> str:
+            cancel: Optional[Cancel]) -> str:
         """Every configuration once per round; ``cancelled`` when asked to stop."""
         done, total = 0, (warmup + repeats) * len(self.configs)
         for r in range(warmup + repeats):

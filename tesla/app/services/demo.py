@@ -21,7 +21,7 @@ from tesla.app.services.evaluate import evaluate_set
 from tesla.app.services.experts import train_experts
 from tesla.domain import presets
 from tesla.domain.config import DataConfig, to_dict
-from tesla.domain.ports import (CancelFlag, DistillStage, EvaluationTraining, EventSink, ExportImages, ExpertTraining,
+from tesla.domain.ports import (Cancel, DistillStage, EvaluationTraining, EventSink, ExportImages, ExpertTraining,
                                 LoadData, RealData, TrajectoryStores)
 
 
@@ -45,7 +45,7 @@ class DemoResult:
     run_dir: Path
 
 
-def run_demo(out: Path, *, ports: DemoPorts, sink: EventSink, cancel: Optional[CancelFlag] = None,
+def run_demo(out: Path, *, ports: DemoPorts, sink: EventSink, cancel: Optional[Cancel] = None,
              engine: str = "tesla", seed: int = 0, preset: Optional[presets.Preset] = None) -> DemoResult:
     """Experts, distillation, images and evaluation in ``out``; KeyboardInterrupt when cancelled."""
     p = preset or presets.demo()
@@ -73,7 +73,7 @@ def run_demo(out: Path, *, ports: DemoPorts, sink: EventSink, cancel: Optional[C
 
 
 def _train_experts(p: presets.Preset, seed: int, data: RealData, url: str, ports: DemoPorts, sink: EventSink,
-                   cancel: Optional[CancelFlag]) -> None:
+                   cancel: Optional[Cancel]) -> None:
     store = ports.stores.open(url)
     try:
         experts = train_experts(model_cfg=p.model, expert_cfg=attrs.evolve(p.experts, seed=seed), data=data,

@@ -23,7 +23,7 @@ import attrs
 from tesla.domain import events
 from tesla.domain.config import ConfigError, EvalConfig, ExpertConfig, ModelConfig, from_dict
 from tesla.domain.data import recorded_data_config
-from tesla.domain.ports import (CancelFlag, EvaluationTraining, EventSink, Images, Labels, LoadData, NullSink, ReadSet,
+from tesla.domain.ports import (Cancel, EvaluationTraining, EventSink, Images, Labels, LoadData, NullSink, ReadSet,
                                 RealData, StoredSet)
 
 REAL_LR = 0.01  # the references' student lr (DC-bench), when the config does not set one
@@ -171,7 +171,7 @@ class EvaluatePorts:
 
 @attrs.frozen
 class PreparedEvaluation:
-    job: Callable[[EventSink, CancelFlag], list[Score]]
+    job: Callable[[EventSink, Cancel], list[Score]]
     set: StoredSet
 
 
@@ -185,7 +185,7 @@ def prepare_evaluation(req: EvaluateRequest, ports: EvaluatePorts) -> PreparedEv
     images = syn.images
     labels = syn.labels if req.hard or syn.soft_labels is None else syn.soft_labels
 
-    def job(sink: EventSink, cancel: CancelFlag) -> list[Score]:
+    def job(sink: EventSink, cancel: Cancel) -> list[Score]:
         return evaluate_set(images, labels, syn.lr, data, model_cfg=model_cfg, cfg=req.cfg, training=ports.training,
                             ipc=syn.ipc, random_real=req.random_real, full_real=req.full_real,
                             full_epochs=req.full_epochs, sink=sink)

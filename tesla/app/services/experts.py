@@ -15,7 +15,7 @@ under its display. The service reaches the world only through ports
 (:class:`ExpertsPorts`): it loads data, opens stores and trains networks through them,
 so it runs on hand-written fakes as well as on torch and HDF5/Zarr.
 
-Several processes (torchrun ranks, a :class:`~tesla.domain.ports.RankGroup`) split the
+Several processes (torchrun ranks, a :class:`~tesla.domain.ports.Ranks`) split the
 experts still to train round robin and write them into one shared store (Zarr) or into
 one file per rank (HDF5, one writer per file) that rank 0 then merges
 (:func:`tesla.app.services.merge.merge_trajectory_stores`). Expert ``i`` is seeded
@@ -36,8 +36,8 @@ from tesla.domain.config import DataConfig, ExpertConfig, ModelConfig, to_dict
 from tesla.domain.data import check_data_fits, model_for_data
 from tesla.domain.errors import TrainingStopped
 from tesla.domain.experts import split_ids
-from tesla.domain.ports import (CancelFlag, EventSink, ExpertOutput, ExpertTraining, LoadData, ModelLayout, NullSink,
-                                PrepareRunDir, RankGroup, RealData, TrajectoryOutput, TrajectoryStores)
+from tesla.domain.ports import (Cancel, EventSink, ExpertOutput, ExpertTraining, LoadData, ModelLayout, NullSink,
+                                PrepareRunDir, Ranks, RealData, TrajectoryOutput, TrajectoryStores)
 from tesla.domain.urls import redact_url
 
 COMPARE = ("model", "data")  # what a run directory must agree on when it is used again
@@ -90,7 +90,7 @@ class PreparedExperts:
     """A checked, opened run: ``job(sink, cancel)`` trains; ``model`` is the model as fitted
     to the data and ``config`` what config.json records."""
 
-    job: Callable[[EventSink, CancelFlag], ExpertsResult]
+    job: Callable[[EventSink, Cancel], ExpertsResult]
     model: ModelConfig
     config: dict
 
@@ -98,7 +98,7 @@ class PreparedExperts:
 # --- request -> prepared job ---------------------------------------------------------------
 
 
-def prepare_experts(req: ExpertsRequest, ports: ExpertsPorts, ranks: Optional[RankGroup] = None) -> PreparedExperts:
+def prepare_experts(req: ExpertsRequest, ports: ExpertsPorts, ranks: Optional[Ranks] = None) -> PreparedExperts:
     """Check and open everything for ``req``; nothing is written when a check fails.
 
     Order: the data (and the model fitted to it), an existing store (same model and
@@ -126,14 +126,14 @@ def prepare_experts(req: ExpertsRequest, ports: ExpertsPorts, ranks: Optional[Ra
         store = ports.stores.open(req.out)
     opened = store
 
-    def job(sink: EventSink, cancel: CancelFlag) -> ExpertsResult:
+    def job(sink: EventSink, cancel: Cancel) -> ExpertsResult:
         return train_experts(model_cfg=model, expert_cfg=req.experts, data=data, store=opened, dataset=dataset,
                              training=ports.training, sink=sink, cancel=cancel, run_config=config)
 
     return PreparedExperts(job=job, model=model, config=config)
 
 
-def _prepare_ranked(req: ExpertsRequest, ports: ExpertsPorts, ranks: RankGroup) -> PreparedExperts:
+def _prepare_ranked(req: ExpertsRequest, ports: ExpertsPorts, ranks: Ranks) -> PreparedExperts:
     data = ranks.agree(lambda: ports.load_data(req.data))
     model = _fitted_model(req, data)
     config = _run_config(req, model)
@@ -141,7 +141,7 @@ def _prepare_ranked(req: ExpertsRequest, ports: ExpertsPorts, ranks: RankGroup) 
         ranks.agree(lambda: ports.run_dirs(req.run_dir, config, resume=True, compare_keys=COMPARE),
                     only_writer=True)
 
-    def job(sink: EventSink, cancel: CancelFlag) -> ExpertsResult:
+    def job(sink: EventSink, cancel: Cancel) -> ExpertsResult:
         return distributed_experts(ranks=ranks, out=req.out, model_cfg=model, expert_cfg=req.experts, data=data,
                                    dataset=to_dict(req.data), stores=ports.stores, training=ports.training,
                                    sink=sink, cancel=cancel, run_config=config)
@@ -178,7 +178,7 @@ def _checked(store: TrajectoryOutput, model: ModelConfig, layout: ModelLayout, d
 
 def train_experts(*, model_cfg: ModelConfig, expert_cfg: ExpertConfig, data: RealData, store: TrajectoryOutput,
                   dataset: dict, training: ExpertTraining, sink: Optional[EventSink] = None,
-                  cancel: Optional[CancelFlag] = None, ids: Optional[Sequence[int]] = None,
+                  cancel: Optional[Cancel] = None, ids: Optional[Sequence[int]] = None,
                   run_config: Optional[dict] = None, announce: bool = True) -> ExpertsResult:
     """Train ``expert_cfg.num_experts`` experts (ids 0..E-1, or ``ids``) into ``store``.
 
@@ -216,7 +216,7 @@ def train_experts(*, model_cfg: ModelConfig, expert_cfg: ExpertConfig, data: Rea
 
 def _train_group(group: list, model_cfg: ModelConfig, expert_cfg: ExpertConfig, data: RealData,
                  store: TrajectoryOutput, training: ExpertTraining, sink: EventSink,
-                 cancel: Optional[CancelFlag], accuracy: dict) -> bool:
+                 cancel: Optional[Cancel], accuracy: dict) -> bool:
     """Train one group together and mark its experts complete; False when it was stopped."""
     seeds = [expert_cfg.seed + i for i in group]
     writers = [store.begin_expert(i, expert_cfg.epochs, {"seed": sd, "lr": expert_cfg.lr,
@@ -253,9 +253,9 @@ def _epoch_event(sink: EventSink, expert_id: int) -> Callable:
 # --- several processes ---------------------------------------------------------------------
 
 
-def distributed_experts(*, ranks: RankGroup, out: str, model_cfg: ModelConfig, expert_cfg: ExpertConfig,
+def distributed_experts(*, ranks: Ranks, out: str, model_cfg: ModelConfig, expert_cfg: ExpertConfig,
                         data: RealData, dataset: dict, stores: TrajectoryStores, training: ExpertTraining,
-                        sink: Optional[EventSink] = None, cancel: Optional[CancelFlag] = None,
+                        sink: Optional[EventSink] = None, cancel: Optional[Cancel] = None,
                         run_config: Optional[dict] = None, merge: bool = True) -> ExpertsResult:
     """Train ``expert_cfg.num_experts`` experts split over ``ranks`` into ``out``.
 
@@ -271,7 +271,7 @@ def distributed_experts(*, ranks: RankGroup, out: str, model_cfg: ModelConfig, e
     per_rank = not stores.shared(out)
     store = _open_ranked(ranks, out, per_rank, stores, model_cfg, layout, data, dataset)
     done = ranks.agree(lambda: _finished(store, ranks, out, per_rank, stores, model_cfg, layout, dataset))
-    done = set().union(*ranks.all_gather_object(sorted(done)))
+    done = set().union(*ranks.all_gather(sorted(done)))
     wanted = list(range(expert_cfg.num_experts))
     todo = [i for i in wanted if i not in done]
     mine = split_ids(todo, ranks.rank, ranks.world)
@@ -295,15 +295,15 @@ def distributed_experts(*, ranks: RankGroup, out: str, model_cfg: ModelConfig, e
     return overall
 
 
-def _over_all_ranks(ranks: RankGroup, mine: ExpertsResult, skipped: tuple) -> ExpertsResult:
+def _over_all_ranks(ranks: Ranks, mine: ExpertsResult, skipped: tuple) -> ExpertsResult:
     """Every rank's result joined (the same on every rank): completed only when all completed."""
-    reports = ranks.all_gather_object((mine.status, list(mine.trained), dict(mine.final_accuracy)))
+    reports = ranks.all_gather((mine.status, list(mine.trained), dict(mine.final_accuracy)))
     status = "completed" if all(s == "completed" for s, _, _ in reports) else "cancelled"
     return ExpertsResult(status=status, trained=tuple(sorted(i for _, t, _ in reports for i in t)), skipped=skipped,
                          final_accuracy={k: v for _, _, acc in reports for k, v in acc.items()})
 
 
-def _open_ranked(ranks: RankGroup, out: str, per_rank: bool, stores: TrajectoryStores, model_cfg: ModelConfig,
+def _open_ranked(ranks: Ranks, out: str, per_rank: bool, stores: TrajectoryStores, model_cfg: ModelConfig,
                  layout: ModelLayout, data: RealData, dataset: dict) -> TrajectoryOutput:
     """This rank's store, initialised: its own file, or the shared store that rank 0
     creates and checks before the others open it."""
@@ -325,7 +325,7 @@ def _open_ranked(ranks: RankGroup, out: str, per_rank: bool, stores: TrajectoryS
     return ranks.agree(lambda: first if ranks.is_writer else open_initialised(out))
 
 
-def _finished(store: TrajectoryOutput, ranks: RankGroup, out: str, per_rank: bool, stores: TrajectoryStores,
+def _finished(store: TrajectoryOutput, ranks: Ranks, out: str, per_rank: bool, stores: TrajectoryStores,
               model_cfg: ModelConfig, layout: ModelLayout, dataset: dict) -> set:
     """Experts complete in this rank's store, and (rank 0, per-rank files) in a file an
     earlier run already merged."""

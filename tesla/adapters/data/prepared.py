@@ -55,17 +55,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import zlib
 from typing import Any, Iterator, Optional, Protocol, Sequence
 
 import attrs
 import numpy as np
 
 from tesla.adapters.stores.backend import Backend, is_hdf5_url, open_backend
+from tesla.adapters.stores.checksum import crc32
 from tesla.adapters.stores.errors import StoreError
+from tesla.adapters.stores.formats import COMPLETE, FORMAT_KEY, PREPARED
 
-FORMAT = "tesla-prepared"
-FORMAT_VERSION = 1
+FORMAT = PREPARED.name
+FORMAT_VERSION = PREPARED.version
 SPLITS = ("train", "test")
 MIN_TILE = 16  # run tiles smaller than this make too many tiny chunk objects
 
@@ -126,7 +127,7 @@ def remove_store(url: str, storage_options: Optional[dict] = None) -> None:
 
 def chunk_crc(x: np.ndarray) -> int:
     """CRC-32 of a uint8 images chunk's bytes (C order), as stored in ``chunk_crc32``."""
-    return zlib.crc32(np.ascontiguousarray(x, dtype=np.uint8).tobytes())
+    return crc32(np.asarray(x, dtype=np.uint8))
 
 
 def _native(backend: Backend, path: str) -> Any:
@@ -307,10 +308,10 @@ class PreparedWriter:
     def _open(self) -> None:
         self.dest = open_backend(self.url, "a", self.storage_options)
         attrs_ = self.dest.attrs()
-        if attrs_ and attrs_.get("format") != FORMAT:
+        if attrs_ and attrs_.get(FORMAT_KEY) != FORMAT:
             self.dest.close()
             raise StoreError(f"{self.url}: holds something other than a prepared image set; pick a new DEST")
-        if attrs_.get("complete"):
+        if attrs_.get(COMPLETE):
             if attrs_.get("plan") != self.plan:
                 self.dest.close()
                 raise StoreError(
@@ -340,7 +341,7 @@ class PreparedWriter:
 
     def _create(self) -> None:
         s = self.plan["image_size"]
-        self.dest.update_attrs("", {"format": FORMAT, "format_version": FORMAT_VERSION, "complete": False})
+        self.dest.update_attrs("", {**PREPARED.root_attrs(), COMPLETE: False})
         for split, p in self.plans.items():
             self.dest.create_array(f"{split}/images", (p.n, 3, s, s), np.uint8,
                                    chunks=(max(1, min(p.chunk, p.n)), 3, s, s))
@@ -451,7 +452,7 @@ class PreparedWriter:
         }
         self.dest.update_attrs("", info)
         self.dest.sync()  # every chunk durable before the marker that vouches for them
-        self.dest.update_attrs("", {"complete": True})
+        self.dest.update_attrs("", {COMPLETE: True})
         self.dest.sync()
         self.work.close()
         self.work = None
@@ -476,14 +477,15 @@ def open_prepared(url: str, storage_options: Optional[dict] = None) -> "Prepared
     """
     backend = open_backend(str(url), "r", storage_options)
     info = backend.attrs()
-    if info.get("format") != FORMAT:
+    if info.get(FORMAT_KEY) != FORMAT:
         backend.close()
         raise StoreError(f"{url}: not a prepared image store; make one with `tesla data prepare SRC {url}`")
-    if int(info.get("format_version", 0)) > FORMAT_VERSION:
+    try:
+        PREPARED.version_of(info, str(url))
+    except StoreError:
         backend.close()
-        raise StoreError(f"{url}: prepared format version {info.get('format_version')} is newer than this tesla"
-                         f" reads ({FORMAT_VERSION}); upgrade tesla")
-    if not info.get("complete"):
+        raise
+    if not info.get(COMPLETE):
         backend.close()
         raise StoreError(f"{url}: prepared store is incomplete (an interrupted `tesla data prepare`);"
                          " re-run the same prepare command to resume it")

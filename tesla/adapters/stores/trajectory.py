@@ -24,18 +24,19 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import zlib
 from typing import Any, Mapping, Optional
 
 import attrs
 import numpy as np
 
 from .backend import Backend, as_numpy, open_backend, plain, plain_attrs
+from .checksum import crc32
 from .errors import StoreError
+from .formats import COMPLETE, CRC, FORMAT_KEY, TRAJECTORIES
 
-FORMAT = "tesla-trajectories"
-FORMAT_VERSION = 1
-_RESERVED = ("complete", "crc32", "epochs")
+FORMAT = TRAJECTORIES.name
+FORMAT_VERSION = TRAJECTORIES.version
+_RESERVED = (COMPLETE, CRC, "epochs")
 
 
 @attrs.frozen
@@ -60,8 +61,8 @@ class TrajectoryMeta:
 
 
 def checksum(vec: np.ndarray) -> int:
-    """CRC-32 of a snapshot's little-endian float32 bytes."""
-    return zlib.crc32(np.ascontiguousarray(vec, dtype="<f4").tobytes())
+    """CRC-32 of a snapshot as float32 (:func:`.checksum.crc32`)."""
+    return crc32(np.asarray(vec, dtype=np.float32))
 
 
 def expert_path(expert: int) -> str:
@@ -115,7 +116,7 @@ class ExpertWriter:
         self.num_params = store.meta.num_params
         self.path = expert_path(self.expert_id)
         if b.exists(self.path):
-            if b.attrs(self.path).get("complete") is True:
+            if b.attrs(self.path).get(COMPLETE) is True:
                 raise StoreError(
                     f"{store.url}: expert {self.expert_id} is complete already;"
                     f" choose another id (next free: {store.next_id()})"
@@ -124,7 +125,7 @@ class ExpertWriter:
         b.create_group(self.path)
         self._acc: list = [None] * (epochs + 1)
         self._crc: list = [None] * (epochs + 1)
-        b.update_attrs(self.path, {**plain_attrs(attrs_), "epochs": epochs, "test_accuracy": self._acc, "complete": False})
+        b.update_attrs(self.path, {**plain_attrs(attrs_), "epochs": epochs, "test_accuracy": self._acc, COMPLETE: False})
         b.create_array(f"{self.path}/params", (epochs + 1, self.num_params), np.float32, chunks=(1, self.num_params))
         b.flush()
         self.finished = False
@@ -171,9 +172,9 @@ class ExpertWriter:
         if missing:
             raise StoreError(f"expert {self.expert_id}: snapshots {missing} were not written; cannot finish it")
         b = self.store.backend
-        b.update_attrs(self.path, {"test_accuracy": self._acc, "crc32": self._crc})
+        b.update_attrs(self.path, {"test_accuracy": self._acc, CRC: self._crc})
         b.sync(self.path)  # the snapshots are on disk before the marker that vouches for them
-        b.update_attrs(self.path, {"complete": True})
+        b.update_attrs(self.path, {COMPLETE: True})
         b.sync(self.path)
         self.finished = True
         return self.expert_id
@@ -197,7 +198,7 @@ class TrajectoryStore:
         self._meta: Optional[TrajectoryMeta] = None
         self._complete: dict[int, dict] = {}
         root = backend.attrs("")
-        fmt = root.get("format")
+        fmt = root.get(FORMAT_KEY)
         if fmt is None:
             if backend.read_only or backend.groups("") or backend.arrays(""):
                 backend.close()
@@ -205,12 +206,12 @@ class TrajectoryStore:
         elif fmt != FORMAT:
             backend.close()
             raise StoreError(f"{self.url}: holds {fmt!r}, not expert trajectories; pass a trajectory store")
-        elif int(root.get("format_version", 0)) > FORMAT_VERSION:
-            backend.close()
-            raise StoreError(
-                f"{self.url}: written by a newer tesla (format_version {root.get('format_version')},"
-                f" this one reads {FORMAT_VERSION}); upgrade tesla"
-            )
+        else:
+            try:
+                TRAJECTORIES.version_of(root, self.url)
+            except StoreError:
+                backend.close()
+                raise
 
     # --- store level ------------------------------------------------------------------
 
@@ -220,21 +221,21 @@ class TrajectoryStore:
 
     @property
     def initialized(self) -> bool:
-        return self._meta is not None or self.backend.attrs("").get("format") == FORMAT
+        return self._meta is not None or self.backend.attrs("").get(FORMAT_KEY) == FORMAT
 
     @property
     def meta(self) -> TrajectoryMeta:
         """Model, layout, P and dataset of the store (refuses an uninitialised store)."""
         if self._meta is None:
             root = self.backend.attrs("")
-            if root.get("format") != FORMAT:
+            if root.get(FORMAT_KEY) != FORMAT:
                 raise StoreError(f"{self.url}: store is empty; train or import experts into it first")
             self._meta = TrajectoryMeta(
                 model=dict(root.get("model") or {}),
                 layout=normalise_layout(root.get("layout") or []),
                 num_params=int(root["num_params"]),
                 dataset=dict(root.get("dataset") or {}),
-                format_version=int(root["format_version"]),
+                format_version=TRAJECTORIES.version_of(root, self.url),
                 created=root.get("created"),
             )
         return self._meta
@@ -259,8 +260,7 @@ class TrajectoryStore:
         b.update_attrs(
             "",
             {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
+                **TRAJECTORIES.root_attrs(),
                 "model": plain_attrs(model),
                 "layout": layout_,
                 "num_params": int(num_params),
@@ -328,7 +328,7 @@ class TrajectoryStore:
         for i in self._all_ids():
             if i not in self._complete:
                 attrs_ = self._attrs_of(i)
-                if attrs_.get("complete") is not True:
+                if attrs_.get(COMPLETE) is not True:
                     continue
                 self._complete[i] = attrs_  # complete experts never change: cache them
             out.append(i)
@@ -336,7 +336,7 @@ class TrajectoryStore:
 
     def incomplete_ids(self) -> list[int]:
         """Ids of experts whose writer has not finished (killed runs, or being written)."""
-        return [i for i in self._all_ids() if i not in self._complete and self._attrs_of(i).get("complete") is not True]
+        return [i for i in self._all_ids() if i not in self._complete and self._attrs_of(i).get(COMPLETE) is not True]
 
     def next_id(self) -> int:
         """One above the highest id present (complete or not); 0 for an empty store."""
@@ -349,7 +349,7 @@ class TrajectoryStore:
         if expert not in self._complete:
             path = expert_path(expert)
             attrs_ = self.backend.attrs(path) if self.backend.exists(path) else {}
-            if attrs_.get("complete") is not True:
+            if attrs_.get(COMPLETE) is not True:
                 ids = self.expert_ids()
                 have = f"{len(ids)} complete: {_ranges(ids)}" if ids else "none complete"
                 raise StoreError(f"{self.url}: no complete expert {expert} ({have})")
@@ -375,13 +375,13 @@ class TrajectoryStore:
         if not 0 <= int(epoch) < n:
             raise StoreError(f"{self.url}: expert {expert} has {n} snapshots; epoch {epoch} is out of range 0..{n - 1}")
         vec = self.backend.read(f"{expert_path(expert)}/params", int(epoch)).astype(np.float32, copy=False)
-        return self._check(int(expert), int(epoch), vec, attrs_.get("crc32") or [])
+        return self._check(int(expert), int(epoch), vec, attrs_.get(CRC) or [])
 
     def load_trajectory(self, expert: int) -> np.ndarray:
         """All snapshots of ``expert``, (epochs + 1, P) float32."""
         attrs_ = self.expert_attrs(expert)
         traj = self.backend.read(f"{expert_path(expert)}/params").astype(np.float32, copy=False)
-        crcs = attrs_.get("crc32") or []
+        crcs = attrs_.get(CRC) or []
         for e in range(traj.shape[0]):
             self._check(int(expert), e, traj[e], crcs)
         return traj

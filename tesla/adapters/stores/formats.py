@@ -3,7 +3,14 @@
 A store records its kind in the root attribute ``format`` and its schema version in
 ``format_version``; a group (an expert, a checkpoint, a set) or a prepared store is
 trusted only once its ``complete`` attribute is True, written after everything it vouches
-for, and carries CRC-32 checksums (:mod:`.checksum`) of its arrays (``crc32``).
+for, and carries CRC-32 checksums (:mod:`.checksum`) of its arrays (``crc32``) and of its
+own attributes (``attrs_crc32``).
+
+Version 2 of each format (this tesla writes it) checksums everything a reader relies on -
+every array, every index, every attribute set a reader acts on - and a checksum that is
+missing where version 2 puts one is damage, not a reason to skip the check. Version 1
+stores (written before) still read, under the rules they were written with: a checksum
+is checked where present.
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ FORMAT_KEY = "format"
 VERSION_KEY = "format_version"
 COMPLETE = "complete"
 CRC = "crc32"
+ATTRS_CRC = "attrs_crc32"
+# the first version whose every array, index and attribute set is checksummed
+CHECKSUMMED_VERSION = 2
 
 
 @attrs.frozen
@@ -49,6 +59,17 @@ class Format:
         return raw
 
 
-TRAJECTORIES = Format("tesla-trajectories", 1, "expert trajectories")
-SYNTHETIC = Format("tesla-synthetic", 1, "a synthetic set")
-PREPARED = Format("tesla-prepared", 1, "a prepared image set")
+TRAJECTORIES = Format("tesla-trajectories", 2, "expert trajectories")
+SYNTHETIC = Format("tesla-synthetic", 2, "a synthetic set")
+PREPARED = Format("tesla-prepared", 2, "a prepared image set")
+
+
+def checksummed(version: int) -> bool:
+    """Whether a store of ``version`` must carry every checksum (a missing one is damage)."""
+    return version >= CHECKSUMMED_VERSION
+
+
+def missing_checksum(url: str, what: str, fix: str) -> StoreError:
+    """The error for a version-2 node without the checksum it must carry."""
+    return StoreError(f"{url}: {what} has no checksum although its store format writes one: the store is damaged"
+                      f" or was edited; {fix}")

@@ -2,16 +2,17 @@
 
 Schema (identical in both formats)::
 
-    /                          attrs: format="tesla-synthetic", format_version=1, created
+    /                          attrs: format="tesla-synthetic", format_version=2, created
     /checkpoints/<8-digit it>/ any named arrays (images, momentum buffers, RNG state as
-                               uint8, ...); attrs: the caller's attrs, iteration,
-                               complete=True (written LAST)
+                               uint8, ...); attrs: the caller's attrs, iteration, crc32,
+                               attrs_crc32, complete=True (written LAST)
     /sets/<8-digit seq>/       images (N, C, H, W) float32 chunked per class, labels (N,)
                                int64, [soft_labels (N, K)], [label_logits (N, K)], any
                                other arrays; attrs: lr, provenance (config, trajectory
                                store url, label expert/epoch, iteration, seed,
-                               class_names ...), complete=True (LAST)
+                               class_names ...), crc32, attrs_crc32, complete=True (LAST)
         normalizer/            Normalizer.to_state(): arrays as arrays, the rest as attrs
+                               (and their attrs_crc32)
 
 Why: a run may be killed at any moment (preemption, Ctrl-C), and whatever it left must
 read back as the last *complete* state, so nothing a reader trusts is ever half written.
@@ -26,10 +27,17 @@ directory (the newest group of the other kind copied over) and ``os.replace``s i
 readers see the old file or the new one, never a mix. Both read with one routine: take
 the newest complete group.
 
-Every array of a group is written with its CRC-32 (attribute ``crc32``, name -> value)
-and checked when read: a Zarr chunk that went missing (Zarr would return fill values),
-bit rot or a hand-edited file is one :class:`StoreError` naming the group and the array,
-never a silently wrong resume.
+Every array of a group (the normaliser's too) is written with its CRC-32 (attribute
+``crc32``, name -> value), and the group's attributes with the CRC-32 of their JSON
+(``attrs_crc32``), all checked when read: a Zarr chunk that went missing (Zarr would
+return fill values), bit rot or a hand-edited file is one :class:`StoreError` naming the
+group and the array, never a silently wrong resume. In a version-2 store a missing
+checksum, or an array no checksum names, is damage too; version-1 stores (written before)
+are checked where they carry checksums.
+
+One writer per store: a writer holds the store's lock (:mod:`.lock`) while it is open, so
+a second ``distill`` on the same output is refused naming the first one's pid (and the
+HDF5 writer may sweep temporary files, which can then only be a dead writer's).
 """
 
 from __future__ import annotations
@@ -48,9 +56,10 @@ import numpy as np
 from attrs import field, frozen
 
 from .backend import Backend, as_numpy, copy_tree, fsync_path, is_hdf5_url, open_backend, plain, plain_attrs
-from .checksum import crc32
+from .checksum import attrs_crc, crc32
 from .errors import StoreError
-from .formats import COMPLETE, CRC, FORMAT_KEY, SYNTHETIC, VERSION_KEY
+from .lock import store_lock
+from .formats import ATTRS_CRC, COMPLETE, CRC, FORMAT_KEY, SYNTHETIC, VERSION_KEY, checksummed, missing_checksum
 
 FORMAT = SYNTHETIC.name
 FORMAT_VERSION = SYNTHETIC.version
@@ -156,10 +165,13 @@ def _write_group(b: Backend, path: str, group: "_Group") -> None:
             if isinstance(v, np.ndarray) or hasattr(v, "detach"):
                 a = as_numpy(v)
                 b.create_array(f"{npath}/{k}", a.shape, a.dtype, data=a)
+                crcs[f"{NORMALIZER}/{k}"] = crc32(a)
             else:
                 scalars[k] = plain(v, f"{NORMALIZER}.{k}")
         b.update_attrs(npath, scalars)
+        _seal(b, npath)
     b.update_attrs(path, {**group.attrs, CRC: crcs})
+    _seal(b, path)
     b.sync(path)  # the arrays are on disk before the marker that vouches for them
     b.update_attrs(path, {COMPLETE: True})
     b.sync(path)
@@ -178,21 +190,83 @@ def _numbers(b: Backend, container: str) -> list[int]:
     return sorted(int(n) for n in b.groups(container) if n.isdigit())
 
 
-def _read_arrays(b: Backend, path: str) -> dict:
-    return {name: b.read(f"{path}/{name}") for name in b.arrays(path)}
+def _read_arrays(b: Backend, path: str, skip: tuple = ()) -> dict:
+    return {name: b.read(f"{path}/{name}") for name in b.arrays(path) if name not in skip}
 
 
-def _read_checked(b: Backend, path: str, attrs_: Mapping[str, Any], fix: str) -> dict:
-    """The arrays of a complete group, each checked against its recorded CRC-32."""
-    arrays = _read_arrays(b, path)
-    crcs = attrs_.get(CRC) or {}  # groups written before checksums: nothing to check
+def _read_group(b: Backend, path: str, fix: str, skip: tuple = ()) -> tuple[dict, dict, dict]:
+    """(attributes, arrays, normaliser state) of a complete group, each checked.
+
+    The attributes against ``attrs_crc32``, every array (the normaliser's too) against
+    its CRC-32. In a version-2 store every one of them must carry its checksum and every
+    array must be one the checksums name; a version-1 group is checked where it has them.
+    Arrays named in ``skip`` are neither read nor checked (``summary`` leaves the images).
+
+    Raises:
+        StoreError: naming the group, the array or attribute set, and ``fix``.
+    """
+    where = f"{b.url}#{path}"
+    strict = checksummed(SYNTHETIC.version_of(b.attrs(""), b.url))
+    attrs_ = _checked_attrs(b, path, strict, fix)
+    crcs = attrs_.pop(CRC, None)
+    if crcs is None and strict:
+        raise missing_checksum(where, "the group's arrays", fix)
+    if crcs is not None and not isinstance(crcs, dict):
+        raise StoreError(f"{where}: its array checksums are damaged ({crcs!r:.60}); {fix}")
+    crcs = crcs or {}  # a version-1 group written before checksums: nothing to check
+    arrays = _read_arrays(b, path, skip)
+    norm: dict = {}
+    if b.exists(f"{path}/{NORMALIZER}"):
+        norm.update(_checked_attrs(b, f"{path}/{NORMALIZER}", strict, fix))
+        for name, arr in _read_arrays(b, f"{path}/{NORMALIZER}").items():
+            norm[name] = arrays[f"{NORMALIZER}/{name}"] = arr
     for name, crc in crcs.items():
+        if name in skip:
+            continue
         if name not in arrays:
-            raise StoreError(f"{b.url}#{path}: array {name!r} is missing; {fix}")
+            raise StoreError(f"{where}: array {name!r} is missing; {fix}")
         if crc32(arrays[name]) != crc:
-            raise StoreError(f"{b.url}#{path}: array {name!r} is damaged or has missing chunks "
-                             f"(checksum mismatch); {fix}")
-    return arrays
+            raise StoreError(f"{where}: array {name!r} is damaged or has missing chunks (checksum mismatch); {fix}")
+    unchecked = sorted(set(arrays) - set(crcs))
+    if strict and unchecked:
+        raise missing_checksum(where, f"array {unchecked[0]!r}", fix)
+    return attrs_, {k: v for k, v in arrays.items() if not k.startswith(f"{NORMALIZER}/")}, norm
+
+
+def _checked_attrs(b: Backend, path: str, strict: bool, fix: str) -> dict:
+    """The attributes of ``path`` without the markers, checked against their digest."""
+    attrs_ = b.attrs(path)
+    digest = attrs_.pop(ATTRS_CRC, None)
+    attrs_.pop(COMPLETE, None)
+    if digest is None and strict:
+        raise missing_checksum(f"{b.url}#{path}", "the attributes", fix)
+    if digest is not None and digest != attrs_crc(attrs_):
+        raise StoreError(f"{b.url}#{path}: the attributes do not match their checksum: the store is damaged"
+                         f" or was edited; {fix}")
+    return attrs_
+
+
+def _seal(b: Backend, path: str) -> None:
+    """Record the digest of the attributes of ``path`` as a reader will read them back."""
+    b.update_attrs(path, {ATTRS_CRC: attrs_crc(b.attrs(path), skip=(COMPLETE, ATTRS_CRC))})
+
+
+_SET_FIX = "restore the store or distil the set again (`tesla distill --resume` rewrites it from the last checkpoint)"
+
+
+def _check_set(where: str, arrays: Mapping[str, np.ndarray]) -> None:
+    """The shapes a set must have: images (N, C, H, W), labels (N,) ids, soft labels (N, K)."""
+    images, labels = arrays.get("images"), arrays.get("labels")
+    if images is None or labels is None:
+        raise StoreError(f"{where}: the set has no {'images' if images is None else 'labels'} array; {_SET_FIX}")
+    if images.ndim != 4 or labels.ndim != 1 or labels.shape[0] != images.shape[0] \
+            or not np.issubdtype(labels.dtype, np.integer):
+        raise StoreError(f"{where}: images {images.shape} and labels {labels.shape} {labels.dtype} do not form a set;"
+                         f" {_SET_FIX}")
+    for key in ("soft_labels", "label_logits"):
+        if key in arrays and (arrays[key].ndim != 2 or arrays[key].shape[0] != images.shape[0]):
+            raise StoreError(f"{where}: {key} has shape {arrays[key].shape}, not (N, K) with N = {images.shape[0]};"
+                             f" {_SET_FIX}")
 
 
 # --- one commit strategy per format, chosen when the store is opened ---------------------
@@ -417,7 +491,17 @@ class SyntheticStore:
         self.url = str(url)
         self.mode = mode
         self.read_only = mode == "r"
-        self._commits = _open_commits(self.url, mode, storage_options)
+        self._lock = store_lock(self.url) if not self.read_only else None  # one writer per store
+        try:
+            self._commits = _open_commits(self.url, mode, storage_options)
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _check_writable(self) -> None:
         if self.read_only:
@@ -454,15 +538,14 @@ class SyntheticStore:
             if not complete:
                 return None
             path = _group_path(CHECKPOINTS, complete[-1])
-            attrs_ = b.attrs(path)
             fix = "delete that checkpoint group to resume from the one before, or start a new run"
-            arrays = _read_checked(b, path, attrs_, fix)
+            attrs_, arrays, _ = _read_group(b, path, fix)
             for name, arr in arrays.items():  # a checkpoint is only ever written from a good state
                 if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
                     raise StoreError(f"{b.url}#{path}: array {name!r} holds NaN or inf; {fix}")
-            for key in (COMPLETE, CRC):
-                attrs_.pop(key, None)
-            it = int(attrs_.pop("iteration", complete[-1]))
+            it = attrs_.pop("iteration", complete[-1])
+            if isinstance(it, bool) or not isinstance(it, int) or it != complete[-1]:
+                raise StoreError(f"{b.url}#{path}: records iteration {it!r}, not {complete[-1]}; {fix}")
             return it, arrays, attrs_
 
     # --- the set ----------------------------------------------------------------------
@@ -526,16 +609,11 @@ class SyntheticStore:
             if not complete:
                 raise StoreError(f"{self.url}: holds no finished synthetic set yet (a run writes it at the end)")
             path = _group_path(SETS, complete[-1])
-            attrs_ = b.attrs(path)
-            arrays_ = _read_checked(b, path, attrs_, "restore the store or distil the set again "
-                                                     "(`tesla distill --resume` rewrites it from the last checkpoint)")
-            for key in (COMPLETE, CRC):
-                attrs_.pop(key, None)
-            norm: dict = {}
-            if b.exists(f"{path}/{NORMALIZER}"):
-                norm.update(b.attrs(f"{path}/{NORMALIZER}"))
-                norm.update(_read_arrays(b, f"{path}/{NORMALIZER}"))
+            attrs_, arrays_, norm = _read_group(b, path, _SET_FIX)
+            _check_set(f"{b.url}#{path}", arrays_)
         lr = attrs_.pop("lr", None)
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float))):
+            raise StoreError(f"{self.url}#{path}: lr is {lr!r}, not a number; {_SET_FIX}")
         return SyntheticSet(
             images=arrays_.pop("images"),
             labels=arrays_.pop("labels"),
@@ -560,11 +638,11 @@ class SyntheticStore:
                 out["set"] = None
                 return out
             path = _group_path(SETS, sets[-1])
-            attrs_ = b.attrs(path)
-            attrs_.pop(COMPLETE, None)
-            attrs_.pop(CRC, None)
+            attrs_, arrays_, norm = _read_group(b, path, _SET_FIX, skip=("images",))
             names = b.arrays(path)
-            labels = b.read(f"{path}/labels")
+            if "images" not in names or "labels" not in arrays_:
+                raise StoreError(f"{b.url}#{path}: the set has no images or labels; {_SET_FIX}")
+            labels = arrays_["labels"]
             n_cls = len(np.unique(labels)) if labels.size else 0
             shape = b.shape(f"{path}/images")
             kind = "learned" if "label_logits" in names else "soft" if "soft_labels" in names else "hard"
@@ -574,8 +652,7 @@ class SyntheticStore:
                 "classes": n_cls,
                 "labels": kind,
                 "lr": attrs_.pop("lr", None),
-                "normalizer": (sorted([*b.attrs(f"{path}/{NORMALIZER}"), *b.arrays(f"{path}/{NORMALIZER}")])
-                               if b.exists(f"{path}/{NORMALIZER}") else []),
+                "normalizer": sorted(norm),
                 "arrays": names,
                 "provenance": attrs_,
             }
@@ -586,6 +663,7 @@ class SyntheticStore:
 
     def close(self) -> None:
         self._commits.close()
+        self._release()
 
     def __enter__(self) -> "SyntheticStore":
         return self

@@ -2,12 +2,13 @@
 
 Schema (identical in both formats)::
 
-    /                       attrs: format="tesla-trajectories", format_version=1,
+    /                       attrs: format="tesla-trajectories", format_version=2,
                                    model (ModelConfig as dict), layout ([[name, shape], ...]),
                                    num_params, dataset (dict), created (ISO time)
     /experts/<6-digit id>/  attrs: seed, lr, epochs, test_accuracy (one per snapshot,
                                    null where not measured), train (config dict), ...,
-                                   crc32 (one per snapshot), complete=True (written LAST)
+                                   crc32 (one per snapshot), attrs_crc32 (of the other
+                                   attributes), complete=True (written LAST)
         params              (epochs + 1, P) float32, one snapshot per chunk (1, P)
 
 Why this shape: a snapshot is what distillation reads at random (expert, epoch), so one
@@ -18,25 +19,41 @@ reader never sees an expert whose run was killed; the writer may overwrite it. E
 ids are explicit so several ranks can write different experts into one Zarr store at
 once. The per-snapshot CRC-32 catches what Zarr would otherwise hide (a deleted chunk
 reads back as fill values) and any bit rot, on every load.
+
+Damage is refused, never read: in a version-2 store an expert without its checksums is
+damaged (version 1 read them where present), the expert's attributes are checked
+against ``attrs_crc32`` (a flipped epoch count or accuracy is caught), and the params
+array must have the shape the attributes and the root say. The root attributes check
+each other (the layout must add up to ``num_params``); the model a reader builds is
+checked against the layout by the reader.
+
+Writers: an HDF5 file has one writer, which holds the store's lock (:mod:`.lock`) while
+open. A Zarr store may have several - the ranks of a distributed run write different
+experts into one store - so each expert is locked while it is written instead: a second
+process asking for an expert that is being written is refused (naming the writer's pid)
+rather than deleting it as "unfinished". Remote stores cannot be locked.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 from typing import Any, Mapping, Optional
 
 import attrs
 import numpy as np
 
-from .backend import Backend, as_numpy, open_backend, plain, plain_attrs
-from .checksum import crc32
+from .backend import Backend, as_numpy, is_hdf5_url, open_backend, plain, plain_attrs
+from .checksum import attrs_crc, crc32
 from .errors import StoreError
-from .formats import COMPLETE, CRC, FORMAT_KEY, TRAJECTORIES
+from .formats import ATTRS_CRC, COMPLETE, CRC, FORMAT_KEY, TRAJECTORIES, checksummed, missing_checksum
+from .lock import Lock, local_path, lock_path, store_lock
 
 FORMAT = TRAJECTORIES.name
 FORMAT_VERSION = TRAJECTORIES.version
-_RESERVED = (COMPLETE, CRC, "epochs")
+_RESERVED = (COMPLETE, CRC, ATTRS_CRC, "epochs")
+_RETRAIN = "re-train or re-import this expert (delete its group to have `tesla experts` train it again)"
 
 
 @attrs.frozen
@@ -115,6 +132,19 @@ class ExpertWriter:
         self.epochs = epochs
         self.num_params = store.meta.num_params
         self.path = expert_path(self.expert_id)
+        self.finished = False
+        # before looking at the group: a live writer of this expert keeps it
+        self._lock = store._expert_lock(self.expert_id)
+        if self._lock is not None:
+            store._writers.add(self)
+        try:
+            self._start(b, attrs_)
+        except BaseException:
+            self._release()
+            raise
+
+    def _start(self, b: Backend, attrs_: Mapping[str, Any]) -> None:
+        store, epochs = self.store, self.epochs
         if b.exists(self.path):
             if b.attrs(self.path).get(COMPLETE) is True:
                 raise StoreError(
@@ -128,7 +158,12 @@ class ExpertWriter:
         b.update_attrs(self.path, {**plain_attrs(attrs_), "epochs": epochs, "test_accuracy": self._acc, COMPLETE: False})
         b.create_array(f"{self.path}/params", (epochs + 1, self.num_params), np.float32, chunks=(1, self.num_params))
         b.flush()
-        self.finished = False
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self.store._writers.discard(self)
+            self._lock = None
 
     def write(self, epoch: int, vec: Any, test_accuracy: Optional[float] = None) -> None:
         """Store snapshot ``epoch`` (0 = initialisation) of the expert.
@@ -173,10 +208,13 @@ class ExpertWriter:
             raise StoreError(f"expert {self.expert_id}: snapshots {missing} were not written; cannot finish it")
         b = self.store.backend
         b.update_attrs(self.path, {"test_accuracy": self._acc, CRC: self._crc})
+        # the digest of the attributes as a reader will read them back
+        b.update_attrs(self.path, {ATTRS_CRC: attrs_crc(b.attrs(self.path), skip=(COMPLETE, ATTRS_CRC))})
         b.sync(self.path)  # the snapshots are on disk before the marker that vouches for them
         b.update_attrs(self.path, {COMPLETE: True})
         b.sync(self.path)
         self.finished = True
+        self._release()
         return self.expert_id
 
     def __enter__(self) -> "ExpertWriter":
@@ -185,6 +223,8 @@ class ExpertWriter:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
             self.finish()
+        else:
+            self._release()  # left incomplete: the next writer of this id starts it again
 
 
 class TrajectoryStore:
@@ -193,25 +233,38 @@ class TrajectoryStore:
     Open with :func:`open_trajectory_store`. Readers see only complete experts.
     """
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, lock: Optional[Lock] = None) -> None:
         self.backend = backend
+        self._lock = lock  # the whole store's (HDF5 writers); Zarr writers lock each expert
+        self._writers: set = set()
         self._meta: Optional[TrajectoryMeta] = None
         self._complete: dict[int, dict] = {}
-        root = backend.attrs("")
+        self._shapes_ok: set = set()
+        try:
+            self._check_root(backend.attrs(""))
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_root(self, root: Mapping[str, Any]) -> None:
         fmt = root.get(FORMAT_KEY)
+        b = self.backend
         if fmt is None:
-            if backend.read_only or backend.groups("") or backend.arrays(""):
-                backend.close()
+            if b.read_only or b.groups("") or b.arrays(""):
                 raise StoreError(f"{self.url}: not a tesla trajectory store (no format attribute)")
         elif fmt != FORMAT:
-            backend.close()
             raise StoreError(f"{self.url}: holds {fmt!r}, not expert trajectories; pass a trajectory store")
         else:
-            try:
-                TRAJECTORIES.version_of(root, self.url)
-            except StoreError:
-                backend.close()
-                raise
+            TRAJECTORIES.version_of(root, self.url)
+
+    def _expert_lock(self, expert: int) -> Optional[Lock]:
+        """The lock of one expert of a local Zarr store (None where the store lock covers it)."""
+        local = local_path(self.url)
+        if self._lock is not None or local is None or is_hdf5_url(self.url):
+            return None
+        path = os.path.join(lock_path(local, "locks"), f"expert-{expert:06d}.lock")
+        return Lock(path, f"{self.url}: expert {expert}", StoreError,
+                    "two runs are training the same expert: let the other finish, or stop it and run this again")
 
     # --- store level ------------------------------------------------------------------
 
@@ -230,14 +283,25 @@ class TrajectoryStore:
             root = self.backend.attrs("")
             if root.get(FORMAT_KEY) != FORMAT:
                 raise StoreError(f"{self.url}: store is empty; train or import experts into it first")
-            self._meta = TrajectoryMeta(
-                model=dict(root.get("model") or {}),
-                layout=normalise_layout(root.get("layout") or []),
-                num_params=int(root["num_params"]),
-                dataset=dict(root.get("dataset") or {}),
-                format_version=TRAJECTORIES.version_of(root, self.url),
-                created=root.get("created"),
-            )
+            try:
+                meta = TrajectoryMeta(
+                    model=dict(root.get("model") or {}),
+                    layout=normalise_layout(root.get("layout") or []),
+                    num_params=int(root["num_params"]),
+                    dataset=dict(root.get("dataset") or {}),
+                    format_version=TRAJECTORIES.version_of(root, self.url),
+                    created=root.get("created"),
+                )
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                if isinstance(exc, StoreError):
+                    raise
+                raise StoreError(f"{self.url}: the root attributes are damaged ({type(exc).__name__}: {exc});"
+                                 " restore the store from a copy or train the experts again") from exc
+            if layout_size(meta.layout) != meta.num_params:
+                raise StoreError(f"{self.url}: the root attributes are damaged (the layout holds"
+                                 f" {layout_size(meta.layout)} parameters but num_params is {meta.num_params});"
+                                 " restore the store from a copy or train the experts again")
+            self._meta = meta
         return self._meta
 
     def initialize(self, model: Mapping[str, Any], layout: Any, num_params: int, dataset: Mapping[str, Any]) -> None:
@@ -307,6 +371,10 @@ class TrajectoryStore:
 
     def close(self) -> None:
         self.backend.close()
+        for writer in list(self._writers):
+            writer._release()
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> "TrajectoryStore":
         return self
@@ -323,16 +391,46 @@ class TrajectoryStore:
         return self.backend.attrs(expert_path(expert))
 
     def expert_ids(self) -> list[int]:
-        """Ids of the complete experts, ascending."""
+        """Ids of the complete experts, ascending (each one's attributes checked)."""
         out = []
         for i in self._all_ids():
             if i not in self._complete:
                 attrs_ = self._attrs_of(i)
                 if attrs_.get(COMPLETE) is not True:
                     continue
-                self._complete[i] = attrs_  # complete experts never change: cache them
+                self._complete[i] = self._verified(i, attrs_)  # complete experts never change: cache them
             out.append(i)
         return out
+
+    def _verified(self, expert: int, attrs_: dict) -> dict:
+        """A complete expert's attributes, checked against their digest and the params array.
+
+        Raises:
+            StoreError: a checksum missing (version 2), a digest that does not match, an
+                epoch count or checksum list of the wrong kind, or params of another shape.
+        """
+        def damaged(problem: str) -> StoreError:
+            return StoreError(f"{self.url}: expert {expert} is damaged ({problem}); {_RETRAIN}")
+
+        version = self.meta.format_version
+        digest = attrs_.pop(ATTRS_CRC, None)
+        if digest is None and checksummed(version):
+            raise missing_checksum(self.url, f"the attributes of expert {expert}", _RETRAIN)
+        if digest is not None and digest != attrs_crc(attrs_, skip=(COMPLETE,)):
+            raise damaged("its attributes do not match their checksum")
+        epochs = attrs_.get("epochs")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise damaged(f"epochs is {epochs!r}")
+        crcs = attrs_.get(CRC)
+        if crcs is None and checksummed(version):
+            raise missing_checksum(self.url, f"expert {expert}'s snapshots", _RETRAIN)
+        if crcs is not None and (not isinstance(crcs, list) or len(crcs) != epochs + 1
+                                 or not all(isinstance(c, int) and not isinstance(c, bool) for c in crcs)):
+            raise damaged(f"it records {epochs + 1} snapshots but its checksums are {crcs!r:.80}")
+        shape = self.backend.shape(f"{expert_path(expert)}/params")
+        if shape != (epochs + 1, self.meta.num_params):
+            raise damaged(f"params has shape {shape}, not ({epochs + 1}, {self.meta.num_params})")
+        return attrs_
 
     def incomplete_ids(self) -> list[int]:
         """Ids of experts whose writer has not finished (killed runs, or being written)."""
@@ -353,7 +451,7 @@ class TrajectoryStore:
                 ids = self.expert_ids()
                 have = f"{len(ids)} complete: {_ranges(ids)}" if ids else "none complete"
                 raise StoreError(f"{self.url}: no complete expert {expert} ({have})")
-            self._complete[expert] = attrs_
+            self._complete[expert] = self._verified(expert, attrs_)
         return dict(self._complete[expert])
 
     def num_snapshots(self, expert: int) -> int:
@@ -361,10 +459,10 @@ class TrajectoryStore:
         return int(self.expert_attrs(expert)["epochs"]) + 1
 
     def _check(self, expert: int, epoch: int, vec: np.ndarray, crcs: list) -> np.ndarray:
-        if crcs and checksum(vec) != crcs[epoch]:
+        if crcs and checksum(vec) != crcs[epoch]:  # no crcs: a version-1 expert written without them
             raise StoreError(
                 f"{self.url}: expert {expert} snapshot {epoch} is missing or damaged (checksum mismatch);"
-                " re-train or re-import this expert"
+                f" {_RETRAIN}"
             )
         return vec
 
@@ -445,4 +543,12 @@ def open_trajectory_store(url: str, mode: str = "r", *, storage_options: Optiona
     Raises:
         StoreError: missing, damaged or foreign store.
     """
-    return TrajectoryStore(open_backend(url, mode, storage_options))
+    # an HDF5 file has one writer: lock it before it is opened (or created)
+    lock = store_lock(url) if mode != "r" and is_hdf5_url(url) else None
+    try:
+        backend = open_backend(url, mode, storage_options)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return TrajectoryStore(backend, lock)

@@ -29,7 +29,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 
-from .errors import StoreError
+from .errors import DiskFull, StoreError
 
 
 def is_hdf5_url(url: str) -> bool:
@@ -92,9 +92,9 @@ def is_no_space(exc: BaseException) -> bool:
     return "No space left on device" in text or "errno = 28," in text or "Disk quota exceeded" in text
 
 
-def no_space(where: str) -> StoreError:
+def no_space(where: str) -> DiskFull:
     """The one line for a full disk: what was written before stays."""
-    return StoreError(f"no space left on {where}: free space or choose another location"
+    return DiskFull(f"no space left on {where}: free space or choose another location"
                       " (what was written before is kept)")
 
 

@@ -19,6 +19,14 @@ by a writer.
 HDF5 cannot recover from a failed write of its own metadata (after a full disk it may
 abort the process when the file is closed), so every write first checks there is room
 for its bytes plus :data:`~.backend.ROOM_MARGIN` (:func:`~.backend.check_room`).
+
+Nor can it read damaged metadata safely: a flipped bit in an attribute's heap can send
+the C library into a loop that never returns. A file written whole and never changed
+again (a synthetic-set store) is therefore *sealed* (:func:`seal_metadata`): its user
+block (bytes HDF5 leaves to the application) records the CRC-32 of every byte outside
+the datasets' raw data, i.e. of everything HDF5 itself parses, and :func:`check_metadata`
+verifies that before HDF5 opens the file. Raw data is left to the stores' per-array
+checksums, so damage to one array still leaves the others readable.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+import zlib
 from typing import Any, Mapping, Optional
 
 import h5py
@@ -38,6 +47,9 @@ _JSON = "json:"
 # an empty HDF5 file (superblock, root group, its heap and B-tree) is 800 bytes; a smaller
 # file that does not open was cut off while being created and holds nothing
 _SMALLEST_FILE = 800
+# the user block of a sealed file: the magic line, the JSON record, the record's CRC-32
+USERBLOCK = 4096
+_SEAL = b"tesla-hdf5-metadata-crc32\n"
 
 
 def _encode(value: Any) -> Any:
@@ -63,7 +75,7 @@ def _decode(value: Any) -> Any:
 class H5Backend(Backend):
     """An HDF5 file opened for reading (``r``), appending (``a``) or fresh writing (``w``)."""
 
-    def __init__(self, path: str, mode: str) -> None:
+    def __init__(self, path: str, mode: str, userblock: int = 0) -> None:
         self.url = str(path)
         self.read_only = mode == "r"
         if mode == "r" and not os.path.exists(self.url):
@@ -81,7 +93,8 @@ class H5Backend(Backend):
                     self.file = h5py.File(self.url, "r")
             else:
                 check_room(self.url, 0)
-                self.file = h5py.File(self.url, mode)
+                extra = {"userblock_size": userblock} if mode == "w" and userblock else {}
+                self.file = h5py.File(self.url, mode, **extra)
         except StoreError:
             raise
         except Exception as exc:
@@ -153,7 +166,9 @@ class H5Backend(Backend):
             if not self.exists(path):
                 return []
             node = self._node(path)
-            return sorted(k for k in node.keys() if isinstance(node.get(k, getlink=False), kind))
+            # node[k], not node.get(k): a member whose header does not open is damage, which
+            # get() would hide as absence (a finished expert would vanish from the listing)
+            return sorted(k for k in node.keys() if isinstance(node[k], kind))
 
     def groups(self, path: str = "") -> list[str]:
         return self._children(path, h5py.Group)
@@ -228,3 +243,103 @@ class H5Backend(Backend):
 
     def size_bytes(self) -> int:
         return os.path.getsize(self.url)
+
+
+# --- sealed files: a checksum of HDF5's own metadata, checked before HDF5 reads it ------------
+
+def _data_ranges(f: Any) -> list:
+    """[offset, size] of every dataset's raw data (or chunk) in the file, sorted and merged."""
+    ranges: list = []
+
+    def visit(_: str, obj: Any) -> None:
+        if not isinstance(obj, h5py.Dataset):
+            return
+        if obj.chunks is None:
+            off, size = obj.id.get_offset(), obj.id.get_storage_size()
+            if off is not None and size:
+                ranges.append([int(off), int(size)])
+            return
+        for i in range(obj.id.get_num_chunks()):
+            info = obj.id.get_chunk_info(i)
+            if info.byte_offset is not None and info.size:
+                ranges.append([int(info.byte_offset), int(info.size)])
+
+    f.visititems(visit)
+    merged: list = []
+    for off, size in sorted(ranges):
+        if merged and off <= merged[-1][0] + merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], off + size - merged[-1][0])
+        else:
+            merged.append([off, size])
+    return merged
+
+
+def _crc_outside(path: str, start: int, size: int, ranges: list) -> int:
+    """CRC-32 of the bytes ``start..size`` of ``path`` that lie outside ``ranges``."""
+    crc, at = 0, start
+    with open(path, "rb") as fh:
+        for off, length in [*ranges, [size, 0]]:
+            if off > at:
+                fh.seek(at)
+                left = off - at
+                while left:
+                    piece = fh.read(min(left, 1 << 20))
+                    if not piece:
+                        raise StoreError(f"{path}: HDF5 file is shorter than its metadata checksum says;"
+                                         " restore it or write a new store")
+                    crc = zlib.crc32(piece, crc)
+                    left -= len(piece)
+            at = max(at, off + length)
+    return crc
+
+
+def seal_metadata(path: str) -> None:
+    """Record the CRC-32 of everything but raw data in the user block of the (closed) file ``path``.
+
+    The file must have been made with ``userblock=USERBLOCK`` and must not change after.
+    """
+    with h5py.File(path, "r", locking=False) as f:
+        if f.userblock_size < USERBLOCK:
+            raise StoreError(f"{path}: cannot seal an HDF5 file made without a {USERBLOCK}-byte user block")
+        ranges = _data_ranges(f)
+    size = os.path.getsize(path)
+
+    def header(ranges: list) -> bytes:
+        body = json.dumps({"size": size, "data": ranges, "crc32": _crc_outside(path, USERBLOCK, size, ranges)},
+                          separators=(",", ":")).encode()
+        return _SEAL + body + b"\n" + str(zlib.crc32(body)).encode() + b"\n"
+
+    sealed = header(ranges)
+    if len(sealed) > USERBLOCK:  # too many data blocks to list: cover the whole file instead
+        sealed = header([])
+    with open(path, "r+b") as fh:
+        fh.write(sealed)
+
+
+def check_metadata(path: str) -> bool:
+    """Verify a sealed file before HDF5 reads it; False when it was never sealed.
+
+    Raises:
+        StoreError: the seal or the metadata it vouches for is damaged (one line, the path).
+    """
+    def damaged(problem: str) -> StoreError:
+        return StoreError(f"{path}: HDF5 file is damaged ({problem}); restore it or write a new store")
+
+    with open(path, "rb") as fh:
+        if fh.read(len(_SEAL)) != _SEAL:
+            return False
+        block = fh.read(USERBLOCK - len(_SEAL))
+    lines = block.split(b"\n", 2)
+    try:
+        body, stored = lines[0], int(lines[1])
+        if zlib.crc32(body) != stored:
+            raise ValueError("checksum mismatch")
+        record = json.loads(body)
+        size, ranges, crc = int(record["size"]), [[int(o), int(n)] for o, n in record["data"]], int(record["crc32"])
+    except (IndexError, ValueError, KeyError, TypeError) as exc:
+        raise damaged(f"its metadata checksum record is unreadable: {exc}") from None
+    if os.path.getsize(path) != size:
+        raise damaged(f"{os.path.getsize(path)} bytes where {size} were written")
+    if _crc_outside(path, USERBLOCK, size, ranges) != crc:
+        raise damaged("its metadata does not match its checksum (checksum mismatch)")
+    return True

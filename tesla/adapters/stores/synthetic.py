@@ -55,11 +55,13 @@ import numpy as np
 
 from attrs import field, frozen
 
-from .backend import Backend, as_numpy, copy_tree, fsync_path, is_hdf5_url, open_backend, plain, plain_attrs
+from .backend import (Backend, as_numpy, copy_tree, fsync_path, is_hdf5_url, no_space, open_backend, plain,
+                      plain_attrs)
 from .checksum import attrs_crc, crc32
-from .errors import StoreError
+from .errors import DiskFull, StoreError
+from .formats import (ATTRS_CRC, COMPLETE, CRC, FORMAT_KEY, RETIRED, SYNTHETIC, VERSION_KEY, checksummed,
+                      completion, marked_complete, missing_checksum, verified_attrs)
 from .lock import store_lock
-from .formats import ATTRS_CRC, COMPLETE, CRC, FORMAT_KEY, SYNTHETIC, VERSION_KEY, checksummed, missing_checksum
 
 FORMAT = SYNTHETIC.name
 FORMAT_VERSION = SYNTHETIC.version
@@ -141,7 +143,7 @@ def _retire(b: Backend, path: str) -> None:
     """Delete a group, first marking it incomplete: a kill mid-delete leaves no false whole."""
     if b.exists(path):
         if b.attrs(path).get(COMPLETE) is not False:
-            b.update_attrs(path, {COMPLETE: False})
+            b.update_attrs(path, RETIRED)
             b.flush()
         b.delete(path)
 
@@ -169,11 +171,10 @@ def _write_group(b: Backend, path: str, group: "_Group") -> None:
             else:
                 scalars[k] = plain(v, f"{NORMALIZER}.{k}")
         b.update_attrs(npath, scalars)
-        _seal(b, npath)
+        b.update_attrs(npath, {ATTRS_CRC: attrs_crc(b.attrs(npath))})
     b.update_attrs(path, {**group.attrs, CRC: crcs})
-    _seal(b, path)
     b.sync(path)  # the arrays are on disk before the marker that vouches for them
-    b.update_attrs(path, {COMPLETE: True})
+    b.update_attrs(path, completion(b.attrs(path)))  # the marker and the digest that covers it
     b.sync(path)
 
 
@@ -181,7 +182,9 @@ def _complete(b: Backend, container: str) -> list[int]:
     """Numbers of the complete groups under ``container``, ascending."""
     out = []
     for name in b.groups(container):
-        if name.isdigit() and b.attrs(f"{container}/{name}").get(COMPLETE) is True:
+        path = f"{container}/{name}"
+        if name.isdigit() and marked_complete(b.attrs(path), f"{b.url}#{path}",
+                                              f"delete the group {path} (the run keeps the others)"):
             out.append(int(name))
     return sorted(out)
 
@@ -206,7 +209,7 @@ def _read_group(b: Backend, path: str, fix: str, skip: tuple = ()) -> tuple[dict
         StoreError: naming the group, the array or attribute set, and ``fix``.
     """
     where = f"{b.url}#{path}"
-    strict = checksummed(SYNTHETIC.version_of(b.attrs(""), b.url))
+    strict = checksummed(_root(b)[1])
     attrs_ = _checked_attrs(b, path, strict, fix)
     crcs = attrs_.pop(CRC, None)
     if crcs is None and strict:
@@ -234,21 +237,24 @@ def _read_group(b: Backend, path: str, fix: str, skip: tuple = ()) -> tuple[dict
 
 
 def _checked_attrs(b: Backend, path: str, strict: bool, fix: str) -> dict:
-    """The attributes of ``path`` without the markers, checked against their digest."""
-    attrs_ = b.attrs(path)
-    digest = attrs_.pop(ATTRS_CRC, None)
+    """The attributes of ``path`` without the marker, checked against their digest."""
+    attrs_ = verified_attrs(b.attrs(path), strict, f"{b.url}#{path}", fix)
     attrs_.pop(COMPLETE, None)
-    if digest is None and strict:
-        raise missing_checksum(f"{b.url}#{path}", "the attributes", fix)
-    if digest is not None and digest != attrs_crc(attrs_):
-        raise StoreError(f"{b.url}#{path}: the attributes do not match their checksum: the store is damaged"
-                         f" or was edited; {fix}")
     return attrs_
 
 
-def _seal(b: Backend, path: str) -> None:
-    """Record the digest of the attributes of ``path`` as a reader will read them back."""
-    b.update_attrs(path, {ATTRS_CRC: attrs_crc(b.attrs(path), skip=(COMPLETE, ATTRS_CRC))})
+def _root(b: Backend) -> tuple[dict, int]:
+    """(root attributes, format version), the attributes checked against their digest."""
+    root = b.attrs("")
+    version = SYNTHETIC.version_of(root, b.url)
+    digest = root.pop(ATTRS_CRC, None)
+    fix = "restore the store from a copy or distil into a new one"
+    if digest is None and checksummed(version):
+        raise missing_checksum(b.url, "the root attributes", fix)
+    if digest is not None and digest != attrs_crc(root):
+        raise StoreError(f"{b.url}: the root attributes do not match their checksum: the store is damaged or"
+                         f" was edited; {fix}")
+    return root, version
 
 
 _SET_FIX = "restore the store or distil the set again (`tesla distill --resume` rewrites it from the last checkpoint)"
@@ -395,11 +401,34 @@ class _H5Commits(_Commits):
                 raise StoreError(f"{self.url}: no such store (file not found); check the path")
             yield None  # nothing committed yet
             return
-        b = open_backend(self.url, "r")  # the newest file: writers replace it whole
+        b = self._open_checked()
         try:
             yield b
         finally:
             b.close()
+
+    def _open_checked(self) -> Backend:
+        """The newest file (writers replace it whole), its metadata checked before HDF5 reads it."""
+        from .hdf5 import check_metadata
+
+        for _ in range(3):
+            try:
+                before = os.stat(self.url).st_ino
+                sealed = check_metadata(self.url)
+            except OSError as exc:
+                raise StoreError(f"{self.url}: cannot read ({exc.strerror or exc}); check the path") from exc
+            b = open_backend(self.url, "r")
+            if os.stat(self.url).st_ino == before:
+                break
+            b.close()  # replaced by the writer between the check and the open: check the new one
+        try:
+            if not sealed and checksummed(SYNTHETIC.version_of(b.attrs(""), self.url)):
+                raise missing_checksum(self.url, "the HDF5 file's metadata (its user block)",
+                                       "restore the store from a copy or distil into a new one")
+        except BaseException:
+            b.close()
+            raise
+        return b
 
     def commit(self, container: str, number: Optional[int], group: _Group) -> int:
         chosen: list = []
@@ -419,14 +448,14 @@ class _H5Commits(_Commits):
 
     def _rewrite(self, build: Callable[[Backend, Optional[Backend]], None]) -> None:
         """Build the whole file under a temporary name next to it, then ``os.replace`` it."""
-        from .hdf5 import H5Backend
+        from .hdf5 import USERBLOCK, H5Backend, seal_metadata
 
         folder, base = os.path.split(os.path.abspath(self.url))
         os.makedirs(folder, exist_ok=True)
         tmp = os.path.join(folder, f".{base}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        old = open_backend(self.url, "r") if os.path.exists(self.url) else None
+        old = self._open_checked() if os.path.exists(self.url) else None
         try:
-            new = H5Backend(tmp, "w")
+            new = H5Backend(tmp, "w", userblock=USERBLOCK)
             try:
                 root = old.attrs("") if old is not None and old.attrs("").get(FORMAT_KEY) else self._root_attrs()
                 new.update_attrs("", root)
@@ -434,15 +463,18 @@ class _H5Commits(_Commits):
                 new.flush()
             finally:
                 new.close()
+            seal_metadata(tmp)
             fsync_path(tmp)  # the data is on disk before the name points at it
             if old is not None:
                 old.close()
                 old = None
             os.replace(tmp, self.url)
             fsync_path(folder)  # and the new name is on disk too
-        except BaseException:
+        except BaseException as exc:
             if os.path.exists(tmp):
                 os.remove(tmp)
+            if isinstance(exc, DiskFull):  # name the store, not its temporary file
+                raise no_space(self.url) from exc
             raise
         finally:
             if old is not None:
@@ -463,7 +495,8 @@ def _open_commits(url: str, mode: str, storage_options: Optional[dict]) -> _Comm
 
 def _root_attrs() -> dict:
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    return {**SYNTHETIC.root_attrs(), "created": created}
+    root = {**SYNTHETIC.root_attrs(), "created": created}
+    return {**root, ATTRS_CRC: attrs_crc(root)}
 
 
 def _check_format(b: Backend, url: str) -> None:
@@ -474,7 +507,7 @@ def _check_format(b: Backend, url: str) -> None:
     if fmt is not None and fmt != SYNTHETIC.name:
         raise StoreError(f"{url}: holds {fmt!r}, not a synthetic set; pass a synthetic-set store")
     if fmt is not None:
-        SYNTHETIC.version_of(root, url)
+        _root(b)
 
 
 # --- the store ----------------------------------------------------------------------------
@@ -630,7 +663,7 @@ class SyntheticStore:
         with self._commits.reading() as b:
             if b is None:
                 return {"checkpoints": [], "set": None}
-            root = b.attrs("")
+            root, _ = _root(b)
             out: dict = {"format_version": root.get(VERSION_KEY), "created": root.get("created")}
             out["checkpoints"] = _complete(b, CHECKPOINTS)
             sets = _complete(b, SETS)

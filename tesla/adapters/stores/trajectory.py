@@ -47,7 +47,8 @@ import numpy as np
 from .backend import Backend, as_numpy, is_hdf5_url, open_backend, plain, plain_attrs
 from .checksum import attrs_crc, crc32
 from .errors import StoreError
-from .formats import ATTRS_CRC, COMPLETE, CRC, FORMAT_KEY, TRAJECTORIES, checksummed, missing_checksum
+from .formats import (ATTRS_CRC, COMPLETE, CRC, FORMAT_KEY, TRAJECTORIES, checksummed, completion, marked_complete,
+                      missing_checksum, verified_attrs)
 from .lock import Lock, local_path, lock_path, store_lock
 
 FORMAT = TRAJECTORIES.name
@@ -208,10 +209,9 @@ class ExpertWriter:
             raise StoreError(f"expert {self.expert_id}: snapshots {missing} were not written; cannot finish it")
         b = self.store.backend
         b.update_attrs(self.path, {"test_accuracy": self._acc, CRC: self._crc})
-        # the digest of the attributes as a reader will read them back
-        b.update_attrs(self.path, {ATTRS_CRC: attrs_crc(b.attrs(self.path), skip=(COMPLETE, ATTRS_CRC))})
         b.sync(self.path)  # the snapshots are on disk before the marker that vouches for them
-        b.update_attrs(self.path, {COMPLETE: True})
+        # the marker and the digest of the attributes (as a reader reads them back) that covers it
+        b.update_attrs(self.path, completion(b.attrs(self.path)))
         b.sync(self.path)
         self.finished = True
         self._release()
@@ -257,6 +257,17 @@ class TrajectoryStore:
         else:
             TRAJECTORIES.version_of(root, self.url)
 
+    def _check_root_digest(self, root: dict) -> None:
+        """The root attributes (the model, its parameter layout, the dataset) against their digest."""
+        digest = root.pop(ATTRS_CRC, None)
+        version = TRAJECTORIES.version_of(root, self.url)
+        fix = "restore the store from a copy or train the experts into a new one"
+        if digest is None and checksummed(version):
+            raise missing_checksum(self.url, "the root attributes", fix)
+        if digest is not None and digest != attrs_crc(root):
+            raise StoreError(f"{self.url}: the root attributes (the model, its parameter layout, the dataset) do"
+                             f" not match their checksum: the store is damaged or was edited; {fix}")
+
     def _expert_lock(self, expert: int) -> Optional[Lock]:
         """The lock of one expert of a local Zarr store (None where the store lock covers it)."""
         local = local_path(self.url)
@@ -283,6 +294,7 @@ class TrajectoryStore:
             root = self.backend.attrs("")
             if root.get(FORMAT_KEY) != FORMAT:
                 raise StoreError(f"{self.url}: store is empty; train or import experts into it first")
+            self._check_root_digest(root)
             try:
                 meta = TrajectoryMeta(
                     model=dict(root.get("model") or {}),
@@ -319,19 +331,17 @@ class TrajectoryStore:
         b = self.backend
         b.check_writable()
         created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        root = {
+            **TRAJECTORIES.root_attrs(),
+            "model": plain_attrs(model),
+            "layout": layout_,
+            "num_params": int(num_params),
+            "dataset": plain_attrs(dataset),
+            "created": created,
+        }
         # one attribute write (one zarr.json), then the first group: a rank opening the
         # store meanwhile sees either an empty store or an initialised one, never half
-        b.update_attrs(
-            "",
-            {
-                **TRAJECTORIES.root_attrs(),
-                "model": plain_attrs(model),
-                "layout": layout_,
-                "num_params": int(num_params),
-                "dataset": plain_attrs(dataset),
-                "created": created,
-            },
-        )
+        b.update_attrs("", {**root, ATTRS_CRC: attrs_crc(root)})
         b.create_group("experts")
         b.flush()
 
@@ -396,7 +406,7 @@ class TrajectoryStore:
         for i in self._all_ids():
             if i not in self._complete:
                 attrs_ = self._attrs_of(i)
-                if attrs_.get(COMPLETE) is not True:
+                if not self._marked(i, attrs_):
                     continue
                 self._complete[i] = self._verified(i, attrs_)  # complete experts never change: cache them
             out.append(i)
@@ -413,11 +423,7 @@ class TrajectoryStore:
             return StoreError(f"{self.url}: expert {expert} is damaged ({problem}); {_RETRAIN}")
 
         version = self.meta.format_version
-        digest = attrs_.pop(ATTRS_CRC, None)
-        if digest is None and checksummed(version):
-            raise missing_checksum(self.url, f"the attributes of expert {expert}", _RETRAIN)
-        if digest is not None and digest != attrs_crc(attrs_, skip=(COMPLETE,)):
-            raise damaged("its attributes do not match their checksum")
+        attrs_ = verified_attrs(attrs_, checksummed(version), f"{self.url}: expert {expert}", _RETRAIN)
         epochs = attrs_.get("epochs")
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise damaged(f"epochs is {epochs!r}")
@@ -434,7 +440,10 @@ class TrajectoryStore:
 
     def incomplete_ids(self) -> list[int]:
         """Ids of experts whose writer has not finished (killed runs, or being written)."""
-        return [i for i in self._all_ids() if i not in self._complete and self._attrs_of(i).get(COMPLETE) is not True]
+        return [i for i in self._all_ids() if i not in self._complete and not self._marked(i, self._attrs_of(i))]
+
+    def _marked(self, expert: int, attrs_: dict) -> bool:
+        return marked_complete(attrs_, f"{self.url}: expert {expert}", _RETRAIN)
 
     def next_id(self) -> int:
         """One above the highest id present (complete or not); 0 for an empty store."""
@@ -447,7 +456,7 @@ class TrajectoryStore:
         if expert not in self._complete:
             path = expert_path(expert)
             attrs_ = self.backend.attrs(path) if self.backend.exists(path) else {}
-            if attrs_.get(COMPLETE) is not True:
+            if not self._marked(expert, attrs_):
                 ids = self.expert_ids()
                 have = f"{len(ids)} complete: {_ranges(ids)}" if ids else "none complete"
                 raise StoreError(f"{self.url}: no complete expert {expert} ({have})")

@@ -1,7 +1,8 @@
 """Writers of stores: one at a time (named when refused), fresh files that survive a kill, full disks.
 
-* Writer locks: a second writer of a synthetic set, an HDF5 trajectory file or a prepared
-  destination is refused with one line naming the first one's pid; readers never wait;
+* Writer locks, between processes: a second writer of a synthetic set, an HDF5 trajectory
+  file or a prepared destination is refused with one line naming the first one's pid
+  (within a process a lock is shared by its handles); readers never wait;
   a lock dies with its process (``kill -9`` leaves none). Zarr trajectory stores take
   several writers of *different* experts (the ranks of a distributed run), and refuse a
   second writer of the same expert instead of deleting it as "unfinished". Two real
@@ -55,15 +56,23 @@ def _wait_ready(proc: subprocess.Popen) -> None:
 
 # --- the lock helper ------------------------------------------------------------------------
 
-def test_exclusive_refuses_a_second_holder_naming_it_and_frees_on_exit(tmp_path):
-    run = tmp_path / "run"
-    with exclusive(str(run), f"run directory {run}", RunDirError):
-        with pytest.raises(RunDirError, match=rf"run directory {run} is being written by this process"):
-            with exclusive(str(run), f"run directory {run}", RunDirError):
-                pass
-    with exclusive(str(run), "again"):  # released: free again
-        pass
-    assert Path(lock_path(str(run))).name == ".run.lock"
+def test_exclusive_is_per_process_shared_within_and_freed_by_the_last_handle(tmp_path):
+    run = str(tmp_path / "run")
+    with exclusive(run, f"run directory {run}", RunDirError) as outer:
+        with exclusive(run, f"run directory {run}", RunDirError):  # the same process: shared
+            pass
+        assert outer.held
+        res = subprocess.run([sys.executable, "-c", f"from tesla.adapters.stores.lock import exclusive\n"
+                              f"from tesla.domain.errors import RunDirError\n"
+                              f"with exclusive({run!r}, 'run directory {run}', RunDirError): pass"],
+                             cwd=REPO, env=CHILD_ENV, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 1 and "RunDirError" in res.stderr, res.stderr  # still held after the inner one
+        assert f"run directory {run} is being written by process {os.getpid()} (lock " in res.stderr
+    assert Path(lock_path(run)).name == ".run.lock"
+    res = subprocess.run([sys.executable, "-c", f"from tesla.adapters.stores.lock import exclusive\n"
+                          f"with exclusive({run!r}, 'x'): print('got it')"],
+                         cwd=REPO, env=CHILD_ENV, capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip() == "got it", res.stderr  # released with the last handle
 
 
 def test_a_lock_held_by_another_process_names_its_pid_and_dies_with_it(tmp_path):
@@ -84,52 +93,64 @@ def test_a_lock_held_by_another_process_names_its_pid_and_dies_with_it(tmp_path)
 
 # --- store writers ------------------------------------------------------------------------
 
+def _held_by_child(code: str, then) -> None:
+    """Run ``code`` in a child that keeps its stores open; ``then(child)`` runs meanwhile."""
+    child = _child("import numpy as np\nfrom tesla.adapters.stores import open_synthetic_store, "
+                   "open_trajectory_store\n" + code)
+    try:
+        _wait_ready(child)
+        then(child)
+    finally:
+        child.kill()
+        child.wait()
+
+
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])
 def test_a_second_writer_of_a_synthetic_store_is_refused_readers_are_not(tmp_path, suffix):
     url = str(tmp_path / f"synthetic{suffix}")
-    first = open_synthetic_store(url, "a")
-    first.write_checkpoint(1, {"images": np.zeros((2, 3, 4, 4), np.float32)}, {})
-    with pytest.raises(StoreError, match=f"{url}: the store is being written by this process"):
-        open_synthetic_store(url, "a")
-    with open_synthetic_store(url, "r") as reader:
-        assert reader.checkpoints() == [1]
-    first.close()
-    with open_synthetic_store(url, "a") as second:  # the first closed: a writer may open it
+
+    def meanwhile(child):
+        with pytest.raises(StoreError, match=f"{url}: the store is being written by process {child.pid}"):
+            open_synthetic_store(url, "a")
+        with open_synthetic_store(url, "r") as reader:  # readers never wait
+            assert reader.checkpoints() == [1]
+
+    _held_by_child(f"s = open_synthetic_store({url!r}, 'a')\n"
+                   f"s.write_checkpoint(1, {{'images': np.zeros((2, 3, 4, 4), np.float32)}}, {{}})", meanwhile)
+    with open_synthetic_store(url, "a") as second:  # the first is gone: a writer may open it
         second.write_checkpoint(2, {"images": np.ones((2, 3, 4, 4), np.float32)}, {})
+        assert second.checkpoints()[-1] == 2
 
 
 def test_a_second_writer_of_an_hdf5_trajectory_file_is_refused(tmp_path):
     url = str(tmp_path / "t.h5")
     _new_trajectories(url)
-    with open_trajectory_store(url, "a") as first:
-        with pytest.raises(StoreError, match="being written by this process"):
+
+    def meanwhile(child):
+        with pytest.raises(StoreError, match=f"{url}: the store is being written by process {child.pid}"):
             open_trajectory_store(url, "a")
-        first.add_expert(np.ones((2, P), np.float32), {"seed": 0})
-    with open_trajectory_store(url, "a") as second:  # the first closed: free again
-        assert second.expert_ids() == [0]
+
+    _held_by_child(f"s = open_trajectory_store({url!r}, 'a')\ns.add_expert(np.ones((2, {P}), np.float32), {{}})",
+                   meanwhile)
+    with open_trajectory_store(url, "a") as s:
+        assert s.expert_ids() == [0]
 
 
 def test_zarr_writers_share_a_store_but_not_an_expert(tmp_path):
     url = str(tmp_path / "t.zarr")
     _new_trajectories(url)
-    a, b = open_trajectory_store(url, "a"), open_trajectory_store(url, "a")
-    try:
-        wa = a.begin_expert(0, 1, {"seed": 0})
-        wa.write(0, np.zeros(P, np.float32))
-        # the second writer must not delete expert 0 as "unfinished" while it is written
-        with pytest.raises(StoreError, match=f"{url}: expert 0 is being written by this process"):
-            b.begin_expert(0, 1, {"seed": 0})
-        b.add_expert(np.full((2, P), 2.0, np.float32), {"seed": 1}, expert_id=1)  # another expert: fine
-        wa.write(1, np.ones(P, np.float32))
-        wa.finish()
-        with pytest.raises(StoreError, match="complete already"):  # finished: its lock is free, it is kept
-            b.begin_expert(0, 1, {"seed": 0})
-    finally:
-        a.close()
-        b.close()
+
+    def meanwhile(child):
+        with open_trajectory_store(url, "a") as s:
+            # the second writer must not delete expert 0 as "unfinished" while it is written
+            with pytest.raises(StoreError, match=f"{url}: expert 0 is being written by process {child.pid}"):
+                s.begin_expert(0, 1, {"seed": 0})
+            s.add_expert(np.full((2, P), 2.0, np.float32), {"seed": 1}, expert_id=1)  # another expert: fine
+
+    _held_by_child(f"s = open_trajectory_store({url!r}, 'a')\nw = s.begin_expert(0, 1, {{}})\n"
+                   f"w.write(0, np.zeros({P}, np.float32))", meanwhile)
     with open_trajectory_store(url, "r") as s:
-        assert s.expert_ids() == [0, 1]
-        assert np.array_equal(s.load(0, 1), np.ones(P, np.float32)) and s.load(1, 0)[0] == 2.0
+        assert s.expert_ids() == [1] and s.incomplete_ids() == [0] and s.load(1, 0)[0] == 2.0
 
 
 def test_an_expert_abandoned_by_a_killed_writer_is_taken_over(tmp_path):
@@ -203,12 +224,15 @@ def test_a_second_prepare_into_one_destination_is_refused(tmp_path):
     from tests.faults.damage import _Source
 
     dest = str(tmp_path / "p.zarr")
-    first = PreparedWriter(dest, _Source(), chunk=4, block=8)
+    child = _child(f"from tesla.adapters.data.prepared import PreparedWriter\nfrom tests.faults.damage import _Source\n"
+                   f"w = PreparedWriter({dest!r}, _Source(), chunk=4, block=8)")
     try:
-        with pytest.raises(StoreError, match=f"{dest}: the store is being written by this process"):
+        _wait_ready(child)
+        with pytest.raises(StoreError, match=f"{dest}: the store is being written by process {child.pid}"):
             PreparedWriter(dest, _Source(), chunk=4, block=8)
     finally:
-        first.close()
+        child.kill()
+        child.wait()
     PreparedWriter(dest, _Source(), chunk=4, block=8).close()
 
 

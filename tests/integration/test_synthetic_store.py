@@ -152,8 +152,7 @@ def test_hdf5_temp_file_of_killed_writer_does_not_break_reads(tmp_path):
         store.write_checkpoint(20, bad, {})
     assert reader.latest_checkpoint()[0] == 10
     assert glob.glob(str(tmp_path / "run" / ".synthetic.h5.tmp-*")) == [str(leftover)]
-    # the next writer (one writer at a time: the first one is closed) sweeps leftovers and writes on
-    store.close()
+    # the next writer sweeps leftovers and writes on
     writer = open_synthetic_store(url, "a")
     assert not leftover.exists()
     writer.write_checkpoint(30, _checkpoint_arrays(30), {})

@@ -8,6 +8,11 @@ line naming the holder's process id. The kernel drops a flock when its holder ex
 by ``kill -9``, so no stale lock survives a crash: the lock *file* stays (an empty hidden
 file holding the last holder's pid), the lock does not. Readers never lock.
 
+The guarantee is between processes: within one process a lock is taken once and shared
+by every handle that asks for it (counted, released with the last one), so a handle the
+program forgot to close cannot lock the process out of its own store - the kernel's
+flock belongs to an open file, so the table of held locks below makes it per process.
+
 Lock files live beside what they guard - ``.<name>.lock`` next to ``<name>`` - so a store
 directory holds only store objects. flock works on local filesystems and on NFSv4 (Linux
 maps it to a POSIX lock there); on platforms without ``fcntl`` (Windows) locking is
@@ -20,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import threading
 from typing import Iterator, Optional
 
 from .errors import StoreError
@@ -28,6 +34,11 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
+
+# the locks this process holds: real path of the lock file -> [descriptor, handles]. It
+# mirrors a kernel resource of the process (its flocks), so it is per process by nature.
+_HELD: dict = {}
+_HELD_GUARD = threading.Lock()
 
 
 def lock_path(target: str, suffix: str = "lock") -> str:
@@ -60,38 +71,54 @@ class Lock:
     def __init__(self, path: str, what: str, error: type = StoreError,
                  fix: str = "wait for it to finish or stop it, then run this again") -> None:
         self.path = path
-        self._fd: Optional[int] = None
+        self._key: Optional[str] = None
         if fcntl is None:  # pragma: no cover - no flock on this platform
             return
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = _read_pid(fd)
-            os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            who = ("this process (another open handle)" if holder == os.getpid()
-                   else f"process {holder}" if holder else "another process")
-            raise error(f"{what} is being written by {who} (lock {path}); {fix}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
+        key = os.path.realpath(path)
+        with _HELD_GUARD:
+            if key in _HELD:  # this process holds it already: share it
+                _HELD[key][1] += 1
+                self._key = key
+                return
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = _read_pid(fd)
+                os.close(fd)
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                who = f"process {holder}" if holder else "another process"
+                raise error(f"{what} is being written by {who} (lock {path}); {fix}") from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            _HELD[key] = [fd, 1]
+            self._key = key
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._key is not None
 
     def release(self) -> None:
-        """Drop the lock (the file stays; a later writer locks it again)."""
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            # unlock explicitly: a forked child (a data-loader worker) shares the descriptor
-            with contextlib.suppress(Exception):
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        """Let go of the lock; the last handle of the process drops it (the file stays)."""
+        if self._key is None:
+            return
+        key, self._key = self._key, None
+        with _HELD_GUARD:
+            entry = _HELD.get(key)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del _HELD[key]
+        fd = entry[0]
+        # unlock explicitly: a forked child (a data-loader worker) shares the descriptor
+        with contextlib.suppress(Exception):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
     def __enter__(self) -> "Lock":
         return self
@@ -117,8 +144,8 @@ def exclusive(path: str, what: str, error: type = StoreError,
     """Hold the writer lock of ``path`` for the ``with`` block.
 
     ``path`` is what is guarded (a run directory, a store); the lock file is
-    :func:`lock_path` of it. A second holder - another process, or another ``exclusive``
-    in this one - gets ``error`` naming the first one's pid.
+    :func:`lock_path` of it. Another process asking for it meanwhile gets ``error`` naming
+    this one's pid; within this process it is shared (see the module docstring).
 
     Example:
         >>> with exclusive(run_dir, f"run directory {run_dir}", RunDirError):  # doctest: +SKIP

@@ -416,8 +416,9 @@ class TrajectoryStore:
         """A complete expert's attributes, checked against their digest and the params array.
 
         Raises:
-            StoreError: a checksum missing (version 2), a digest that does not match, an
-                epoch count or checksum list of the wrong kind, or params of another shape.
+            StoreError: a checksum missing (version 2), a digest that does not match, or an
+                epoch count or checksum list of the wrong kind (the params shape is checked
+                on the first load).
         """
         def damaged(problem: str) -> StoreError:
             return StoreError(f"{self.url}: expert {expert} is damaged ({problem}); {_RETRAIN}")
@@ -433,10 +434,19 @@ class TrajectoryStore:
         if crcs is not None and (not isinstance(crcs, list) or len(crcs) != epochs + 1
                                  or not all(isinstance(c, int) and not isinstance(c, bool) for c in crcs)):
             raise damaged(f"it records {epochs + 1} snapshots but its checksums are {crcs!r:.80}")
-        shape = self.backend.shape(f"{expert_path(expert)}/params")
-        if shape != (epochs + 1, self.meta.num_params):
-            raise damaged(f"params has shape {shape}, not ({epochs + 1}, {self.meta.num_params})")
         return attrs_
+
+    def _params(self, expert: int, attrs_: Mapping[str, Any]) -> str:
+        """Path of an expert's params, its shape checked once against its attributes and P."""
+        path = f"{expert_path(expert)}/params"
+        if expert not in self._shapes_ok:  # on first load, not when listing: one metadata read less each
+            want = (int(attrs_["epochs"]) + 1, self.meta.num_params)
+            shape = self.backend.shape(path)
+            if shape != want:
+                raise StoreError(f"{self.url}: expert {expert} is damaged (params has shape {shape}, not {want});"
+                                 f" {_RETRAIN}")
+            self._shapes_ok.add(expert)
+        return path
 
     def incomplete_ids(self) -> list[int]:
         """Ids of experts whose writer has not finished (killed runs, or being written)."""
@@ -481,13 +491,13 @@ class TrajectoryStore:
         n = int(attrs_["epochs"]) + 1
         if not 0 <= int(epoch) < n:
             raise StoreError(f"{self.url}: expert {expert} has {n} snapshots; epoch {epoch} is out of range 0..{n - 1}")
-        vec = self.backend.read(f"{expert_path(expert)}/params", int(epoch)).astype(np.float32, copy=False)
+        vec = self.backend.read(self._params(int(expert), attrs_), int(epoch)).astype(np.float32, copy=False)
         return self._check(int(expert), int(epoch), vec, attrs_.get(CRC) or [])
 
     def load_trajectory(self, expert: int) -> np.ndarray:
         """All snapshots of ``expert``, (epochs + 1, P) float32."""
         attrs_ = self.expert_attrs(expert)
-        traj = self.backend.read(f"{expert_path(expert)}/params").astype(np.float32, copy=False)
+        traj = self.backend.read(self._params(int(expert), attrs_)).astype(np.float32, copy=False)
         crcs = attrs_.get(CRC) or []
         for e in range(traj.shape[0]):
             self._check(int(expert), e, traj[e], crcs)

@@ -427,6 +427,45 @@ def _marker_cases(kind: str) -> Iterator[tuple[str, str, Damage]]:
         yield "marker", "complete on an interrupted prepare", partial_prepare
 
 
+def as_version_1(path: Path) -> None:
+    """Turn a store into what the previous tesla wrote: format version 1, without the
+    attribute digests, the prepared index checksums or the HDF5 metadata seal."""
+    root_only = ("crc32",) if "prepared" in path.name else ()
+    if path.is_dir():
+        for meta in path.rglob("zarr.json"):
+            doc = json.loads(meta.read_text())
+            attrs_ = doc.get("attributes", {})
+            attrs_.pop("attrs_crc32", None)
+            if meta.parent == path:
+                attrs_["format_version"] = 1
+                for key in root_only:
+                    attrs_.pop(key, None)
+            _rewrite(meta, json.dumps(doc).encode())
+        return
+    import h5py
+
+    with h5py.File(path, "a") as f:
+        for node in _h5_attr_nodes(path):
+            if "attrs_crc32" in f[node].attrs:
+                del f[node].attrs["attrs_crc32"]
+        f.attrs["format_version"] = 1
+        for key in root_only:
+            del f.attrs[key]
+    data = bytearray(path.read_bytes())
+    if data.startswith(b"tesla-hdf5-metadata-crc32\n"):
+        data[:4096] = bytes(4096)  # no seal: the user block holds nothing
+    _rewrite(path, bytes(data))
+
+
+def without_version(read: Any) -> Any:
+    """A read with the format version left out (it is what differs between versions)."""
+    if isinstance(read, dict):
+        return {k: without_version(v) for k, v in read.items() if k != "format_version"}
+    if isinstance(read, tuple) and len(read) == 6 and isinstance(read[4], int):  # trajectory meta
+        return read[:4] + read[5:]
+    return read
+
+
 def copy_store(src: Path, dst: Path) -> None:
     """A copy to damage: a Zarr tree of hard links (damage writes new inodes), an HDF5 file copied."""
     if dst.exists():

@@ -57,3 +57,28 @@ def test_bit_flips_anywhere_in_an_hdf5_file(kind):
     print(_report(f"{kind} (anywhere)", counts))
     assert not out["failures"], "\n".join(out["failures"])
     assert sum(counts.values()) == 40
+
+
+@pytest.mark.parametrize("kind", damage.KINDS)
+def test_version_1_stores_still_read(tmp_path, kind):
+    """What the previous tesla wrote (no attribute digests, index checksums or HDF5 seal)
+    reads back as written; the same store claiming version 2 is refused as damaged."""
+    path, ref = damage.make(kind, tmp_path)
+    v1 = tmp_path / f"v1-{kind}"
+    damage.copy_store(path, v1)
+    damage.as_version_1(v1)
+    got = damage.READ[kind.split(".")[0]](str(v1))
+    assert damage.same(damage.without_version(got), damage.without_version(ref))
+    claims_2 = tmp_path / f"claims2-{kind}"
+    damage.copy_store(v1, claims_2)
+    if claims_2.is_dir():
+        meta = claims_2 / "zarr.json"
+        doc = json.loads(meta.read_text())
+        doc["attributes"]["format_version"] = 2
+        damage._rewrite(meta, json.dumps(doc).encode())
+    else:
+        import h5py
+
+        with h5py.File(claims_2, "a") as f:
+            f.attrs["format_version"] = 2
+    assert damage.judge(kind, claims_2, ref) == "refused"

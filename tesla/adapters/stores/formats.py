@@ -75,7 +75,7 @@ def checksummed(version: int) -> bool:
 
 def missing_checksum(url: str, what: str, fix: str) -> StoreError:
     """The error for a version-2 node without the checksum it must carry."""
-    return StoreError(f"{url}: {what} has no checksum although its store format writes one: the store is damaged"
+    return StoreError(f"{url}: no checksum for {what}, although its store format writes one: the store is damaged"
                       f" or was edited; {fix}")
 
 

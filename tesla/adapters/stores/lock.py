@@ -6,7 +6,9 @@ other's work (an HDF5 file rebuilt by both, an unfinished expert deleted by a se
 ``fcntl.flock`` on a lock file first, and a second writer is refused at once with one
 line naming the holder's process id. The kernel drops a flock when its holder exits, even
 by ``kill -9``, so no stale lock survives a crash: the lock *file* stays (an empty hidden
-file holding the last holder's pid), the lock does not. Readers never lock.
+file), the lock does not. Readers never lock. The holder's pid comes from the kernel's
+table of locks (``/proc/locks``), so taking a lock never writes to the lock file: a run
+that is refused after locking leaves the folder exactly as it found it.
 
 The guarantee is between processes: within one process a lock is taken once and shared
 by every handle that asks for it (counted, released with the last one), so a handle the
@@ -81,18 +83,16 @@ class Lock:
                 _HELD[key][1] += 1
                 self._key = key
                 return
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)  # flock needs no write access
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
-                holder = _read_pid(fd)
+                holder = _holder_pid(fd)
                 os.close(fd)
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise
                 who = f"process {holder}" if holder else "another process"
                 raise error(f"{what} is being written by {who} (lock {path}); {fix}") from None
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
             _HELD[key] = [fd, 1]
             self._key = key
 
@@ -130,12 +130,30 @@ class Lock:
         self.release()
 
 
-def _read_pid(fd: int) -> Optional[int]:
+def _holder_pid(fd: int) -> Optional[int]:
+    """The pid holding a flock on the file of ``fd``, from ``/proc/locks`` (None elsewhere).
+
+    A line there reads ``1: FLOCK  ADVISORY  WRITE <pid> <major>:<minor>:<inode> 0 EOF``
+    (major and minor in hex); lines with ``->`` are waiters, not holders.
+    """
     try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        st = os.fstat(fd)
+        with open("/proc/locks", encoding="ascii", errors="replace") as fh:
+            lines = fh.readlines()
     except OSError:
         return None
-    return int(text) if text.isdigit() else None
+    want = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 6 or parts[1] != "FLOCK" or "->" in line:
+            continue
+        try:
+            major, minor, inode = parts[5].split(":")
+            if (int(major, 16), int(minor, 16), int(inode)) == want:
+                return int(parts[4])
+        except ValueError:
+            continue
+    return None
 
 
 @contextlib.contextmanager

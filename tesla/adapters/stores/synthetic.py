@@ -247,13 +247,8 @@ def _root(b: Backend) -> tuple[dict, int]:
     """(root attributes, format version), the attributes checked against their digest."""
     root = b.attrs("")
     version = SYNTHETIC.version_of(root, b.url)
-    digest = root.pop(ATTRS_CRC, None)
-    fix = "restore the store from a copy or distil into a new one"
-    if digest is None and checksummed(version):
-        raise missing_checksum(b.url, "the root attributes", fix)
-    if digest is not None and digest != attrs_crc(root):
-        raise StoreError(f"{b.url}: the root attributes do not match their checksum: the store is damaged or"
-                         f" was edited; {fix}")
+    root = verified_attrs(root, checksummed(version), f"{b.url} (root)",
+                          "restore the store from a copy or distil into a new one")
     return root, version
 
 

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from tesla.adapters.stores import open_synthetic_store, open_trajectory_store
 from tesla.app.cli import import_mtt, info
+from tesla.adapters.stores.trajectory import FORMAT_VERSION
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def test_info_trajectories(app, tmp_path, name):
     result = runner.invoke(app, ["info", url, "--json"])
     assert result.exit_code == 0
     d = json.loads(result.stdout)
-    assert d["kind"] == "trajectories" and d["num_params"] == 40 and d["format_version"] == 1
+    assert d["kind"] == "trajectories" and d["num_params"] == 40 and d["format_version"] == FORMAT_VERSION
     assert [e["final_accuracy"] for e in d["experts"]] == [31.25, None] and d["incomplete"] == [2]
     assert d["size_bytes"] > 0
 

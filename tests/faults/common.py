@@ -123,7 +123,7 @@ def make_imagenet64(root: Path, *, files: int = 3, per_file: int = 200, classes:
 
 def prepared_arrays(url: str) -> dict:
     """Every array and the attributes (less times) of a prepared store."""
-    from tesla.adapters.stores.backend import open_backend
+    from tesla.adapters.stores.backends import open_backend
 
     b = open_backend(url, "r")
     try:

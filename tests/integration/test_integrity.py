@@ -190,7 +190,7 @@ def test_a_group_half_deleted_by_a_kill_never_reads_as_complete(tmp_path):
 
     url = _checkpointed(tmp_path / "s.zarr")
     with open_synthetic_store(str(url), "a") as s:
-        b = s._zarr
+        b = s._commits.backend
         calls = []
         real_delete = b.delete
         b.delete = lambda path: calls.append(path)  # the kill: the delete never happens

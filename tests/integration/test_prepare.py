@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from tesla.adapters.data.prepared import open_prepared, work_url
-from tesla.adapters.stores.backend import open_backend
+from tesla.adapters.stores.backends import open_backend
 from tesla.adapters.stores.errors import StoreError
 from tesla.app.cli.data import register
 from tesla.app.bootstrap import prepare
@@ -253,12 +253,35 @@ def test_an_altered_chunk_fails_its_checksum(release, tmp_path, suffix):
             p.sample_class(int(p._labels("train", 16, 17)[0]), 40, seed=0)
         last = p.num_classes - 1  # its rows lie in the last chunks, which are intact and still read
         assert p.sample_class(last, 3, seed=0).shape == (3, 3, 64, 64)
-    # a store prepared before checksums existed (no chunk_crc32) reads unchecked, as before
+    # deleting the chunk checksums of a current store does not turn checking off
     b = open_backend(dest, "a")
     b.write("train/images", slice(16, 32), rows)
     b.delete("train/chunk_crc32")
     b.delete("test/chunk_crc32")
     b.close()
+    with pytest.raises(StoreError, match="chunk_crc32 is missing"):
+        open_prepared(dest)
+    # a store prepared before checksums existed (format version 1, no chunk_crc32, no
+    # attribute checksums) reads unchecked, as before
+    b = open_backend(dest, "a")
+    root = b.attrs()
+    b.close()
+    if suffix == ".zarr":  # rewrite the root's zarr.json without the version-2 keys
+        import json
+
+        meta_path = Path(dest) / "zarr.json"
+        meta = json.loads(meta_path.read_text())
+        for key in ("crc32", "attrs_crc32"):
+            meta["attributes"].pop(key)
+        meta["attributes"]["format_version"] = 1
+        meta_path.write_text(json.dumps(meta))
+    else:
+        import h5py
+
+        with h5py.File(dest, "a") as f:
+            del f.attrs["crc32"], f.attrs["attrs_crc32"]
+            f.attrs["format_version"] = 1
+    assert root["format_version"] == 2
     with open_prepared(dest) as p:
         after = [x for x, _ in p.train_batches(16, seed=0)]
     assert all(torch.equal(a, c) for a, c in zip(before, after)) and len(before) == len(after)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tesla.adapters.stores import StoreError, describe_store, open_synthetic_store
-from tesla.adapters.stores.backend import open_backend
+from tesla.adapters.stores.backends import open_backend
 
 N_CLS, IPC, C, S = 3, 2, 3, 8
 

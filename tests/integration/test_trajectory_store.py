@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tesla.adapters.stores import StoreError, open_trajectory_store
-from tesla.adapters.stores.backend import open_backend
+from tesla.adapters.stores.backends import open_backend
+from tesla.adapters.stores.trajectory import FORMAT_VERSION
 
 LAYOUT = [("conv.weight", [4, 3, 3, 3]), ("conv.bias", [4]), ("fc.weight", [10, 16]), ("fc.bias", [10])]
 P = 4 * 27 + 4 + 160 + 10  # 282
@@ -65,7 +66,7 @@ def test_round_trip_same_schema(url):
     with open_trajectory_store(url, "r") as store:
         meta = store.meta
         assert meta.model == MODEL and meta.dataset == DATA and meta.num_params == P
-        assert meta.layout == [[n, s] for n, s in LAYOUT] and meta.format_version == 1
+        assert meta.layout == [[n, s] for n, s in LAYOUT] and meta.format_version == FORMAT_VERSION
         assert store.expert_ids() == [0, 1] and store.incomplete_ids() == []
         assert store.num_snapshots(0) == 4 and store.num_snapshots(1) == 3
         for e in range(4):
@@ -198,7 +199,7 @@ def test_newer_format_version_is_refused(tmp_path):
     url = str(tmp_path / "future.zarr")
     _new_store(url).close()
     b = open_backend(url, "a")
-    b.update_attrs("", {"format_version": 2})
+    b.update_attrs("", {"format_version": FORMAT_VERSION + 1})
     with pytest.raises(StoreError, match="newer tesla"):
         open_trajectory_store(url, "r")
     b.update_attrs("", {"format_version": 1, "format": "something-else"})

@@ -43,6 +43,9 @@ def _runtime_nodes(tree: ast.AST):
 
 
 def _imports(path: pathlib.Path, module: str) -> set[str]:
+    """What ``module`` imports at run time. ``from pkg import sub`` where ``sub`` is a module
+    counts as importing ``pkg.sub`` only (a parent package always runs first: counting it
+    would make every package whose ``__init__`` re-exports its modules a cycle)."""
     out = set()
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     for node in _runtime_nodes(ast.parse(path.read_text(), filename=str(path))):
@@ -53,11 +56,14 @@ def _imports(path: pathlib.Path, module: str) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([node.module] if node.module else []))
-            out.add(base)
-            out |= {f"{base}.{alias.name}" for alias in node.names}
+            subs = {f"{base}.{alias.name}" for alias in node.names}
+            out |= subs
+            if not subs <= _MODULE_NAMES:
+                out.add(base)
     return out
 
 
+_MODULE_NAMES = {_module_name(p) for p in PACKAGE.rglob("*.py")}
 MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
 IMPORTS = {name: _imports(path, name) for name, path in MODULES.items()}
 

@@ -4,7 +4,7 @@ ImageNet-1K at 64 px is 1.28 M images (15.7 GB as uint8): too big to hold in RAM
 too slow to decode from JPEG every epoch. ``tesla data prepare`` converts a source
 (Downsampled-ImageNet batches, an ImageFolder tree, Tiny-ImageNet) once into a store -
 Zarr v3 (directory or fsspec URL) or HDF5 (``.h5``), by suffix, through the stores'
-:func:`~tesla.adapters.stores.backend.open_backend` - laid out as::
+:func:`~tesla.adapters.stores.backends.open_backend` - laid out as::
 
     train/images         (N, 3, S, S) uint8, chunked along N (``chunk`` images a chunk)
     train/labels         (N,) int64, 0-based, sorted by class
@@ -12,10 +12,19 @@ Zarr v3 (directory or fsspec URL) or HDF5 (``.h5``), by suffix, through the stor
     train/chunk_crc32    (ceil(N / chunk),) int64: CRC-32 of each images chunk's bytes,
                          checked on every read (a lost or altered chunk is an error, not zeros)
     test/...             the same for the test split (possibly empty)
-    attrs: format="tesla-prepared", format_version, name, source, source_format,
+    attrs: format="tesla-prepared", format_version=2, name, source, source_format,
            num_classes, class_names, image_size, mean, std (per channel, [0, 1] space),
            num_train, num_test, chunk, plan (source fingerprint and settings, checked
-           by a re-run); ``complete`` = True written last.
+           by a re-run), crc32 (of every labels, class_offsets and chunk_crc32 array),
+           attrs_crc32 (of these attributes); ``complete`` = True written last.
+
+**Damage is refused, not read.** A reader checks, when it opens a version-2 store, the
+attributes against ``attrs_crc32``, the indexes against ``crc32`` and their shapes
+against the attributes, and that every images chunk has its CRC (a store marked
+complete over missing chunks is refused, not read as zeros); then each images chunk
+against its CRC as it is read. Version-1 stores (written before) are checked where they
+carry checksums, and their indexes for shape and order. A writer holds the destination's
+lock (:mod:`~tesla.adapters.stores.lock`), so a second prepare into it is refused.
 
 **Writing (PreparedWriter): an external merge sort with bounded memory.** Sorting by
 class cannot scatter images straight into their class ranges: source order mixes the
@@ -55,18 +64,24 @@ from __future__ import annotations
 
 import os
 import shutil
-import zlib
 from typing import Any, Iterator, Optional, Protocol, Sequence
 
 import attrs
 import numpy as np
 
-from tesla.adapters.stores.backend import Backend, is_hdf5_url, open_backend
+from tesla.adapters.stores.backend import Backend, check_room, is_hdf5_url
+from tesla.adapters.stores.backends import open_backend
+from tesla.adapters.stores.checksum import attrs_crc, crc32
 from tesla.adapters.stores.errors import StoreError
+from tesla.adapters.stores.formats import (ATTRS_CRC, COMPLETE, CRC, FORMAT_KEY, PREPARED, checksummed,
+                                           missing_checksum)
+from tesla.adapters.stores.lock import local_path, store_lock
 
-FORMAT = "tesla-prepared"
-FORMAT_VERSION = 1
+FORMAT = PREPARED.name
+FORMAT_VERSION = PREPARED.version
 SPLITS = ("train", "test")
+INDEXES = ("labels", "class_offsets", "chunk_crc32")  # the arrays beside the images, checksummed at finalize
+_REDO = "prepare it again with `tesla data prepare` into a new path"
 MIN_TILE = 16  # run tiles smaller than this make too many tiny chunk objects
 
 
@@ -126,7 +141,7 @@ def remove_store(url: str, storage_options: Optional[dict] = None) -> None:
 
 def chunk_crc(x: np.ndarray) -> int:
     """CRC-32 of a uint8 images chunk's bytes (C order), as stored in ``chunk_crc32``."""
-    return zlib.crc32(np.ascontiguousarray(x, dtype=np.uint8).tobytes())
+    return crc32(np.asarray(x, dtype=np.uint8))
 
 
 def _native(backend: Backend, path: str) -> Any:
@@ -300,17 +315,22 @@ class PreparedWriter:
         self._caches: dict[str, _RunCache] = {}
         self.dest: Optional[Backend] = None
         self.work: Optional[Backend] = None
-        self._open()
+        self._lock = store_lock(self.url)  # one prepare per destination
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
 
     # -- opening / resuming
 
     def _open(self) -> None:
         self.dest = open_backend(self.url, "a", self.storage_options)
         attrs_ = self.dest.attrs()
-        if attrs_ and attrs_.get("format") != FORMAT:
+        if attrs_ and attrs_.get(FORMAT_KEY) != FORMAT:
             self.dest.close()
             raise StoreError(f"{self.url}: holds something other than a prepared image set; pick a new DEST")
-        if attrs_.get("complete"):
+        if attrs_.get(COMPLETE):
             if attrs_.get("plan") != self.plan:
                 self.dest.close()
                 raise StoreError(
@@ -340,7 +360,7 @@ class PreparedWriter:
 
     def _create(self) -> None:
         s = self.plan["image_size"]
-        self.dest.update_attrs("", {"format": FORMAT, "format_version": FORMAT_VERSION, "complete": False})
+        self.dest.update_attrs("", {**PREPARED.root_attrs(), COMPLETE: False})
         for split, p in self.plans.items():
             self.dest.create_array(f"{split}/images", (p.n, 3, s, s), np.uint8,
                                    chunks=(max(1, min(p.chunk, p.n)), 3, s, s))
@@ -384,11 +404,18 @@ class PreparedWriter:
 
     def run(self, task: Task) -> None:
         """Do one task and mark it done (data first, marker second)."""
-        (self._sort if task.phase == "sort" else self._merge)(task.split, task.index)
+        with self.dest.guard(f"{task.split}/images", writing=True):  # a full disk: one line
+            (self._sort if task.phase == "sort" else self._merge)(task.split, task.index)
         # An HDF5 DEST buffers writes inside the process: flush before the marker, or a
         # kill -9 leaves a chunk marked done whose pixels never reached the file.
         self.dest.flush()
         self.work.write(f"{task.split}/{task.phase}_done", task.index, np.uint8(1))
+
+    def _room(self, url: str, nbytes: int) -> None:
+        """Refuse before HDF5 (or any local store) meets a full disk: it cannot recover from one."""
+        local = local_path(url)
+        if local is not None:
+            check_room(local, nbytes)
 
     def _sort(self, split: str, b: int) -> None:
         p = self.plans[split]
@@ -398,6 +425,7 @@ class PreparedWriter:
         if x.shape != (hi - lo, 3, s, s) or x.dtype != np.uint8:
             raise ValueError(f"{split} block {b}: source gave {x.shape} {x.dtype}, expected {(hi - lo, 3, s, s)} uint8")
         order = np.argsort(self.readers[split].labels[lo:hi], kind="stable")
+        self._room(self.work_url, x.nbytes)
         runs = _native(self.work, f"{split}/runs")
         # Gather the sorted rows a few tiles at a time: no second block-sized copy.
         step = p.tile * max(1, 64 // p.tile)
@@ -421,6 +449,7 @@ class PreparedWriter:
             r0 = int(p.seg_run[i]) + lo - d0
             out[lo - p0:hi - p0] = cache.read(int(p.seg_block[i]), r0, r0 + hi - lo)
             i += 1
+        self._room(self.url, out.nbytes)
         _native(self.dest, f"{split}/images")[p0:p1] = out
         self.dest.write(f"{split}/chunk_crc32", j, np.int64(chunk_crc(out)))
 
@@ -448,21 +477,40 @@ class PreparedWriter:
             "num_test": self.plans["test"].n,
             "chunk": self.chunk,
             "plan": self.plan,
+            CRC: self._index_crcs(),
         }
         self.dest.update_attrs("", info)
+        # the digest of the attributes as a reader will read them back
+        self.dest.update_attrs("", {ATTRS_CRC: attrs_crc(self.dest.attrs(), skip=(COMPLETE, ATTRS_CRC))})
         self.dest.sync()  # every chunk durable before the marker that vouches for them
-        self.dest.update_attrs("", {"complete": True})
+        self.dest.update_attrs("", {COMPLETE: True})
         self.dest.sync()
         self.work.close()
         self.work = None
         remove_store(self.work_url, self._work_options)
         return self.dest.attrs()
 
+    def _index_crcs(self) -> dict:
+        """CRC-32 of every index array, after checking every images chunk has its CRC."""
+        out = {}
+        for split in SPLITS:
+            crcs = self.dest.read(f"{split}/chunk_crc32")
+            if self.plans[split].n and (crcs < 0).any():
+                lost = int(np.flatnonzero(crcs < 0)[0])
+                raise StoreError(f"{self.url}: {split} images chunk {lost} is marked done but was never written;"
+                                 f" delete {self.url} and {self.work_url} and prepare again")
+            for name in INDEXES:
+                out[f"{split}/{name}"] = crc32(self.dest.read(f"{split}/{name}"))
+        return out
+
     def close(self) -> None:
         for b in (self.dest, self.work):
             if b is not None:
                 b.close()
         self.dest = self.work = None
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+            self._lock = None
 
 
 # --- reader ---------------------------------------------------------------------------
@@ -476,18 +524,112 @@ def open_prepared(url: str, storage_options: Optional[dict] = None) -> "Prepared
     """
     backend = open_backend(str(url), "r", storage_options)
     info = backend.attrs()
-    if info.get("format") != FORMAT:
+    if info.get(FORMAT_KEY) != FORMAT:
         backend.close()
         raise StoreError(f"{url}: not a prepared image store; make one with `tesla data prepare SRC {url}`")
-    if int(info.get("format_version", 0)) > FORMAT_VERSION:
+    try:
+        PREPARED.version_of(info, str(url))
+    except StoreError:
         backend.close()
-        raise StoreError(f"{url}: prepared format version {info.get('format_version')} is newer than this tesla"
-                         f" reads ({FORMAT_VERSION}); upgrade tesla")
-    if not info.get("complete"):
+        raise
+    if info.get(COMPLETE) is not True:
         backend.close()
         raise StoreError(f"{url}: prepared store is incomplete (an interrupted `tesla data prepare`);"
                          " re-run the same prepare command to resume it")
-    return PreparedImages(backend, info)
+    try:
+        return PreparedImages(backend, info)
+    except BaseException:
+        backend.close()
+        raise
+
+
+def _damaged(url: str, problem: str) -> StoreError:
+    return StoreError(f"{url}: the prepared store is damaged ({problem}); {_REDO}")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_attrs(url: str, info: dict) -> tuple[bool, Optional[dict]]:
+    """Check the root attributes; returns (version 2 rules apply, the index checksums)."""
+    strict = checksummed(PREPARED.version_of(info, url))
+    digest = info.get(ATTRS_CRC)
+    if digest is None and strict:
+        raise missing_checksum(url, "the store's attributes", _REDO)
+    if digest is not None and digest != attrs_crc(info, skip=(COMPLETE, ATTRS_CRC)):
+        raise _damaged(url, "its attributes do not match their checksum")
+    crcs = info.get(CRC)
+    if crcs is None and strict:
+        raise missing_checksum(url, "the index arrays", _REDO)
+    if crcs is not None and not isinstance(crcs, dict):
+        raise _damaged(url, f"crc32 is {crcs!r:.60}")
+    k, names, size = info.get("num_classes"), info.get("class_names"), info.get("image_size")
+    if not _is_int(k) or k < 1 or not isinstance(names, list) or len(names) != k or not _is_int(size) or size < 1:
+        raise _damaged(url, f"num_classes {k!r}, class_names of {len(names) if isinstance(names, list) else names!r},"
+                            f" image_size {size!r}")
+    for key in ("mean", "std"):
+        v = info.get(key)
+        if not isinstance(v, list) or len(v) != 3 or not all(isinstance(x, (int, float)) and np.isfinite(x)
+                                                            and not isinstance(x, bool) for x in v):
+            raise _damaged(url, f"{key} is {v!r:.60}")
+    return strict, crcs
+
+
+def _check_split(backend: Backend, info: dict, split: str, strict: bool,
+                 crcs: Optional[dict]) -> tuple[np.ndarray, int, Optional[np.ndarray]]:
+    """(class offsets, images chunk length, chunk CRCs or None) of ``split``, each checked.
+
+    The index arrays against their checksums (version 2 must have them), the offsets for
+    order and against ``num_<split>``, the images and chunk CRCs for shape, and - version
+    2 - that every images chunk has a CRC (a store marked complete over chunks that were
+    never written is refused, not read as zeros).
+    """
+    url, k, s = backend.url, int(info["num_classes"]), int(info["image_size"])
+    arrays: dict = {}
+    for name in INDEXES:
+        path = f"{split}/{name}"
+        if not backend.exists(path):
+            if name == "chunk_crc32" and not strict:  # prepared before chunk checksums existed
+                arrays[name] = None
+                continue
+            raise _damaged(url, f"{path} is missing")
+        if name == "labels" and not strict:
+            continue  # no checksum to check it against, and the reader derives labels from the offsets
+        arr = backend.read(path)
+        expected = (crcs or {}).get(path)
+        if expected is None and strict:
+            raise missing_checksum(url, path, _REDO)
+        if expected is not None and crc32(arr) != expected:
+            raise _damaged(url, f"{path} does not match its checksum (a lost or altered chunk)")
+        arrays[name] = arr
+    offsets = arrays["class_offsets"]
+    if offsets.shape != (k + 1,) or not np.issubdtype(offsets.dtype, np.integer) or offsets[0] != 0 \
+            or (np.diff(offsets) < 0).any():
+        raise _damaged(url, f"{split}/class_offsets is not {k + 1} ascending row offsets from 0")
+    offsets = offsets.astype(np.int64)
+    n = int(offsets[-1])
+    recorded = info.get(f"num_{split}")
+    if recorded is not None and recorded != n:
+        raise _damaged(url, f"{split}/class_offsets ends at row {n} but num_{split} is {recorded!r}")
+    shape = backend.shape(f"{split}/images")
+    if shape != (n, 3, s, s):
+        raise _damaged(url, f"{split}/images has shape {shape}, not {(n, 3, s, s)}")
+    if "labels" in arrays and arrays["labels"].shape != (n,):
+        raise _damaged(url, f"{split}/labels has shape {arrays['labels'].shape}, not ({n},)")
+    chunk = int((backend.chunks(f"{split}/images") or (max(1, n),))[0]) if n else 1
+    chunk_crcs = arrays["chunk_crc32"]
+    if chunk_crcs is not None:
+        want = max(-(-n // chunk), 1)
+        if chunk_crcs.shape != (want,):
+            raise _damaged(url, f"{split}/chunk_crc32 has shape {chunk_crcs.shape}, not ({want},) for chunks of"
+                                f" {chunk} rows")
+        chunk_crcs = chunk_crcs.astype(np.int64)
+        if strict and n and (chunk_crcs < 0).any():
+            lost = int(np.flatnonzero(chunk_crcs < 0)[0])
+            raise StoreError(f"{url}: {split} images chunk {lost} was never written although the store is marked"
+                             f" complete; {_REDO}")
+    return offsets, chunk, chunk_crcs
 
 
 class PreparedImages:
@@ -511,6 +653,7 @@ class PreparedImages:
         self.url = backend.url
         self._backend = backend
         self.info = info
+        strict, crcs = _check_attrs(self.url, info)
         self.name = str(info.get("name", "prepared"))
         self.num_classes = int(info["num_classes"])
         self.class_names = list(info["class_names"])
@@ -518,12 +661,13 @@ class PreparedImages:
         self.image_shape = (3, s, s)
         # A constant channel has std 0; a tiny floor keeps the normaliser defined.
         self.normalizer = Normalizer(mean=info["mean"], std=[max(float(v), 1e-6) for v in info["std"]])
-        self._images = {sp: _native(backend, f"{sp}/images") for sp in SPLITS}
-        self._offsets = {sp: np.asarray(backend.read(f"{sp}/class_offsets"), np.int64) for sp in SPLITS}
-        self._chunk = {sp: int((backend.chunks(f"{sp}/images") or (max(1, self._count(sp)),))[0]) for sp in SPLITS}
+        checked = {sp: _check_split(backend, info, sp, strict, crcs) for sp in SPLITS}
+        with backend.guard("images"):
+            self._images = {sp: _native(backend, f"{sp}/images") for sp in SPLITS}
+        self._offsets = {sp: checked[sp][0] for sp in SPLITS}
+        self._chunk = {sp: checked[sp][1] for sp in SPLITS}
         # stores prepared before checksums existed have none: they read unchecked
-        self._crc = {sp: (np.asarray(backend.read(f"{sp}/chunk_crc32"), np.int64)
-                          if backend.exists(f"{sp}/chunk_crc32") else None) for sp in SPLITS}
+        self._crc = {sp: checked[sp][2] for sp in SPLITS}
         self._indices: Optional[list] = None
 
     def __repr__(self) -> str:
@@ -550,14 +694,15 @@ class PreparedImages:
         """Images chunk ``k`` of ``split``, whole, checked against its stored CRC-32."""
         c, n = self._chunk[split], self._count(split)
         lo, hi = k * c, min((k + 1) * c, n)
-        block = np.asarray(self._images[split][lo:hi])
+        with self._backend.guard(f"{split}/images"):  # a chunk that does not decode: one line
+            block = np.asarray(self._images[split][lo:hi])
         crcs = self._crc[split]
-        if crcs is not None and k < len(crcs) and crcs[k] >= 0:
+        if crcs is not None and crcs[k] >= 0:  # < 0 only in version-1 stores (checked on open)
             got = chunk_crc(block)
             if got != int(crcs[k]):
                 raise StoreError(f"{self.url}: {split}/images chunk {k} (rows {lo}..{hi - 1}) fails its CRC-32 "
                                  f"check (stored {int(crcs[k]):08x}, read {got:08x}): the store is damaged; "
-                                 "prepare it again with `tesla data prepare` into a new path")
+                                 f"{_REDO}")
         return block
 
     def _read_sorted(self, split: str, idx: np.ndarray) -> np.ndarray:

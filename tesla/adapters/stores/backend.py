@@ -10,20 +10,28 @@ root (``""`` is the root group).
 Attributes are plain JSON values in both formats (numbers, strings, booleans, None,
 lists, dicts): :func:`plain` converts numpy scalars and tuples on the way in, so a value
 reads back the same whichever format stored it.
+
+Every library error met while touching a store - a zstd frame that does not decode, a
+``zarr.json`` that is not JSON, an HDF5 B-tree that points nowhere, an index beyond an
+edited shape - leaves a backend as one :class:`StoreError` line naming the store and
+the node (:meth:`Backend.guard`), never a traceback. A full disk is its own line
+(:func:`no_space`): it says to free space, not that the store is damaged.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
+import errno
 import math
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 
 from tesla.domain.urls import is_hdf5_url  # noqa: F401 - the one rule, re-exported for the stores
 
-from .errors import StoreError
+from .errors import DiskFull, StoreError
 
 
 def plain(value: Any, key: str = "value") -> Any:
@@ -64,6 +72,53 @@ def as_numpy(x: Any, dtype: Any = None) -> np.ndarray:
         x = x.detach().cpu().numpy()
     arr = np.asarray(x)
     return arr.astype(dtype, copy=False) if dtype is not None else arr
+
+
+_NO_SPACE_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+# bytes kept free beyond what a write needs, for the metadata that goes with it (HDF5
+# B-tree nodes and object headers, zarr.json files): HDF5 must never meet a full disk
+# itself, since it cannot recover from a failed metadata write (it aborts the process)
+ROOM_MARGIN = 1 << 20
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or quota) is full; HDF5 only says so in its text."""
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE_ERRNOS:
+        return True
+    text = str(exc)
+    return "No space left on device" in text or "errno = 28," in text or "Disk quota exceeded" in text
+
+
+def no_space(where: str) -> DiskFull:
+    """The one line for a full disk: what was written before stays."""
+    return DiskFull(f"no space left on {where}: free space or choose another location"
+                      " (what was written before is kept)")
+
+
+def check_room(path: str, nbytes: int) -> None:
+    """Refuse (``no_space``) before writing ``nbytes`` to ``path`` when the disk cannot take them.
+
+    Checks the nearest existing folder of ``path`` with ``statvfs``; a platform or a
+    filesystem without it is not checked.
+    """
+    folder = os.path.abspath(path)
+    while folder and not os.path.isdir(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return
+        folder = parent
+    try:
+        st = os.statvfs(folder)
+    except (AttributeError, OSError):
+        return
+    if st.f_bavail * st.f_frsize < int(nbytes) + ROOM_MARGIN:
+        raise no_space(path)
+
+
+def _detail(exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    first = first[:200]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def fsync_path(path: str) -> None:
@@ -168,6 +223,30 @@ class Backend(abc.ABC):
         if self.read_only:
             raise StoreError(f"{self.url}: store is open read-only; open it with mode='a' to write")
 
+    @contextlib.contextmanager
+    def guard(self, what: str = "", writing: bool = False) -> Iterator[None]:
+        """Turn any library error inside the block into one :class:`StoreError` line.
+
+        ``what`` names the node (``experts/000001/params``); ``writing`` picks the message
+        (a failed write is not a damaged store). A full disk is :func:`no_space`.
+        """
+        try:
+            yield
+        except StoreError:
+            raise
+        except Exception as exc:
+            if is_no_space(exc):
+                raise no_space(self.url) from exc
+            raise self.failed(what, exc, writing) from exc
+
+    def failed(self, what: str, exc: BaseException, writing: bool = False) -> StoreError:
+        """The one-line error for ``exc`` met while reading (or writing) ``what``."""
+        node = f"#{what.strip('/')}" if what.strip("/") else ""
+        if writing:
+            return StoreError(f"{self.url}{node}: cannot write ({_detail(exc)}); check the path and its permissions")
+        return StoreError(f"{self.url}{node}: unreadable ({_detail(exc)}): the store is damaged or was edited;"
+                          " restore it from a copy or write it again")
+
 
 def copy_tree(src: Backend, dst: Backend, path: str) -> None:
     """Copy the group at ``path`` (arrays, attributes, subgroups) from ``src`` to ``dst``.
@@ -184,28 +263,3 @@ def copy_tree(src: Backend, dst: Backend, path: str) -> None:
     for name in src.groups(path):
         copy_tree(src, dst, f"{path}/{name}")
     dst.update_attrs(path, src.attrs(path))
-
-
-def open_backend(url: str, mode: str, storage_options: Optional[dict] = None) -> Backend:
-    """The backend for ``url``: HDF5 for ``.h5``/``.hdf5``, Zarr v3 for anything else.
-
-    Args:
-        url: file path, directory path or fsspec URL (``memory://x``, ``s3://bucket/x``).
-        mode: ``"r"`` (read only; the store must exist), ``"a"`` (read/write, create if
-            missing) or ``"w"`` (HDF5 only: a fresh file, used for atomic rewrites).
-        storage_options: fsspec options for remote Zarr URLs (credentials, endpoint).
-    """
-    if mode not in ("r", "a", "w"):
-        raise StoreError(f"{url}: mode must be 'r' or 'a' (got {mode!r})")
-    url = str(url)
-    if is_hdf5_url(url):
-        if storage_options:
-            raise StoreError(f"{url}: storage options apply to Zarr URLs only; HDF5 stores are local files")
-        from .hdf5 import H5Backend
-
-        return H5Backend(url, mode)
-    if mode == "w":
-        raise StoreError(f"{url}: mode 'w' is for HDF5 files only")
-    from .zarr_store import ZarrBackend
-
-    return ZarrBackend(url, mode, storage_options)

@@ -11,15 +11,16 @@ from typing import Any, Optional, Union
 
 from . import synthetic as _syn
 from . import trajectory as _traj
-from .backend import open_backend
+from .backends import open_backend
 from .errors import StoreError
+from .formats import FORMAT_KEY
 
 
 def store_kind(url: str, storage_options: Optional[dict] = None) -> str:
     """``"trajectories"`` or ``"synthetic"``; StoreError for anything else."""
     b = open_backend(url, "r", storage_options)
     try:
-        fmt = b.attrs("").get("format")
+        fmt = b.attrs("").get(FORMAT_KEY)
     finally:
         b.close()
     if fmt == _traj.FORMAT:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from tesla.adapters.stores.backend import open_backend
+from tesla.adapters.stores.backends import open_backend
 from tesla.adapters.stores.open import describe_store
 
 PREPARED = "tesla-prepared"  # the format attribute of a prepared real-data store

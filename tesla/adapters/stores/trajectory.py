@@ -2,12 +2,13 @@
 
 Schema (identical in both formats)::
 
-    /                       attrs: format="tesla-trajectories", format_version=1,
+    /                       attrs: format="tesla-trajectories", format_version=2,
                                    model (ModelConfig as dict), layout ([[name, shape], ...]),
                                    num_params, dataset (dict), created (ISO time)
     /experts/<6-digit id>/  attrs: seed, lr, epochs, test_accuracy (one per snapshot,
                                    null where not measured), train (config dict), ...,
-                                   crc32 (one per snapshot), complete=True (written LAST)
+                                   crc32 (one per snapshot), attrs_crc32 (of the other
+                                   attributes), complete=True (written LAST)
         params              (epochs + 1, P) float32, one snapshot per chunk (1, P)
 
 Why this shape: a snapshot is what distillation reads at random (expert, epoch), so one
@@ -18,30 +19,49 @@ reader never sees an expert whose run was killed; the writer may overwrite it. E
 ids are explicit so several ranks can write different experts into one Zarr store at
 once. The per-snapshot CRC-32 catches what Zarr would otherwise hide (a deleted chunk
 reads back as fill values) and any bit rot, on every load.
+
+Damage is refused, never read: in a version-2 store an expert without its checksums is
+damaged (version 1 read them where present), the expert's attributes are checked
+against ``attrs_crc32`` (a flipped epoch count or accuracy is caught), and the params
+array must have the shape the attributes and the root say. The root attributes check
+each other (the layout must add up to ``num_params``); the model a reader builds is
+checked against the layout by the reader.
+
+Writers: an HDF5 file has one writer, which holds the store's lock (:mod:`.lock`) while
+open. A Zarr store may have several - the ranks of a distributed run write different
+experts into one store - so each expert is locked while it is written instead: a second
+process asking for an expert that is being written is refused (naming the writer's pid)
+rather than deleting it as "unfinished". Remote stores cannot be locked.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import math
-import zlib
+import os
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
 from tesla.domain.records import TrajectoryMeta  # the domain's value, re-exported here
 
-from .backend import Backend, as_numpy, open_backend, plain, plain_attrs
+from .backend import Backend, as_numpy, is_hdf5_url, plain, plain_attrs
+from .backends import open_backend
+from .checksum import attrs_crc, crc32
 from .errors import StoreError
+from .formats import (ATTRS_CRC, COMPLETE, CRC, FORMAT_KEY, TRAJECTORIES, checksummed, completion, marked_complete,
+                      missing_checksum, verified_attrs)
+from .lock import Lock, local_path, lock_path, store_lock
 
-FORMAT = "tesla-trajectories"
-FORMAT_VERSION = 1
-_RESERVED = ("complete", "crc32", "epochs")
+FORMAT = TRAJECTORIES.name
+FORMAT_VERSION = TRAJECTORIES.version
+_RESERVED = (COMPLETE, CRC, ATTRS_CRC, "epochs")
+_RETRAIN = "re-train or re-import this expert (delete its group to have `tesla experts` train it again)"
 
 
 def checksum(vec: np.ndarray) -> int:
-    """CRC-32 of a snapshot's little-endian float32 bytes."""
-    return zlib.crc32(np.ascontiguousarray(vec, dtype="<f4").tobytes())
+    """CRC-32 of a snapshot as float32 (:func:`.checksum.crc32`)."""
+    return crc32(np.asarray(vec, dtype=np.float32))
 
 
 def expert_path(expert: int) -> str:
@@ -94,8 +114,21 @@ class ExpertWriter:
         self.epochs = epochs
         self.num_params = store.meta.num_params
         self.path = expert_path(self.expert_id)
+        self.finished = False
+        # before looking at the group: a live writer of this expert keeps it
+        self._lock = store._expert_lock(self.expert_id)
+        if self._lock is not None:
+            store._writers.add(self)
+        try:
+            self._start(b, attrs_)
+        except BaseException:
+            self._release()
+            raise
+
+    def _start(self, b: Backend, attrs_: Mapping[str, Any]) -> None:
+        store, epochs = self.store, self.epochs
         if b.exists(self.path):
-            if b.attrs(self.path).get("complete") is True:
+            if b.attrs(self.path).get(COMPLETE) is True:
                 raise StoreError(
                     f"{store.url}: expert {self.expert_id} is complete already;"
                     f" choose another id (next free: {store.next_id()})"
@@ -104,10 +137,15 @@ class ExpertWriter:
         b.create_group(self.path)
         self._acc: list = [None] * (epochs + 1)
         self._crc: list = [None] * (epochs + 1)
-        b.update_attrs(self.path, {**plain_attrs(attrs_), "epochs": epochs, "test_accuracy": self._acc, "complete": False})
+        b.update_attrs(self.path, {**plain_attrs(attrs_), "epochs": epochs, "test_accuracy": self._acc, COMPLETE: False})
         b.create_array(f"{self.path}/params", (epochs + 1, self.num_params), np.float32, chunks=(1, self.num_params))
         b.flush()
-        self.finished = False
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self.store._writers.discard(self)
+            self._lock = None
 
     def write(self, epoch: int, vec: Any, test_accuracy: Optional[float] = None) -> None:
         """Store snapshot ``epoch`` (0 = initialisation) of the expert.
@@ -151,11 +189,13 @@ class ExpertWriter:
         if missing:
             raise StoreError(f"expert {self.expert_id}: snapshots {missing} were not written; cannot finish it")
         b = self.store.backend
-        b.update_attrs(self.path, {"test_accuracy": self._acc, "crc32": self._crc})
+        b.update_attrs(self.path, {"test_accuracy": self._acc, CRC: self._crc})
         b.sync(self.path)  # the snapshots are on disk before the marker that vouches for them
-        b.update_attrs(self.path, {"complete": True})
+        # the marker and the digest of the attributes (as a reader reads them back) that covers it
+        b.update_attrs(self.path, completion(b.attrs(self.path)))
         b.sync(self.path)
         self.finished = True
+        self._release()
         return self.expert_id
 
     def __enter__(self) -> "ExpertWriter":
@@ -164,6 +204,8 @@ class ExpertWriter:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
             self.finish()
+        else:
+            self._release()  # left incomplete: the next writer of this id starts it again
 
 
 class TrajectoryStore:
@@ -172,25 +214,49 @@ class TrajectoryStore:
     Open with :func:`open_trajectory_store`. Readers see only complete experts.
     """
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, lock: Optional[Lock] = None) -> None:
         self.backend = backend
+        self._lock = lock  # the whole store's (HDF5 writers); Zarr writers lock each expert
+        self._writers: set = set()
         self._meta: Optional[TrajectoryMeta] = None
         self._complete: dict[int, dict] = {}
-        root = backend.attrs("")
-        fmt = root.get("format")
+        self._shapes_ok: set = set()
+        try:
+            self._check_root(backend.attrs(""))
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_root(self, root: Mapping[str, Any]) -> None:
+        fmt = root.get(FORMAT_KEY)
+        b = self.backend
         if fmt is None:
-            if backend.read_only or backend.groups("") or backend.arrays(""):
-                backend.close()
+            if b.read_only or b.groups("") or b.arrays(""):
                 raise StoreError(f"{self.url}: not a tesla trajectory store (no format attribute)")
         elif fmt != FORMAT:
-            backend.close()
             raise StoreError(f"{self.url}: holds {fmt!r}, not expert trajectories; pass a trajectory store")
-        elif int(root.get("format_version", 0)) > FORMAT_VERSION:
-            backend.close()
-            raise StoreError(
-                f"{self.url}: written by a newer tesla (format_version {root.get('format_version')},"
-                f" this one reads {FORMAT_VERSION}); upgrade tesla"
-            )
+        else:
+            TRAJECTORIES.version_of(root, self.url)
+
+    def _check_root_digest(self, root: dict) -> None:
+        """The root attributes (the model, its parameter layout, the dataset) against their digest."""
+        digest = root.pop(ATTRS_CRC, None)
+        version = TRAJECTORIES.version_of(root, self.url)
+        fix = "restore the store from a copy or train the experts into a new one"
+        if digest is None and checksummed(version):
+            raise missing_checksum(self.url, "the root attributes", fix)
+        if digest is not None and digest != attrs_crc(root):
+            raise StoreError(f"{self.url}: the root attributes (the model, its parameter layout, the dataset) do"
+                             f" not match their checksum: the store is damaged or was edited; {fix}")
+
+    def _expert_lock(self, expert: int) -> Optional[Lock]:
+        """The lock of one expert of a local Zarr store (None where the store lock covers it)."""
+        local = local_path(self.url)
+        if self._lock is not None or local is None or is_hdf5_url(self.url):
+            return None
+        path = os.path.join(lock_path(local, "locks"), f"expert-{expert:06d}.lock")
+        return Lock(path, f"{self.url}: expert {expert}", StoreError,
+                    "two runs are training the same expert: let the other finish, or stop it and run this again")
 
     # --- store level ------------------------------------------------------------------
 
@@ -200,23 +266,35 @@ class TrajectoryStore:
 
     @property
     def initialized(self) -> bool:
-        return self._meta is not None or self.backend.attrs("").get("format") == FORMAT
+        return self._meta is not None or self.backend.attrs("").get(FORMAT_KEY) == FORMAT
 
     @property
     def meta(self) -> TrajectoryMeta:
         """Model, layout, P and dataset of the store (refuses an uninitialised store)."""
         if self._meta is None:
             root = self.backend.attrs("")
-            if root.get("format") != FORMAT:
+            if root.get(FORMAT_KEY) != FORMAT:
                 raise StoreError(f"{self.url}: store is empty; train or import experts into it first")
-            self._meta = TrajectoryMeta(
-                model=dict(root.get("model") or {}),
-                layout=normalise_layout(root.get("layout") or []),
-                num_params=int(root["num_params"]),
-                dataset=dict(root.get("dataset") or {}),
-                format_version=int(root["format_version"]),
-                created=root.get("created"),
-            )
+            self._check_root_digest(root)
+            try:
+                meta = TrajectoryMeta(
+                    model=dict(root.get("model") or {}),
+                    layout=normalise_layout(root.get("layout") or []),
+                    num_params=int(root["num_params"]),
+                    dataset=dict(root.get("dataset") or {}),
+                    format_version=TRAJECTORIES.version_of(root, self.url),
+                    created=root.get("created"),
+                )
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                if isinstance(exc, StoreError):
+                    raise
+                raise StoreError(f"{self.url}: the root attributes are damaged ({type(exc).__name__}: {exc});"
+                                 " restore the store from a copy or train the experts again") from exc
+            if layout_size(meta.layout) != meta.num_params:
+                raise StoreError(f"{self.url}: the root attributes are damaged (the layout holds"
+                                 f" {layout_size(meta.layout)} parameters but num_params is {meta.num_params});"
+                                 " restore the store from a copy or train the experts again")
+            self._meta = meta
         return self._meta
 
     def initialize(self, model: Mapping[str, Any], layout: Any, num_params: int, dataset: Mapping[str, Any]) -> None:
@@ -234,20 +312,17 @@ class TrajectoryStore:
         b = self.backend
         b.check_writable()
         created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        root = {
+            **TRAJECTORIES.root_attrs(),
+            "model": plain_attrs(model),
+            "layout": layout_,
+            "num_params": int(num_params),
+            "dataset": plain_attrs(dataset),
+            "created": created,
+        }
         # one attribute write (one zarr.json), then the first group: a rank opening the
         # store meanwhile sees either an empty store or an initialised one, never half
-        b.update_attrs(
-            "",
-            {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "model": plain_attrs(model),
-                "layout": layout_,
-                "num_params": int(num_params),
-                "dataset": plain_attrs(dataset),
-                "created": created,
-            },
-        )
+        b.update_attrs("", {**root, ATTRS_CRC: attrs_crc(root)})
         b.create_group("experts")
         b.flush()
 
@@ -287,6 +362,10 @@ class TrajectoryStore:
 
     def close(self) -> None:
         self.backend.close()
+        for writer in list(self._writers):
+            writer._release()
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> "TrajectoryStore":
         return self
@@ -303,20 +382,59 @@ class TrajectoryStore:
         return self.backend.attrs(expert_path(expert))
 
     def expert_ids(self) -> list[int]:
-        """Ids of the complete experts, ascending."""
+        """Ids of the complete experts, ascending (each one's attributes checked)."""
         out = []
         for i in self._all_ids():
             if i not in self._complete:
                 attrs_ = self._attrs_of(i)
-                if attrs_.get("complete") is not True:
+                if not self._marked(i, attrs_):
                     continue
-                self._complete[i] = attrs_  # complete experts never change: cache them
+                self._complete[i] = self._verified(i, attrs_)  # complete experts never change: cache them
             out.append(i)
         return out
 
+    def _verified(self, expert: int, attrs_: dict) -> dict:
+        """A complete expert's attributes, checked against their digest and the params array.
+
+        Raises:
+            StoreError: a checksum missing (version 2), a digest that does not match, or an
+                epoch count or checksum list of the wrong kind (the params shape is checked
+                on the first load).
+        """
+        def damaged(problem: str) -> StoreError:
+            return StoreError(f"{self.url}: expert {expert} is damaged ({problem}); {_RETRAIN}")
+
+        version = self.meta.format_version
+        attrs_ = verified_attrs(attrs_, checksummed(version), f"{self.url}: expert {expert}", _RETRAIN)
+        epochs = attrs_.get("epochs")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise damaged(f"epochs is {epochs!r}")
+        crcs = attrs_.get(CRC)
+        if crcs is None and checksummed(version):
+            raise missing_checksum(self.url, f"expert {expert}'s snapshots", _RETRAIN)
+        if crcs is not None and (not isinstance(crcs, list) or len(crcs) != epochs + 1
+                                 or not all(isinstance(c, int) and not isinstance(c, bool) for c in crcs)):
+            raise damaged(f"it records {epochs + 1} snapshots but its checksums are {crcs!r:.80}")
+        return attrs_
+
+    def _params(self, expert: int, attrs_: Mapping[str, Any]) -> str:
+        """Path of an expert's params, its shape checked once against its attributes and P."""
+        path = f"{expert_path(expert)}/params"
+        if expert not in self._shapes_ok:  # on first load, not when listing: one metadata read less each
+            want = (int(attrs_["epochs"]) + 1, self.meta.num_params)
+            shape = self.backend.shape(path)
+            if shape != want:
+                raise StoreError(f"{self.url}: expert {expert} is damaged (params has shape {shape}, not {want});"
+                                 f" {_RETRAIN}")
+            self._shapes_ok.add(expert)
+        return path
+
     def incomplete_ids(self) -> list[int]:
         """Ids of experts whose writer has not finished (killed runs, or being written)."""
-        return [i for i in self._all_ids() if i not in self._complete and self._attrs_of(i).get("complete") is not True]
+        return [i for i in self._all_ids() if i not in self._complete and not self._marked(i, self._attrs_of(i))]
+
+    def _marked(self, expert: int, attrs_: dict) -> bool:
+        return marked_complete(attrs_, f"{self.url}: expert {expert}", _RETRAIN)
 
     def next_id(self) -> int:
         """One above the highest id present (complete or not); 0 for an empty store."""
@@ -329,11 +447,11 @@ class TrajectoryStore:
         if expert not in self._complete:
             path = expert_path(expert)
             attrs_ = self.backend.attrs(path) if self.backend.exists(path) else {}
-            if attrs_.get("complete") is not True:
+            if not self._marked(expert, attrs_):
                 ids = self.expert_ids()
                 have = f"{len(ids)} complete: {_ranges(ids)}" if ids else "none complete"
                 raise StoreError(f"{self.url}: no complete expert {expert} ({have})")
-            self._complete[expert] = attrs_
+            self._complete[expert] = self._verified(expert, attrs_)
         return dict(self._complete[expert])
 
     def num_snapshots(self, expert: int) -> int:
@@ -341,10 +459,10 @@ class TrajectoryStore:
         return int(self.expert_attrs(expert)["epochs"]) + 1
 
     def _check(self, expert: int, epoch: int, vec: np.ndarray, crcs: list) -> np.ndarray:
-        if crcs and checksum(vec) != crcs[epoch]:
+        if crcs and checksum(vec) != crcs[epoch]:  # no crcs: a version-1 expert written without them
             raise StoreError(
                 f"{self.url}: expert {expert} snapshot {epoch} is missing or damaged (checksum mismatch);"
-                " re-train or re-import this expert"
+                f" {_RETRAIN}"
             )
         return vec
 
@@ -354,14 +472,14 @@ class TrajectoryStore:
         n = int(attrs_["epochs"]) + 1
         if not 0 <= int(epoch) < n:
             raise StoreError(f"{self.url}: expert {expert} has {n} snapshots; epoch {epoch} is out of range 0..{n - 1}")
-        vec = self.backend.read(f"{expert_path(expert)}/params", int(epoch)).astype(np.float32, copy=False)
-        return self._check(int(expert), int(epoch), vec, attrs_.get("crc32") or [])
+        vec = self.backend.read(self._params(int(expert), attrs_), int(epoch)).astype(np.float32, copy=False)
+        return self._check(int(expert), int(epoch), vec, attrs_.get(CRC) or [])
 
     def load_trajectory(self, expert: int) -> np.ndarray:
         """All snapshots of ``expert``, (epochs + 1, P) float32."""
         attrs_ = self.expert_attrs(expert)
-        traj = self.backend.read(f"{expert_path(expert)}/params").astype(np.float32, copy=False)
-        crcs = attrs_.get("crc32") or []
+        traj = self.backend.read(self._params(int(expert), attrs_)).astype(np.float32, copy=False)
+        crcs = attrs_.get(CRC) or []
         for e in range(traj.shape[0]):
             self._check(int(expert), e, traj[e], crcs)
         return traj
@@ -425,4 +543,12 @@ def open_trajectory_store(url: str, mode: str = "r", *, storage_options: Optiona
     Raises:
         StoreError: missing, damaged or foreign store.
     """
-    return TrajectoryStore(open_backend(url, mode, storage_options))
+    # an HDF5 file has one writer: lock it before it is opened (or created)
+    lock = store_lock(url) if mode != "r" and is_hdf5_url(url) else None
+    try:
+        backend = open_backend(url, mode, storage_options)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return TrajectoryStore(backend, lock)

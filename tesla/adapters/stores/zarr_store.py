@@ -6,7 +6,11 @@ writing different experts) without a lock: nothing they write overlaps. Remote U
 (``s3://``, ``gs://``, ``memory://`` ...) go through fsspec with ``storage_options``.
 
 Zarr returns the fill value for a chunk that is missing; the stores detect that with
-per-snapshot checksums rather than trusting the backend.
+per-snapshot checksums rather than trusting the backend. Every zarr or codec error
+(a chunk that does not decode, a ``zarr.json`` that does not parse) becomes one
+:class:`StoreError` line (:meth:`~.backend.Backend.guard`); local writes are atomic
+(each object is written under a temporary name and renamed), so a full disk leaves the
+objects written before intact.
 """
 
 from __future__ import annotations
@@ -85,61 +89,65 @@ class ZarrBackend(Backend):
         top = os.path.join(self.local_root, *[p for p in path.split("/") if p])
         if not os.path.exists(top):
             return
-        for folder, _, files in os.walk(top, topdown=False):
-            for name in files:
-                fsync_path(os.path.join(folder, name))
-            fsync_path(folder)
-        parent = top
-        while os.path.abspath(parent) != os.path.abspath(self.local_root):
-            parent = os.path.dirname(parent)
-            fsync_path(parent)
+        with self.guard(path, writing=True):
+            for folder, _, files in os.walk(top, topdown=False):
+                for name in files:
+                    fsync_path(os.path.join(folder, name))
+                fsync_path(folder)
+            parent = top
+            while os.path.abspath(parent) != os.path.abspath(self.local_root):
+                parent = os.path.dirname(parent)
+                fsync_path(parent)
 
     def _node(self, path: str) -> Any:
         if path in ("", "/"):
             return self.root
-        try:
+        with self.guard(path):
             return self.root[path]
-        except KeyError:
-            raise
-        except Exception as exc:  # damaged zarr.json
-            raise StoreError(f"{self.url}: cannot read {path!r} ({type(exc).__name__}: {exc})") from exc
 
     def attrs(self, path: str = "") -> dict:
-        return dict(self._node(path).attrs)
+        with self.guard(path):
+            return dict(self._node(path).attrs)
 
     def update_attrs(self, path: str, values: Mapping[str, Any]) -> None:
         self.check_writable()
+        values = plain_attrs(values)
         # one metadata write for all keys (attrs.update would write zarr.json once per key,
         # and a concurrent reader could see the first key without the others)
-        self._node(path).update_attributes(plain_attrs(values))
+        with self.guard(path, writing=True):
+            self._node(path).update_attributes(values)
 
     def exists(self, path: str) -> bool:
         if path in ("", "/"):
             return True
-        try:
-            self.root[path]
-            return True
-        except KeyError:
-            return False
+        with self.guard(path):
+            try:
+                self.root[path]
+                return True
+            except KeyError:
+                return False
 
     def groups(self, path: str = "") -> list[str]:
         if not self.exists(path):
             return []
-        return sorted(self._node(path).group_keys())
+        with self.guard(path):
+            return sorted(self._node(path).group_keys())
 
     def arrays(self, path: str = "") -> list[str]:
         if not self.exists(path):
             return []
-        return sorted(self._node(path).array_keys())
+        with self.guard(path):
+            return sorted(self._node(path).array_keys())
 
     def create_group(self, path: str) -> None:
         self.check_writable()
         node = self.root
-        for part in [p for p in path.split("/") if p]:
-            try:
-                node = node.require_group(part)
-            except ContainsGroupError:  # another writer created it between check and create
-                node = node[part]
+        with self.guard(path, writing=True):
+            for part in [p for p in path.split("/") if p]:
+                try:
+                    node = node.require_group(part)
+                except ContainsGroupError:  # another writer created it between check and create
+                    node = node[part]
 
     def _parent(self, path: str) -> tuple[Any, str]:
         parent, _, name = path.rpartition("/")
@@ -152,34 +160,44 @@ class ZarrBackend(Backend):
         if not self.exists(path):
             return
         parent, name = self._parent(path)
-        del parent[name]
+        with self.guard(path, writing=True):
+            del parent[name]
 
     def create_array(
         self, path: str, shape: tuple, dtype: Any, chunks: Optional[tuple] = None, data: Optional[np.ndarray] = None
     ) -> None:
         self.check_writable()
         parent, name = self._parent(path)
-        arr = parent.create_array(
-            name, shape=tuple(shape), dtype=np.dtype(dtype), chunks=tuple(chunks) if chunks else "auto", overwrite=True
-        )
-        if data is not None and arr.size:
-            arr[...] = data
+        with self.guard(path, writing=True):
+            arr = parent.create_array(
+                name, shape=tuple(shape), dtype=np.dtype(dtype), chunks=tuple(chunks) if chunks else "auto",
+                overwrite=True,
+            )
+            if data is not None and arr.size:
+                arr[...] = data
 
     def write(self, path: str, index: Any, value: np.ndarray) -> None:
         self.check_writable()
-        self._node(path)[index] = value
+        node = self._node(path)
+        with self.guard(path, writing=True):
+            node[index] = value
 
     def read(self, path: str, index: Any = Ellipsis) -> np.ndarray:
         node = self._node(path)
-        if node.shape == ():
-            return np.asarray(node[...])
-        return np.asarray(node[index])
+        with self.guard(path):
+            if node.shape == ():
+                return np.asarray(node[...])
+            return np.asarray(node[index])
 
     def shape(self, path: str) -> tuple:
-        return tuple(self._node(path).shape)
+        node = self._node(path)
+        with self.guard(path):
+            return tuple(node.shape)
 
     def chunks(self, path: str) -> Optional[tuple]:
-        return tuple(self._node(path).chunks)
+        node = self._node(path)
+        with self.guard(path):
+            return tuple(node.chunks)
 
     def size_bytes(self) -> int:
         if self.local_root is not None:

@@ -24,7 +24,9 @@ def register(app: typer.Typer) -> None:
 
         Keys: 1-5 switch tabs, q quits.
         """
-        events = run_dir / "events.jsonl"
+        from tesla.domain.rundir import EVENTS
+
+        events = run_dir / EVENTS
         if not events.is_file():
             typer.secho(
                 f"error: {events} does not exist: pass the directory a run was started in (it holds events.jsonl)",

@@ -58,10 +58,11 @@ from tesla.app.tui.widgets import (
     SecondPlot,
 )
 from tesla.domain.ports import EventSink, NullSink
+from tesla.domain.rundir import EVENTS
 
 Job = Callable[[EventSink, threading.Event], Any]
 
-EVENTS_FILE = "events.jsonl"
+EVENTS_FILE = EVENTS  # the run directory's event log (tesla.domain.rundir)
 REDRAW_INTERVAL = 0.2  # seconds between redraws while a long log is being caught up
 
 

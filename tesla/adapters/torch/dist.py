@@ -292,8 +292,15 @@ def process_group(device: str = "auto", *, timeout_s: float = DEFAULT_TIMEOUT_S)
     ctx = init_from_env(device, timeout_s=timeout_s)
     try:
         yield ctx
-    finally:
-        shutdown()
+    except BaseException:
+        shutdown()  # a failing rank leaves at once: it must not wait for the others
+        raise
+    # a rank that finished leaves together with the others: a rank tearing its group down
+    # while rank 0 still writes the set can abort in the transport ("terminate called
+    # without an active exception")
+    if ctx.world > 1:
+        barrier()
+    shutdown()
 
 
 __all__ = [

@@ -22,6 +22,7 @@ from typing import Sequence
 
 from tesla.domain.errors import RunDirError
 from tesla.domain.ports import RunFiles
+from tesla.domain.urls import redact_json
 
 RUN_CONFIG = "config.json"
 EVENTS = "events.jsonl"
@@ -44,6 +45,7 @@ def prepare_run_dir(files: RunFiles, run_dir: Path, config: dict, *, resume: boo
             run's config (with ``resume``), an unreadable config or an unwritable place.
     """
     run_dir = Path(run_dir)
+    config = redact_json(config)  # recorded and compared without credentials
     cfg_path = run_dir / RUN_CONFIG
     if files.kind(run_dir) == "file":
         raise RunDirError(f"{run_dir} exists and is not a directory: choose another --out")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 from tesla.domain import events as ev
+from tesla.domain.urls import redact_text
 
 PathLike = Union[str, os.PathLike]
 
@@ -46,10 +47,12 @@ def encode_event(event: Any) -> bytes:
     """One event as a UTF-8 JSON line ending in ``\\n``.
 
     Non-finite floats are written as ``NaN``/``Infinity`` (Python's JSON dialect) so a
-    diverging loss stays visible in the log instead of failing the write.
+    diverging loss stays visible in the log instead of failing the write. Every URL in
+    the line is redacted (:func:`tesla.domain.urls.redact_text`): the log, ``--json``
+    and whoever follows them never see a credential, whichever event carried it.
     """
     line = json.dumps(ev.to_json(event), separators=(",", ":"), default=_jsonable)
-    return (line + "\n").encode("utf-8")
+    return (redact_text(line) + "\n").encode("utf-8")
 
 
 class JsonlSink:

@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tesla.app.cli.common import fail, storage_options
 
@@ -55,7 +56,9 @@ def import_mtt_command(
                                    on_expert=progress)
     except (StoreError, ConfigError, OSError, ValueError) as exc:
         fail(str(exc) or type(exc).__name__)
-    console.print(f"[green]imported {len(ids)} experts[/] into {store}")
+    from tesla.domain.urls import redact_url
+
+    console.print(f"[green]imported {len(ids)} experts[/] into {escape(redact_url(store))}")
 
 
 def register(app: typer.Typer) -> None:

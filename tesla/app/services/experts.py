@@ -38,7 +38,7 @@ from tesla.domain.errors import TrainingStopped
 from tesla.domain.experts import split_ids
 from tesla.domain.ports import (Cancel, EventSink, ExpertOutput, ExpertTraining, LoadData, ModelLayout, NullSink,
                                 PrepareRunDir, Ranks, RealData, TrajectoryOutput, TrajectoryStores)
-from tesla.domain.urls import redact_url
+from tesla.domain.urls import redact_json, redact_url
 
 COMPARE = ("model", "data")  # what a run directory must agree on when it is used again
 
@@ -191,7 +191,8 @@ def train_experts(*, model_cfg: ModelConfig, expert_cfg: ExpertConfig, data: Rea
     sink = sink or NullSink()
     check_data_fits(data.num_classes, data.image_shape, model_cfg)
     layout = training.layout(model_cfg)
-    store.initialize(model=to_dict(model_cfg), layout=layout.layout, num_params=layout.num_params, dataset=dataset)
+    store.initialize(model=to_dict(model_cfg), layout=layout.layout, num_params=layout.num_params,
+                     dataset=redact_json(dataset))  # a data URL's credentials stay out of the store
     wanted = list(range(expert_cfg.num_experts)) if ids is None else list(ids)
     skipped = tuple(sorted(set(store.expert_ids()) & set(wanted)))
     todo = [i for i in wanted if i not in skipped]
@@ -313,7 +314,7 @@ def _open_ranked(ranks: Ranks, out: str, per_rank: bool, stores: TrajectoryStore
         store = stores.open(url)
         try:
             store.initialize(model=to_dict(model_cfg), layout=layout.layout, num_params=layout.num_params,
-                             dataset=dataset)
+                             dataset=redact_json(dataset))
         except BaseException:
             store.close()
             raise

@@ -45,7 +45,7 @@ from tesla.domain.ports import (Cancel, DataSource, DistillParts, EventSink, Eva
                                 Ranks, SetStore, Student, Trajectories)
 from tesla.domain.records import Checkpoint, FinalSet
 from tesla.domain.rundir import IMAGES, prepare_run_dir
-from tesla.domain.urls import redact_url
+from tesla.domain.urls import redact_json, redact_url
 
 
 @attrs.frozen
@@ -227,9 +227,9 @@ def run_config(req: DistillRequest, inputs: Inputs, world: int) -> dict:
 def provenance(req: DistillRequest, inputs: Inputs) -> dict:
     """What the finished set records about where it came from."""
     normalizer = inputs.data.normalizer
-    return {"trajectories": redact_url(req.trajectories), "dataset": to_dict(inputs.data_cfg),
-            "class_names": list(inputs.data.class_names or []),
-            "normalizer_state": normalizer.to_state() if normalizer is not None else None}
+    return redact_json({"trajectories": redact_url(req.trajectories), "dataset": to_dict(inputs.data_cfg),
+                        "class_names": list(inputs.data.class_names or []),
+                        "normalizer_state": normalizer.to_state() if normalizer is not None else None})
 
 
 def open_output(req: DistillRequest, parts: DistillParts, config: dict) -> tuple[Path, SetStore]:

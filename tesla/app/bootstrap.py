@@ -38,9 +38,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for but no CUDA device is available: use --device cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"device {name!r} is not a torch device: use auto, cpu or cuda[:N]") from None
+    if device.type not in ("cpu", "cuda"):  # meta holds no data, mps and the rest are untested
+        raise ConfigError(f"device {name!r} cannot run a job: use auto, cpu or cuda[:N]")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: there are {torch.cuda.device_count()} CUDA device(s): use cuda:0 to "
+                          f"cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def default_cache_dir() -> Path:
@@ -114,6 +120,13 @@ def event_sinks(run_dir: Optional[Path], *, quiet: bool = False, json_mode: bool
     return FanOut(*sinks), closers
 
 
+def free_memory(device: Any = "cpu") -> Any:
+    """What the machine has free for a job on ``device`` (the size checks before a job)."""
+    from tesla.adapters.torch.memory import TorchFreeMemory
+
+    return TorchFreeMemory(device)
+
+
 def check_tensorboard() -> None:
     """Refuse ``--tensorboard`` before any work when the package is missing."""
     from tesla.adapters.events.tensorboard import TensorBoardUnavailable, available
@@ -155,7 +168,7 @@ def experts_ports(device: Any = "cpu", storage_options: Optional[dict] = None) -
 
     return ExpertsPorts(load_data=functools.partial(load_data, storage_options=storage_options),
                         stores=TrajectoryStoreOpener(storage_options), training=TorchExpertTraining(device),
-                        run_dirs=prepare_run_dir)
+                        run_dirs=prepare_run_dir, memory=free_memory(device))
 
 
 def prepare_experts(request: "ExpertsRequest", *, device: str = "auto", storage_options: Optional[dict] = None,
@@ -245,6 +258,7 @@ class TorchParts:
         self.ranks = ranks_of(ctx)
         self.files = LocalRunFiles()
         self.storage_options = storage_options
+        self.memory = free_memory(ctx.device)
 
     def open_trajectories(self, url: str) -> Trajectories:
         return open_trajectories(url, "r", options_for(url, self.storage_options))

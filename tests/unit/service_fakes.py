@@ -98,6 +98,10 @@ class FakeTrajectoryStore:
         have, want = m.dataset.get("name"), dict(dataset or {}).get("name")
         if have and want and have != want:
             raise StoreError(f"{self.url}: store holds experts trained on {have!r}; use a new store path")
+        from tesla.domain.experts import data_mismatch
+
+        if data_mismatch(m.dataset, dict(dataset or {})):
+            raise StoreError(f"{self.url}: store holds experts trained on other data; use a new store path")
 
     def expert_ids(self) -> list[int]:
         return sorted(self.experts)

@@ -103,7 +103,7 @@ def event_sinks(run_dir: Optional[Path], *, quiet: bool = False, json_mode: bool
 
     sinks, closers = [], []
     if run_dir is not None:
-        log = JsonlSink(Path(run_dir) / EVENTS)
+        log = JsonlSink(Path(run_dir) / EVENTS, on_error=warn)
         sinks.append(log)
         closers.append(log.close)
     if progress:
@@ -125,6 +125,17 @@ def free_memory(device: Any = "cpu") -> Any:
     from tesla.adapters.torch.memory import TorchFreeMemory
 
     return TorchFreeMemory(device)
+
+
+def warn(message: str) -> None:
+    """One yellow ``warning:`` line on stderr (what a job says once and goes on)."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from tesla.domain.urls import redact_text
+
+    Console(stderr=True).print(f"[yellow]warning:[/] {escape(redact_text(message))}", highlight=False,
+                               soft_wrap=True)
 
 
 def check_tensorboard() -> None:

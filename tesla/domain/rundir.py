@@ -86,7 +86,8 @@ def record_config(files: RunFiles, run_dir: Path, config: dict) -> None:
     try:
         files.write_atomic(path, json.dumps(redact_json(config), indent=2, sort_keys=True))
     except OSError as e:
-        raise RunDirError(f"cannot write {path} ({e.strerror or e}): free space or choose another --out") from None
+        why = (e.strerror or str(e)).lower()
+        raise RunDirError(f"cannot write {path} ({why}): free space or choose another --out") from None
 
 
 def prepare_run_dir(files: RunFiles, run_dir: Path, config: dict, *, resume: bool,

@@ -146,7 +146,7 @@ def logged_job(job: Callable[[Any, threading.Event], Any], run_dir: Path, box: d
         from tesla.adapters.events.jsonl import JsonlSink
         from tesla.app import bootstrap
 
-        log = JsonlSink(Path(run_dir) / bootstrap.EVENTS)
+        log = JsonlSink(Path(run_dir) / bootstrap.EVENTS, on_error=lambda why: box.setdefault("warning", why))
         try:
             box["result"] = job(log, cancel)
         except BaseException as e:  # reported after the TUI closes
@@ -170,6 +170,8 @@ def run_job(job: Callable[[Any, threading.Event], Any], *, run_dir: Optional[Pat
 
         box: dict = {}
         TeslaApp(Path(run_dir), job=logged_job(job, Path(run_dir), box)).run()
+        if "warning" in box:  # the log the TUI follows stopped: say why once it has closed
+            bootstrap.warn(box["warning"])
         if "error" in box:
             print_error(box["error"])
             raise box["error"]

@@ -72,7 +72,8 @@ DATA_FIELDS = ("name", "zca", "image_size")
 def recipe_mismatch(recorded: Mapping[int, Optional[Mapping]], wanted: ExpertConfig) -> Optional[str]:
     """The first recipe field in which the store's complete experts differ from ``wanted``,
     as ``"lr 0.01 (expert 0) vs 0.05"``; None when they agree. An expert that records no
-    recipe (imported from MTT buffers, or older stores) is not compared.
+    recipe (imported from MTT buffers, or older stores), or a field it leaves empty, is
+    not compared.
 
     Args:
         recorded: expert id -> its recorded ``train_config`` (None when it has none).
@@ -83,7 +84,7 @@ def recipe_mismatch(recorded: Mapping[int, Optional[Mapping]], wanted: ExpertCon
         if not isinstance(train, Mapping):
             continue
         for field in RECIPE_FIELDS:
-            if field in train and train[field] != want[field]:
+            if train.get(field) is not None and train[field] != want[field]:  # None: not recorded
                 return f"{field} {train[field]!r} (expert {expert}) vs {want[field]!r}"
     return None
 

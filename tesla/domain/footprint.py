@@ -125,17 +125,16 @@ def distill_footprint(cfg: DistillConfig, model: ModelConfig, num_params: int) -
 
 def experts_footprint(model: ModelConfig, cfg: ExpertConfig) -> Footprint:
     """What expert training holds at once: per network trained together (``parallel``)
-    its weights, gradient, momentum and snapshot, and one batch's activations. Empty
-    when the model's size is not known from its config."""
+    its weights, gradient, momentum and snapshot. Empty when the model's size is not
+    known from its config. (A batch's activations are left out: a ``--batch-size`` above
+    the data's size trains on the whole data, which the config does not know.)"""
     p = convnet_params(model)
     if p is None:
         return Footprint()
     nets = cfg.parallel
     return Footprint((
         Part(f"{nets} network(s) of {p:,} parameters x 4 (weights, gradient, momentum, snapshot)",
-             4 * nets * p * FLOAT, "lower --width or --depth"),
-        Part(f"activations of {nets} batch(es) of {cfg.batch_size:,} images", nets * activations(model, cfg.batch_size),
-             "lower --batch-size or --width"),
+             4 * nets * p * FLOAT, "lower --width or --depth" + (" or --parallel" if nets > 1 else "")),
     ))
 
 

@@ -170,8 +170,10 @@ class FakeExpertTraining:
 
     def __init__(self) -> None:
         self.groups: list = []  # the seeds of each call to train
+        self.layouts: list = []  # the models whose layout was asked (the network is built)
 
     def layout(self, model: Any) -> ModelLayout:
+        self.layouts.append(model)
         return ModelLayout(layout=[("w", [PARAMS])], num_params=PARAMS)
 
     def train(self, model: Any, cfg: Any, data: Any, seeds: Sequence[int], *, on_snapshot: Sequence[Callable],

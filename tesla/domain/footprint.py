@@ -117,7 +117,8 @@ def distill_footprint(cfg: DistillConfig, model: ModelConfig, num_params: int) -
                           on_device=not cfg.offload_weights))
     graphs = steps if cfg.engine == "unrolled" else max(1, min(cfg.second_pass_chunk, steps))
     parts.append(Part(f"activations of {graphs:,} step(s) of {batch:,} images", graphs * activations(model, batch),
-                      "lower --batch-syn" + (" or --syn-steps" if graphs > 1 else "")))
+                      "lower --batch-syn" + (" or --ipc" if cfg.batch_syn is None else "")
+                      + (" or --syn-steps" if graphs > 1 else "")))
     parts.append(Part(f"the plans of {steps:,} student steps", steps * (PLAN_PER_STEP + PLAN_PER_IMAGE * batch),
                       "lower --syn-steps or --batch-syn", on_device=False))
     return Footprint(tuple(parts))

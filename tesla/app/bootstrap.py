@@ -88,8 +88,13 @@ def open_synthetic(url: str, mode: str = "r", storage_options: Optional[dict] = 
     return open_synthetic_store(str(url), mode, storage_options=storage_options)
 
 
-def prepare_run_dir(run_dir: Path, config: dict, *, resume: bool, compare_keys: tuple = ()) -> Path:
-    """:func:`tesla.domain.rundir.prepare_run_dir` on local files."""
+def prepare_run_dir(run_dir: Path, config: dict, *, resume: bool, compare_keys: tuple = (),
+                    check_only: bool = False) -> Path:
+    """:func:`tesla.domain.rundir.prepare_run_dir` on local files (only its refusals,
+    :func:`~tesla.domain.rundir.check_run_dir`, with ``check_only``)."""
+    if check_only:
+        rundir.check_run_dir(LocalRunFiles(), run_dir, config, resume=resume, compare_keys=compare_keys)
+        return Path(run_dir)
     return rundir.prepare_run_dir(LocalRunFiles(), run_dir, config, resume=resume, compare_keys=compare_keys)
 
 

@@ -636,9 +636,11 @@ class UnknownMemory:
 
 
 class PrepareRunDir(Protocol):
-    """Creates or reopens a run directory and records its config (refusing a clash)."""
+    """Creates or reopens a run directory and records its config (refusing a clash);
+    with ``check_only`` it only refuses, writing nothing."""
 
-    def __call__(self, run_dir: Path, config: dict, *, resume: bool, compare_keys: tuple = ()) -> Path: ...
+    def __call__(self, run_dir: Path, config: dict, *, resume: bool, compare_keys: tuple = (),
+                 check_only: bool = False) -> Path: ...
 
 
 class MemoryProbe(Protocol):

@@ -114,8 +114,11 @@ def prepare_run_dir(files: RunFiles, run_dir: Path, config: dict, *, resume: boo
 
 def _refuse_store(files: RunFiles, run_dir: Path) -> None:
     """A store, or a folder inside one, is not a run directory: its readers would meet
-    config.json and events.jsonl, and a run's files would land among its objects."""
+    config.json and events.jsonl, and a run's files would land among its objects. Nor is
+    a path below a file (it cannot be made)."""
     for folder in (run_dir, *run_dir.parents):
+        if folder != run_dir and files.kind(folder) == "file":
+            raise RunDirError(f"cannot write to {run_dir} ({folder} is a file): choose a writable --out")
         for marker in STORE_MARKERS:
             if files.kind(folder / marker) == "file":
                 where = "is a store" if folder == run_dir else f"lies inside the store {folder}"

@@ -341,3 +341,12 @@ def test_a_refused_first_attempt_leaves_no_run_directory(traj, tmp_path):
     _refused(invoke(distill_args(traj, second, "--store", store)), "already holds checkpoints", "--store")
     assert not second.exists()
     assert invoke(distill_args(traj, second, "--iterations", "3")).exit_code == 0  # nothing stale in the way
+
+
+def test_experts_whose_store_cannot_be_made_leave_no_run_directory(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    run_dir = tmp_path / "r"
+    _refused(invoke(["experts", "--out", str(blocker / "t.zarr"), "--run-dir", str(run_dir), *MODEL,
+                     "--num-experts", "1", "--epochs", "1", "--device", "cpu", "--quiet"]), str(blocker / "t.zarr"))
+    assert not run_dir.exists()

@@ -239,13 +239,15 @@ class FakeRunDirs:
     """Records each run directory asked for; ``refuse`` makes it raise that error."""
 
     def __init__(self, refuse: Optional[Exception] = None) -> None:
-        self.calls: list = []
+        self.calls: list = []  # directories made (config recorded)
+        self.checks: list = []  # directories only checked
         self.refuse = refuse
 
-    def __call__(self, run_dir: Path, config: dict, *, resume: bool, compare_keys: tuple = ()) -> Path:
+    def __call__(self, run_dir: Path, config: dict, *, resume: bool, compare_keys: tuple = (),
+                 check_only: bool = False) -> Path:
         if self.refuse is not None:
             raise self.refuse
-        self.calls.append((run_dir, config, resume, compare_keys))
+        (self.checks if check_only else self.calls).append((run_dir, config, resume, compare_keys))
         return Path(run_dir)
 
 

@@ -254,3 +254,15 @@ def test_a_network_too_big_for_the_machine_is_refused_before_it_is_built():
     with pytest.raises(ResourceError, match=r"needs at least .* GiB .* but 1.0 GiB is free; .*lower --width"):
         prepare_experts(_request(model=huge), ports)
     assert ports.stores.opened == [] and ports.run_dirs.calls == [] and training.layouts == []
+
+
+def test_a_store_that_cannot_be_made_leaves_no_run_directory():
+    class Unwritable(FakeStores):
+        def open(self, url):
+            raise StoreError(f"{url}: cannot write here")
+
+    ports = _ports(stores=Unwritable())
+    with pytest.raises(StoreError, match="cannot write here"):
+        prepare_experts(_request(), ports)
+    assert ports.run_dirs.checks == [(Path("/runs/r"), ports.run_dirs.checks[0][1], True, ("model", "data"))]
+    assert ports.run_dirs.calls == []  # checked, never made

@@ -104,9 +104,12 @@ class PreparedExperts:
 def prepare_experts(req: ExpertsRequest, ports: ExpertsPorts, ranks: Optional[Ranks] = None) -> PreparedExperts:
     """Check and open everything for ``req``; nothing is written when a check fails.
 
-    Order: the data (and the model fitted to it), an existing store (same model and
-    dataset), the run directory; a new store is created last. With ``ranks`` this is one
-    rank of a distributed run (every rank calls it with the same request).
+    Order: the data (and the model fitted to it, within the machine's memory), an
+    existing store (same model, dataset and recipe), the run directory's refusals; then
+    the store is opened (a new one created) and, last, the run directory made and its
+    config recorded, so a store that cannot be made leaves no config behind. With
+    ``ranks`` this is one rank of a distributed run (every rank calls it with the same
+    request).
     """
     if ranks is not None:
         return _prepare_ranked(req, ports, ranks)
@@ -120,14 +123,16 @@ def prepare_experts(req: ExpertsRequest, ports: ExpertsPorts, ranks: Optional[Ra
         store = _checked(ports.stores.open(req.out), model, layout, dataset, req.experts)
     config = _run_config(req, model)
     try:
+        if req.run_dir is not None:  # every refusal first; the directory is made once the store is open
+            ports.run_dirs(req.run_dir, config, resume=True, compare_keys=COMPARE, check_only=True)
+        if store is None:
+            store = ports.stores.open(req.out)
         if req.run_dir is not None:
             ports.run_dirs(req.run_dir, config, resume=True, compare_keys=COMPARE)
     except BaseException:
         if store is not None:
             store.close()
         raise
-    if store is None:
-        store = ports.stores.open(req.out)
     opened = store
 
     def job(sink: EventSink, cancel: Cancel) -> ExpertsResult:

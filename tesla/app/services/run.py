@@ -330,21 +330,23 @@ def prepare_distillation(req: DistillRequest, parts: DistillParts) -> PreparedRu
     found = provenance(req, inputs)
 
     def job(sink: Optional[EventSink], cancel: Optional[Cancel]) -> Any:
+        sink = role.sink(sink)
+        run = DistillRun(cfg=req.cfg, model=inputs.model, data=inputs.data, trajectories=inputs.trajectories,
+                         store=role.store, student=inputs.student, engine=engine, ranks=ranks, gauges=role.gauges,
+                         evaluator=role.evaluator(inputs, sink), cadence=cadence, resume=req.resume,
+                         run_config=config, provenance=found, trajectory_identity=inputs.identity)
+        result = distill(run, sink, AgreedCancel(cancel, ranks))
+        if result.status == "completed":
+            role.completed()
+        return result
+
+    def locked_job(sink: Optional[EventSink], cancel: Optional[Cancel]) -> Any:
         try:  # the run directory stays locked until the job ends, however it ends
-            sink = role.sink(sink)
-            run = DistillRun(cfg=req.cfg, model=inputs.model, data=inputs.data, trajectories=inputs.trajectories,
-                             store=role.store, student=inputs.student, engine=engine, ranks=ranks,
-                             gauges=role.gauges, evaluator=role.evaluator(inputs, sink), cadence=cadence,
-                             resume=req.resume, run_config=config, provenance=found,
-                             trajectory_identity=inputs.identity)
-            result = distill(run, sink, AgreedCancel(cancel, ranks))
-            if result.status == "completed":
-                role.completed()
-            return result
+            return job(sink, cancel)
         finally:
             lock.release()
 
-    return PreparedRun(job=job, run_dir=role.run_dir, model=inputs.model, data=inputs.data_cfg, config=config)
+    return PreparedRun(job=locked_job, run_dir=role.run_dir, model=inputs.model, data=inputs.data_cfg, config=config)
 
 
 __all__ = [

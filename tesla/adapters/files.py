@@ -3,7 +3,8 @@
 The run-directory policy (:mod:`tesla.domain.rundir`) decides; this module only does
 the file operations it asks for. ``config.json`` is written through a temporary file
 in the same folder, fsynced, then renamed over the target, so a crash leaves the old
-file or the new one, never half of one.
+file or the new one, never half of one. A command that writes a run directory holds its
+writer lock (:mod:`tesla.adapters.stores.lock`) for the job's life.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+
+from tesla.adapters.stores.lock import Lock, lock_path
+from tesla.domain.errors import RunDirError
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -50,3 +54,13 @@ class LocalRunFiles:
 
     def write_atomic(self, path: Path, text: str) -> None:
         atomic_write_text(Path(path), text)
+
+    def lock(self, path: Path) -> Lock:
+        """The run directory's writer lock (``.<name>.lock`` beside it): a second command
+        writing the same run directory is refused naming the first one's pid."""
+        what = f"the run directory {path}"
+        try:
+            return Lock(lock_path(str(path)), what, RunDirError,
+                        "wait for it to finish or stop it (Ctrl-C checkpoints), then run this again")
+        except OSError as e:
+            raise RunDirError(f"cannot write to {path} ({e.strerror or e}): choose a writable --out") from None

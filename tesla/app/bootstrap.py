@@ -38,9 +38,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for but no CUDA device is available: use --device cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"device {name!r} is not a torch device: use auto, cpu or cuda[:N]") from None
+    if device.type not in ("cpu", "cuda"):  # meta holds no data, mps and the rest are untested
+        raise ConfigError(f"device {name!r} cannot run a job: use auto, cpu or cuda[:N]")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: there are {torch.cuda.device_count()} CUDA device(s): use cuda:0 to "
+                          f"cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def default_cache_dir() -> Path:
@@ -82,8 +88,13 @@ def open_synthetic(url: str, mode: str = "r", storage_options: Optional[dict] = 
     return open_synthetic_store(str(url), mode, storage_options=storage_options)
 
 
-def prepare_run_dir(run_dir: Path, config: dict, *, resume: bool, compare_keys: tuple = ()) -> Path:
-    """:func:`tesla.domain.rundir.prepare_run_dir` on local files."""
+def prepare_run_dir(run_dir: Path, config: dict, *, resume: bool, compare_keys: tuple = (),
+                    check_only: bool = False) -> Path:
+    """:func:`tesla.domain.rundir.prepare_run_dir` on local files (only its refusals,
+    :func:`~tesla.domain.rundir.check_run_dir`, with ``check_only``)."""
+    if check_only:
+        rundir.check_run_dir(LocalRunFiles(), run_dir, config, resume=resume, compare_keys=compare_keys)
+        return Path(run_dir)
     return rundir.prepare_run_dir(LocalRunFiles(), run_dir, config, resume=resume, compare_keys=compare_keys)
 
 
@@ -97,7 +108,7 @@ def event_sinks(run_dir: Optional[Path], *, quiet: bool = False, json_mode: bool
 
     sinks, closers = [], []
     if run_dir is not None:
-        log = JsonlSink(Path(run_dir) / EVENTS)
+        log = JsonlSink(Path(run_dir) / EVENTS, on_error=warn)
         sinks.append(log)
         closers.append(log.close)
     if progress:
@@ -112,6 +123,24 @@ def event_sinks(run_dir: Optional[Path], *, quiet: bool = False, json_mode: bool
         sinks.append(tb)
         closers.append(tb.close)
     return FanOut(*sinks), closers
+
+
+def free_memory(device: Any = "cpu") -> Any:
+    """What the machine has free for a job on ``device`` (the size checks before a job)."""
+    from tesla.adapters.torch.memory import TorchFreeMemory
+
+    return TorchFreeMemory(device)
+
+
+def warn(message: str) -> None:
+    """One yellow ``warning:`` line on stderr (what a job says once and goes on)."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from tesla.domain.urls import redact_text
+
+    Console(stderr=True).print(f"[yellow]warning:[/] {escape(redact_text(message))}", highlight=False,
+                               soft_wrap=True)
 
 
 def check_tensorboard() -> None:
@@ -155,7 +184,7 @@ def experts_ports(device: Any = "cpu", storage_options: Optional[dict] = None) -
 
     return ExpertsPorts(load_data=functools.partial(load_data, storage_options=storage_options),
                         stores=TrajectoryStoreOpener(storage_options), training=TorchExpertTraining(device),
-                        run_dirs=prepare_run_dir)
+                        run_dirs=prepare_run_dir, memory=free_memory(device))
 
 
 def prepare_experts(request: "ExpertsRequest", *, device: str = "auto", storage_options: Optional[dict] = None,
@@ -245,6 +274,7 @@ class TorchParts:
         self.ranks = ranks_of(ctx)
         self.files = LocalRunFiles()
         self.storage_options = storage_options
+        self.memory = free_memory(ctx.device)
 
     def open_trajectories(self, url: str) -> Trajectories:
         return open_trajectories(url, "r", options_for(url, self.storage_options))

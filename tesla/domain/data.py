@@ -18,6 +18,7 @@ import attrs
 
 from tesla.domain.config import DataConfig, ModelConfig
 from tesla.domain.errors import DataMismatchError
+from tesla.domain.urls import without_redacted_userinfo
 
 # ConvNet depth whose features end at 4x4 for the usual image sides (16, 32, 64 px)
 DEPTH_FOR_SIZE = {16: 2, 32: 3, 64: 4}
@@ -62,6 +63,8 @@ def recorded_data_config(recorded: Optional[Mapping[str, object]], dataset: Opti
     """The data a store records (the experts' or the set's), unless overridden by
     ``dataset`` / ``root``; ``cifar10`` when nothing names it."""
     known = {k: v for k, v in (recorded or {}).items() if k in ("name", "root", "zca", "image_size")}
+    if isinstance(known.get("root"), str):  # recorded without its credentials: give them as storage options
+        known["root"] = without_redacted_userinfo(known["root"])
     if dataset:
         known["name"] = dataset
     if root:

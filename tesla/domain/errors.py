@@ -54,6 +54,11 @@ class PrepareError(UserError):
     """The source cannot be prepared as asked; the message names the path and the fix."""
 
 
+class ResourceError(UserError):
+    """The job cannot fit the machine: the message names the memory it needs at least,
+    what is free, and the option that shrinks it (:mod:`tesla.domain.footprint`)."""
+
+
 class NumericalError(RuntimeError):
     """NaN/inf, divergence or collapsed labels stopped a run; the last good state is kept."""
 

@@ -58,3 +58,54 @@ def split_ids(ids: Sequence[int], rank: int, world: int) -> list[int]:
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"rank {rank} is not in a world of {world}")
     return list(ids)[rank::world]
+
+
+# --- one store, one recipe --------------------------------------------------------------------
+
+# what makes two experts' trajectories alike: their training recipe. The count, the
+# evaluation cadence and how many train together change nothing in a trajectory.
+RECIPE_FIELDS = ("epochs", "lr", "momentum", "weight_decay", "batch_size", "dsa", "seed")
+# what of the data changes what the experts saw
+DATA_FIELDS = ("name", "zca", "image_size")
+
+
+def recipe_mismatch(recorded: Mapping[int, Optional[Mapping]], wanted: ExpertConfig) -> Optional[str]:
+    """The first recipe field in which the store's complete experts differ from ``wanted``,
+    as ``"lr 0.01 (expert 0) vs 0.05"``; None when they agree. An expert that records no
+    recipe (imported from MTT buffers, or older stores), or a field it leaves empty, is
+    not compared.
+
+    Args:
+        recorded: expert id -> its recorded ``train_config`` (None when it has none).
+        wanted: the recipe of the experts about to be trained into the store.
+    """
+    want = attrs.asdict(wanted)
+    for expert, train in sorted(recorded.items()):
+        if not isinstance(train, Mapping):
+            continue
+        for field in RECIPE_FIELDS:
+            if train.get(field) is not None and train[field] != want[field]:  # None: not recorded
+                return f"{field} {train[field]!r} (expert {expert}) vs {want[field]!r}"
+    return None
+
+
+def check_one_recipe(url: str, recorded: Mapping[int, Optional[Mapping]], wanted: ExpertConfig) -> None:
+    """Refuse (ExpertsError) experts of another recipe into a store: a store holds one
+    recipe, which is what its readers (``tesla info``, distillation, the published
+    settings) take it to hold."""
+    from tesla.domain.errors import ExpertsError
+
+    differs = recipe_mismatch(recorded, wanted)
+    if differs:
+        raise ExpertsError(f"{url} holds experts trained with {differs} asked for now: a store holds experts of "
+                           "one recipe; train with the same settings or into another --out")
+
+
+def data_mismatch(recorded: Mapping, wanted: Mapping) -> Optional[str]:
+    """The first field of :data:`DATA_FIELDS` set on both sides that differs, e.g.
+    ``"zca False vs True"``; None when they agree."""
+    for field in DATA_FIELDS:
+        have, want = recorded.get(field), wanted.get(field)
+        if have is not None and want is not None and have != want:
+            return f"{field} {have!r} vs {want!r}"
+    return None

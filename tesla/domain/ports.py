@@ -143,6 +143,11 @@ class Trajectories(Protocol):
     def load(self, expert: int, epoch: int) -> Array:
         """Flat parameters of an expert after ``epoch`` epochs (0 = init), (P,) float32."""
 
+    def fingerprint(self) -> str:
+        """A short digest of which experts the store holds and what they are (their ids and
+        snapshot checksums): equal for the same experts wherever the store lives, different
+        once an expert is added, removed or changed."""
+
 
 class SetStore(Protocol):
     """Where a distillation keeps its checkpoints and its finished set; every write is
@@ -364,6 +369,16 @@ class RunFiles(Protocol):
     def write_atomic(self, path: Path, text: str) -> None:
         """Write ``text`` through a temporary file and an atomic rename."""
 
+    def lock(self, path: Path) -> "Held":
+        """Take the writer lock of the directory ``path`` until ``release()`` (or the
+        process ends); RunDirError naming the holder when another process has it."""
+
+
+class Held(Protocol):
+    """A lock (or any resource) held until released."""
+
+    def release(self) -> None: ...
+
 
 class DistillParts(Protocol):
     """What the distillation set-up asks the composition root to open and build for this
@@ -371,6 +386,7 @@ class DistillParts(Protocol):
 
     ranks: Ranks
     files: RunFiles
+    memory: "FreeMemory"  # what this rank's device and host have free (the size checks)
 
     def open_trajectories(self, url: str) -> Trajectories:
         """The trajectory store at ``url``, for reading."""
@@ -594,10 +610,37 @@ class EvaluationTraining(Protocol):
         """Number of images in a set."""
 
 
-class PrepareRunDir(Protocol):
-    """Creates or reopens a run directory and records its config (refusing a clash)."""
+class FreeMemory(Protocol):
+    """What the machine has free for a job (:mod:`tesla.domain.footprint`): bytes on the
+    job's device and on the host; None where it cannot tell."""
 
-    def __call__(self, run_dir: Path, config: dict, *, resume: bool, compare_keys: tuple = ()) -> Path: ...
+    device: str  # "cpu", "cuda:0" ...
+
+    def free_device(self) -> Optional[int]:
+        """Bytes the job can still allocate on its device (None on the CPU or unknown)."""
+
+    def free_host(self) -> Optional[int]:
+        """Bytes the process can still allocate on the host (None: unknown)."""
+
+
+class UnknownMemory:
+    """A :class:`FreeMemory` that cannot tell: nothing is refused for size."""
+
+    device = "cpu"
+
+    def free_device(self) -> None:
+        return None
+
+    def free_host(self) -> None:
+        return None
+
+
+class PrepareRunDir(Protocol):
+    """Creates or reopens a run directory and records its config (refusing a clash);
+    with ``check_only`` it only refuses, writing nothing."""
+
+    def __call__(self, run_dir: Path, config: dict, *, resume: bool, compare_keys: tuple = (),
+                 check_only: bool = False) -> Path: ...
 
 
 class MemoryProbe(Protocol):

@@ -54,6 +54,21 @@ DISTILL_CASES = {
     "bad-storage-option": (["--storage-option", "anon"], ["key=value"]),
     "seed-negative": (["--seed", "-1"], ["seed"]),
     "checkpoint-every-0": (["--checkpoint-every", "0"], ["checkpoint_every"]),
+    "device-meta": (["--device", "meta"], ["'meta'", "cuda[:N]"]),
+    "preview-every-negative": (["--preview-every", "-1"], ["--preview-every", ">= 0"]),
+    "eval-every-negative": (["--eval-every", "-1"], ["--eval-every", ">= 0"]),
+    "eval-models-0": (["--eval-every", "1", "--eval-models", "0"], ["num_models"]),
+    "eval-epochs-0": (["--eval-every", "1", "--eval-epochs", "0"], ["epochs"]),
+    "lr-lr-nan": (["--lr-lr", "nan"], ["lr_lr", "nan"]),
+    "lr-img-inf": (["--lr-img", "inf"], ["lr_img", "inf"]),
+    "max-loss-nan": (["--max-loss", "nan"], ["max_loss"]),
+    # absurd sizes: refused from the configs before anything is allocated (tesla.domain.footprint)
+    "ipc-beyond-memory": (["--ipc", "10000000"], ["needs at least", "GiB is free", "--ipc"]),
+    "syn-steps-beyond-memory-exact": (["--syn-steps", "1000000000", "--engine", "exact"],
+                                      ["stored student weight vectors", "--remake-weights"]),
+    "syn-steps-beyond-memory-tesla": (["--syn-steps", "100000000000"], ["plans of", "--syn-steps"]),
+    "batch-syn-beyond-memory-unrolled": (["--ipc", "100000", "--batch-syn", "1000000", "--engine", "unrolled"],
+                                         ["needs at least"]),
 }
 if not torch.cuda.is_available():
     DISTILL_CASES["cuda-without-gpu"] = (["--device", "cuda"], ["--device cpu"])
@@ -145,6 +160,11 @@ EXPERT_CASES = {
     "unknown-preset": (["--preset", "cifar10-ipc7"], ["cifar10-ipc7"]),
     "missing-data-folder": (["--dataset", "cifar10", "--data", "/nonexistent/cifar"], ["/nonexistent/cifar"]),
     "data-without-folder": (["--dataset", "cifar10"], ["--data"]),
+    "lr-inf": (["--lr", "inf"], ["lr", "inf"]),
+    "lr-nan": (["--lr", "nan"], ["lr", "nan"]),
+    "device-meta": (["--device", "meta"], ["'meta'"]),
+    "width-beyond-memory": (["--width", "1000000"], ["needs at least", "parameters", "--width"]),
+    "parallel-wide-beyond-memory": (["--width", "20000", "--parallel", "1000"], ["needs at least", "--parallel"]),
 }
 
 
@@ -227,3 +247,106 @@ def test_output_below_a_file_cannot_be_written(traj, tmp_path):
     _refused(invoke(["experts", "--out", str(tmp_path / "t.zarr"), "--run-dir", str(blocker / "r"), *MODEL,
                      "--num-experts", "1", "--epochs", "1", "--device", "cpu", "--quiet"]), str(blocker / "r"))
     assert tree_snapshot(tmp_path) == before
+
+
+# --- evaluate, export, prepare: options that used to be accepted or end in a traceback -------
+
+
+@pytest.fixture(scope="module")
+def finished(traj, tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert invoke(distill_args(traj, out, "--iterations", "2")).exit_code == 0
+    return str(out / "synthetic.zarr")
+
+
+def test_bad_evaluate_and_export_options_are_one_line(finished, tmp_path):
+    base = ["evaluate", finished, "--num-models", "1", "--epochs", "1", "--no-random-real"]
+    _refused(invoke([*base, "--full-real", "--full-epochs", "0", "--device", "cpu"]), "--full-epochs", ">= 1")
+    _refused(invoke([*base, "--device", "meta"]), "'meta'")
+    _refused(invoke([*base, "--lr", "nan", "--device", "cpu"]), "lr")
+    export = tmp_path / "export"
+    _refused(invoke(["export", finished, str(export), "--per-row", "0"]), "--per-row", ">= 1")
+    assert not export.exists()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    before = tree_snapshot(notes)
+    _refused(invoke(["export", finished, str(notes)]), str(notes), "not a folder")
+    assert tree_snapshot(notes) == before
+
+
+def test_prepare_at_an_absurd_image_size_is_refused_before_the_store_is_made(tmp_path):
+    src = tmp_path / "src"
+    make_imagenet64(src, files=1, per_file=8, val=4)
+    dest = tmp_path / "p.zarr"
+    _refused(invoke(["data", "prepare", str(src), str(dest), "--image-size", "1000000", "--quiet"]),
+             "needs at least", "--image-size")
+    assert not dest.exists() and not (tmp_path / "p.zarr.work").exists()
+
+
+# --- mixed inputs: what a store or run records is what is in it ------------------------------
+
+
+def test_experts_of_another_recipe_or_data_are_refused_and_the_store_kept(tmp_path):
+    out = tmp_path / "t.zarr"
+    base = ["experts", "--out", str(out), *MODEL, "--epochs", "1", "--batch-size", "256", "--device", "cpu",
+            "--quiet"]
+    assert invoke([*base, "--num-experts", "1"]).exit_code == 0
+    before = tree_snapshot(out)
+    for extra, needle in ((["--lr", "0.05"], "lr 0.01 (expert 0) vs 0.05"), (["--epochs", "2"], "epochs 1"),
+                          (["--seed", "4"], "seed 0 (expert 0) vs 4"), (["--batch-size", "128"], "batch_size"),
+                          (["--zca"], "zca False vs True")):
+        _refused(invoke([*base, "--num-experts", "2", *extra]), str(out), needle)
+        assert tree_snapshot(out) == before, extra
+    assert invoke([*base, "--num-experts", "2"]).exit_code == 0  # the same recipe appends
+
+
+def test_a_resume_with_other_trajectories_or_the_other_format_is_refused_and_the_run_kept(traj, tmp_path):
+    out = tmp_path / "run"
+    assert invoke(distill_args(traj, out, "--iterations", "3")).exit_code == 0
+    before = tree_snapshot(out)
+    other = fake_trajectory_store(tmp_path / "other.zarr", seed=5)
+    _refused(invoke(distill_args(other, out, "--resume", "--iterations", "6")), "holds other experts",
+             "resume with the trajectory store the run started with")
+    _refused(invoke(distill_args(traj, out, "--resume", "--iterations", "6", "--format", "h5")),
+             "holds synthetic.zarr", "--format zarr")
+    assert tree_snapshot(out) == before
+    # a copy of the same store is the same experts
+    import shutil
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(traj, copy)
+    assert invoke(distill_args(copy, out, "--resume", "--iterations", "6")).exit_code == 0
+
+
+def test_a_store_or_a_folder_inside_one_is_no_run_directory(traj, tmp_path):
+    import shutil
+
+    store = tmp_path / "t.zarr"
+    shutil.copytree(traj, store)
+    before = tree_snapshot(store)
+    _refused(invoke(distill_args(traj, store)), str(store), "is a store")
+    _refused(invoke(distill_args(traj, store / "run")), "lies inside the store")
+    _refused(invoke(["experts", "--out", str(tmp_path / "e.zarr"), "--run-dir", str(store), *MODEL,
+                     "--num-experts", "1", "--epochs", "1", "--device", "cpu", "--quiet"]), "is a store")
+    assert tree_snapshot(store) == before and not (tmp_path / "e.zarr").exists()
+
+
+def test_a_refused_first_attempt_leaves_no_run_directory(traj, tmp_path):
+    """Refused after the store was opened (it holds another run's checkpoints): the new
+    run directory is not made, so a later attempt does not meet a stale config.json."""
+    first = tmp_path / "first"
+    store = tmp_path / "shared.zarr"
+    assert invoke(distill_args(traj, first, "--iterations", "3", "--store", store)).exit_code == 0
+    second = tmp_path / "second"
+    _refused(invoke(distill_args(traj, second, "--store", store)), "already holds checkpoints", "--store")
+    assert not second.exists()
+    assert invoke(distill_args(traj, second, "--iterations", "3")).exit_code == 0  # nothing stale in the way
+
+
+def test_experts_whose_store_cannot_be_made_leave_no_run_directory(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    run_dir = tmp_path / "r"
+    _refused(invoke(["experts", "--out", str(blocker / "t.zarr"), "--run-dir", str(run_dir), *MODEL,
+                     "--num-experts", "1", "--epochs", "1", "--device", "cpu", "--quiet"]), str(blocker / "t.zarr"))
+    assert not run_dir.exists()

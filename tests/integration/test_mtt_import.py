@@ -21,9 +21,9 @@ def _flat(snapshot: list) -> np.ndarray:
     return torch.cat([t.reshape(-1) for t in snapshot]).numpy()
 
 
-def _write_buffers(folder, counts=(2, 1), snapshots=3, shapes=SHAPES, numbers=None) -> list:
+def _write_buffers(folder, counts=(2, 1), snapshots=3, shapes=SHAPES, numbers=None, seed=0) -> list:
     """One buffer file per entry of ``counts`` (trajectories per file); returns them in file order."""
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for n, count in zip(numbers or range(len(counts)), counts):
@@ -64,14 +64,22 @@ def test_import_appends_and_checks_shapes(tmp_path):
     _write_buffers(src, counts=(1,))
     url = str(tmp_path / "experts.zarr")
     assert import_mtt(str(src), url) == [0]
-    assert import_mtt(str(src), url) == [1]  # a second import appends
+    skipped: list = []
+    # the same buffers again: nothing doubled, each trajectory named as already there
+    assert import_mtt(str(src), url, on_skip=lambda *a: skipped.append(a)) == []
+    assert skipped == [(0, "replay_buffer_0.pt", 0)]
+    more = tmp_path / "more"
+    _write_buffers(more, counts=(1,), seed=1)
+    assert import_mtt(str(more), url) == [1]  # other trajectories append
     other = tmp_path / "b"
     _write_buffers(other, counts=(1,), shapes=[(3, 3), (3,)])
     with pytest.raises(StoreError, match="use a new store path"):
         import_mtt(str(other), url)
     # an open store object works too
+    third = tmp_path / "third"
+    _write_buffers(third, counts=(1,), seed=2)
     with open_trajectory_store(url, "a") as store:
-        assert import_mtt(str(src), store) == [2]
+        assert import_mtt(str(third), store) == [2]
         assert store.expert_ids() == [0, 1, 2]
 
 
@@ -131,3 +139,35 @@ def test_import_with_model_uses_its_names(tmp_path):
     wrong = ModelConfig(arch="convnet", depth=1, width=8, channels=1, image_size=8, num_classes=2)
     with pytest.raises(StoreError, match="pass the model the buffer was trained with"):
         import_mtt(str(src), str(tmp_path / "other.h5"), to_dict(wrong))
+
+
+def test_a_bad_file_after_good_ones_writes_nothing(tmp_path):
+    """Every file is checked before the store is opened: a refusal leaves no store (or
+    the existing store as it was)."""
+    src = tmp_path / "buffers"
+    _write_buffers(src, counts=(2, 1))
+    torch.save([[[torch.zeros(2)], [torch.zeros(3)]]], src / "replay_buffer_7.pt")  # last in order, bad shapes
+    url = tmp_path / "experts.zarr"
+    with pytest.raises(StoreError, match="replay_buffer_7.pt"):
+        import_mtt(str(src), str(url))
+    assert not url.exists()
+    # into an existing store: it keeps exactly what it held
+    good = tmp_path / "good"
+    _write_buffers(good, counts=(1,), seed=3)
+    assert import_mtt(str(good), str(url)) == [0]
+    before = sorted((p.relative_to(url), p.stat().st_size, p.stat().st_mtime_ns) for p in url.rglob("*"))
+    with pytest.raises(StoreError, match="replay_buffer_7.pt"):
+        import_mtt(str(src), str(url))
+    assert sorted((p.relative_to(url), p.stat().st_size, p.stat().st_mtime_ns) for p in url.rglob("*")) == before
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_buffers_are_refused_before_any_write(tmp_path, bad):
+    src = tmp_path / "buffers"
+    written = _write_buffers(src, counts=(2,))
+    written[0][1][2][0][0, 0, 0, 0] = bad  # file 0, trajectory 1, snapshot 2, first tensor
+    torch.save(written[0], src / "replay_buffer_0.pt")
+    url = tmp_path / "experts.h5"
+    with pytest.raises(StoreError, match="replay_buffer_0.pt: trajectory 1 snapshot 2: holds NaN or infinite"):
+        import_mtt(str(src), str(url))
+    assert not url.exists()

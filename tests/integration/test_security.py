@@ -193,3 +193,94 @@ def test_storage_option_secrets_stay_out_of_events_configs_stores_and_output(tmp
     for line in (out / "events.jsonl").read_text().splitlines():
         json.loads(line)  # well-formed, and checked above for the secret
     fs.rm("/tesla-security", recursive=True)
+
+
+# --- credentials inside URLs ---------------------------------------------------------------
+
+USER, PASSWORD, TOKEN = "AKIAUSER7731", "PW-s3cr3t-9914", "TOK-77aa-0519"
+CREDENTIALS = (USER, PASSWORD, TOKEN)
+
+
+def _no_credential(text: str, where: str) -> None:
+    for secret in CREDENTIALS:
+        assert secret not in text, f"{secret} leaked into {where}: {text[-2000:]}"
+
+
+def test_credentials_inside_urls_reach_no_file_no_store_object_and_no_output(tmp_path):
+    """Every command on ``memory://USER:PASSWORD@...`` URLs (one with ``?token=``): prepare,
+    experts, distill (with the progress display, with --json, into --store, resumed),
+    info (text and --json), evaluate (table and --json), export, merge, import-mtt, and
+    the refusals of each; then every byte written (run directories, exports, every store
+    object) and everything printed is searched for the user, the password and the token.
+    """
+    pytest.importorskip("fsspec")
+    import fsspec
+    import torch
+
+    from tests.faults.common import make_imagenet64
+
+    fs = fsspec.filesystem("memory")
+    base = f"memory://{USER}:{PASSWORD}@tesla-creds"
+    prepared, traj, merged = f"{base}/p.zarr", f"{base}/t.zarr", f"{base}/m.zarr"
+    syn = f"{base}/s.zarr?token={TOKEN}"
+    opts = ["--storage-option", f"secret={PASSWORD}"]
+    data = ["--dataset", "prepared", "--data", prepared]
+    tiny = ["--depth", "2", "--width", "8"]
+    outputs: list = []
+
+    def run(args, code=0):
+        res = invoke([*args])
+        outputs.append((args[0], res.output))
+        assert res.exit_code == code, (args, res.output)
+        return res
+
+    src = tmp_path / "src"
+    make_imagenet64(src, files=1, per_file=60, classes=4, side=8, val=12)
+    run(["data", "prepare", str(src), prepared, "--image-size", "8", "--chunk", "16", "--json"])
+    run(["experts", "--out", traj, *data, *tiny, "--num-experts", "1", "--epochs", "2", "--batch-size", "64",
+         "--device", "cpu", "--run-dir", str(tmp_path / "experts-run"), *opts])
+    short = ["--ipc", "1", "--syn-steps", "2", "--expert-epochs", "1", "--max-start-epoch", "1",
+             "--checkpoint-every", "1", "--preview-every", "1", "--device", "cpu"]
+    run(["distill", "-t", traj, *data, "--out", str(tmp_path / "run"), *short, "--iterations", "2"])  # display
+    run(["distill", "-t", traj, *data, "--out", str(tmp_path / "run"), *short, "--iterations", "3", "--resume",
+         "--json"])
+    run(["distill", "-t", traj, *data, "--out", str(tmp_path / "run2"), "--store", syn, *short, "--iterations", "2",
+         "--json", *opts])
+    for store in (traj, syn, prepared):
+        run(["info", store])
+        run(["info", store, "--json"])
+    run(["evaluate", syn, *data, "--num-models", "1", "--epochs", "1", "--no-random-real", "--device", "cpu"])
+    run(["evaluate", syn, *data, "--num-models", "1", "--epochs", "1", "--no-random-real", "--device", "cpu",
+         "--json"])
+    run(["export", syn, str(tmp_path / "export")])
+    run(["merge-trajectories", traj, merged])
+    buffers = tmp_path / "buffers"
+    buffers.mkdir()
+    torch.save([[[torch.zeros(3)], [torch.ones(3)]]], buffers / "replay_buffer_0.pt")
+    run(["import-mtt", str(buffers), f"{base}/imported.zarr"])
+    run(["import-mtt", str(buffers), f"{base}/imported.zarr"])  # again: skipped, said so
+    # refusals name the store, not its credentials
+    missing = f"{base}/none.zarr?token={TOKEN}"
+    run(["distill", "-t", missing, "--out", str(tmp_path / "x"), *short], code=2)
+    run(["distill", "-t", traj, *data, "--out", str(tmp_path / "run"), *short, "--syn-steps", "3", "--resume"],
+        code=2)
+    run(["info", missing], code=2)
+    run(["info", missing, "--json"], code=2)
+    run(["evaluate", missing, "--device", "cpu"], code=2)
+    run(["export", missing, str(tmp_path / "export2")], code=2)
+    run(["merge-trajectories", missing, merged], code=2)
+    run(["experts", "--out", traj, *data, *tiny, "--num-experts", "2", "--epochs", "3", "--device", "cpu"], code=2)
+    run(["data", "prepare", str(tmp_path / "nothing"), prepared], code=2)
+
+    for command, text in outputs:
+        _no_credential(text, f"the output of {command}")
+    assert any("memory://***@tesla-creds/s.zarr" in text for _, text in outputs)  # redacted, not dropped
+    files = [f for f in tmp_path.rglob("*") if f.is_file() and f.is_relative_to(tmp_path)]
+    assert len(files) > 20
+    for f in files:
+        _no_credential(f.read_bytes().decode("latin-1"), str(f))
+    objects = fs.find("/")
+    assert len(objects) > 50
+    for path in objects:  # (the memory filesystem names its objects by the whole URL path, user:password included)
+        _no_credential(fs.cat(path).decode("latin-1"), f"the store object {path}")
+    fs.rm(f"/{USER}:{PASSWORD}@tesla-creds", recursive=True)

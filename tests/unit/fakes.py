@@ -166,6 +166,11 @@ class FakeTrajectories:
         self.loads.append((expert, epoch))
         return self.trajectories[expert][epoch]
 
+    def fingerprint(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(repr(sorted(self.trajectories.items())).encode()).hexdigest()[:16]
+
 
 class FakeSetStore:
     """Checkpoints and sets in lists; what was written is kept in order."""
@@ -380,6 +385,8 @@ class FakeRunFiles:
         self.files = {str(k): v for k, v in (files or {}).items()}
         self.dirs = {str(d) for d in dirs} | {str(_parent(k)) for k in self.files}
         self.readonly = {str(p) for p in readonly}
+        self.locks: list = []  # run directories locked now
+        self.locked_by_others: set = set()  # run directories another process holds
 
     def kind(self, path) -> str:
         if str(path) in self.dirs:
@@ -400,6 +407,25 @@ class FakeRunFiles:
     def write_atomic(self, path, text: str) -> None:
         self.files[str(path)] = text
 
+    def lock(self, path) -> "FakeLock":
+        from tesla.domain.errors import RunDirError
+
+        if str(path) in self.locked_by_others:
+            raise RunDirError(f"the run directory {path} is being written by process 4242")
+        self.locks.append(str(path))
+        return FakeLock(self, str(path))
+
+
+class FakeLock:
+    """A held run-directory lock of :class:`FakeRunFiles`."""
+
+    def __init__(self, files: "FakeRunFiles", path: str) -> None:
+        self.files, self.path = files, path
+
+    def release(self) -> None:
+        if self.path in self.files.locks:
+            self.files.locks.remove(self.path)
+
 
 def _parent(path) -> str:
     from pathlib import PurePath
@@ -411,14 +437,15 @@ class FakeParts:
     """The composition root of a run on fakes (the DistillParts port)."""
 
     def __init__(self, traj: FakeTrajectories, *, ranks=None, store: Optional[FakeSetStore] = None,
-                 data: Optional[FakeData] = None, files: Optional[FakeRunFiles] = None) -> None:
-        from tesla.domain.ports import SingleProcess
+                 data: Optional[FakeData] = None, files: Optional[FakeRunFiles] = None, memory=None) -> None:
+        from tesla.domain.ports import SingleProcess, UnknownMemory
 
         self.traj = traj
         self.ranks = ranks or SingleProcess()
         self.store = store or FakeSetStore()
         self.data = data or FakeData()
         self.files = files or FakeRunFiles()
+        self.memory = memory or UnknownMemory()
         self.opened: list = []  # (url, write) of every store opened
         self.exported: list = []
         self.students: list = []

@@ -98,6 +98,10 @@ class FakeTrajectoryStore:
         have, want = m.dataset.get("name"), dict(dataset or {}).get("name")
         if have and want and have != want:
             raise StoreError(f"{self.url}: store holds experts trained on {have!r}; use a new store path")
+        from tesla.domain.experts import data_mismatch
+
+        if data_mismatch(m.dataset, dict(dataset or {})):
+            raise StoreError(f"{self.url}: store holds experts trained on other data; use a new store path")
 
     def expert_ids(self) -> list[int]:
         return sorted(self.experts)
@@ -166,8 +170,10 @@ class FakeExpertTraining:
 
     def __init__(self) -> None:
         self.groups: list = []  # the seeds of each call to train
+        self.layouts: list = []  # the models whose layout was asked (the network is built)
 
     def layout(self, model: Any) -> ModelLayout:
+        self.layouts.append(model)
         return ModelLayout(layout=[("w", [PARAMS])], num_params=PARAMS)
 
     def train(self, model: Any, cfg: Any, data: Any, seeds: Sequence[int], *, on_snapshot: Sequence[Callable],
@@ -233,13 +239,15 @@ class FakeRunDirs:
     """Records each run directory asked for; ``refuse`` makes it raise that error."""
 
     def __init__(self, refuse: Optional[Exception] = None) -> None:
-        self.calls: list = []
+        self.calls: list = []  # directories made (config recorded)
+        self.checks: list = []  # directories only checked
         self.refuse = refuse
 
-    def __call__(self, run_dir: Path, config: dict, *, resume: bool, compare_keys: tuple = ()) -> Path:
+    def __call__(self, run_dir: Path, config: dict, *, resume: bool, compare_keys: tuple = (),
+                 check_only: bool = False) -> Path:
         if self.refuse is not None:
             raise self.refuse
-        self.calls.append((run_dir, config, resume, compare_keys))
+        (self.checks if check_only else self.calls).append((run_dir, config, resume, compare_keys))
         return Path(run_dir)
 
 

@@ -177,3 +177,106 @@ def test_a_follower_rank_opens_no_run_directory_and_writes_nothing():
     result = prepared.job(sink, threading.Event())
     assert result.status == "completed" and sink.events == [] and backing.checkpoints == backing.sets == []
     assert parts.exported == [] and parts.opened == []  # a fresh run: no checkpoint to read either
+
+
+# --- refusals before anything is written, the run directory's lock, the experts it was made from ---
+
+
+def _stopped_run(**kw) -> FakeParts:
+    """A run of one iteration in /runs/a (a checkpoint and config.json written)."""
+    parts = FakeParts(_traj(), **kw)
+    prepare_distillation(_request(), parts).job(None, StopAfter(1))
+    return parts
+
+
+def test_config_json_is_written_after_the_store_checks_and_the_lock_is_held_for_the_job():
+    parts = FakeParts(_traj())
+    prepared = prepare_distillation(_request(), parts)
+    assert "/runs/a/config.json" in parts.files.files and parts.files.locks == ["/runs/a"]
+    prepared.job(None, StopAfter(1))
+    assert parts.files.locks == []  # released when the job ends
+    # a refused attempt on a fresh directory leaves neither config nor directory behind
+    held = FakeParts(_traj(), store=parts.store)
+    with pytest.raises(DistillError, match="already holds checkpoints"):
+        prepare_distillation(_request(out=Path("/runs/fresh"), store_url="memory://x.zarr"), held)
+    assert held.files.files == {} and held.files.dirs == set() and held.files.locks == []
+
+
+def test_a_run_directory_held_by_another_process_is_refused_before_its_store_is_opened():
+    parts = _stopped_run()
+    parts.files.locked_by_others.add("/runs/a")
+    again = FakeParts(_traj(), store=parts.store, files=parts.files)
+    before = dict(parts.files.files)
+    with pytest.raises(RunDirError, match="being written by process 4242"):
+        prepare_distillation(_request(resume=True), again)
+    assert again.opened == [] and parts.files.files == before
+
+
+def test_a_resume_with_other_experts_is_refused_before_any_work():
+    parts = _stopped_run()
+    recorded = parts.store.checkpoints[-1].attrs["trajectories"]
+    assert recorded == {"url": "experts.zarr", "fingerprint": _traj().fingerprint(), "experts": 2}
+    assert json.loads(parts.files.files["/runs/a/config.json"])["trajectory_identity"] == recorded
+    other = FakeTrajectories.random(seed=7, model=to_dict(MODEL), dataset={"name": "demo"})
+    again = FakeParts(other, store=parts.store, files=parts.files)
+    with pytest.raises(DistillError, match=r"made from the experts of experts.zarr \(2 experts, fingerprint "):
+        prepare_distillation(_request(resume=True, trajectories="s3://key:secret@b/other.zarr"), again)
+    assert parts.files.locks == [] and len(parts.store.checkpoints) == 1
+    # the loop refuses the same (a caller that assembles its own run)
+    run = DistillRun(cfg=CFG, model=MODEL, data=FakeData(), trajectories=other, store=parts.store,
+                     student=FakeStudent(CFG), engine=from_config(CFG), resume=True,
+                     trajectory_identity={"url": "o", "fingerprint": other.fingerprint(), "experts": 2})
+    with pytest.raises(DistillError, match="holds other experts"):
+        distill(run)
+    # the same experts from another place resume (a copied store)
+    result = prepare_distillation(_request(resume=True, trajectories="/copy/experts.zarr"),
+                                  FakeParts(_traj(), store=parts.store, files=parts.files)).job(None, None)
+    assert result.status == "completed"
+
+
+def test_a_checkpoint_from_before_identities_were_kept_still_resumes():
+    parts = _stopped_run()
+    old = parts.store.checkpoints[-1]
+    parts.store.checkpoints[-1] = type(old)(iteration=old.iteration, arrays=old.arrays,
+                                             attrs={k: v for k, v in old.attrs.items() if k != "trajectories"})
+    result = prepare_distillation(_request(resume=True), FakeParts(_traj(), store=parts.store,
+                                                                   files=parts.files)).job(None, None)
+    assert result.status == "completed"
+
+
+@pytest.mark.parametrize("files,match", [
+    (FakeRunFiles(files={"/runs/a/zarr.json": "{}"}), "/runs/a is a store"),
+    (FakeRunFiles(files={"/runs/zarr.json": "{}"}), "/runs/a lies inside the store /runs"),
+    (FakeRunFiles(dirs=["/runs/a", "/runs/a/synthetic.h5"]),
+     "holds synthetic.h5, a run in the h5 format: resume it with --format h5"),
+])
+def test_run_directories_that_cannot_take_this_run_are_refused_writing_nothing(files, match):
+    before = (dict(files.files), set(files.dirs))
+    parts = FakeParts(_traj(), files=files)
+    with pytest.raises(RunDirError, match=match):
+        prepare_distillation(_request(resume=True), parts)
+    assert (files.files, files.dirs) == before and parts.opened == [] and files.locks == []
+
+
+@pytest.mark.parametrize("kw,match", [(dict(preview_every=-1), "--preview-every must be an integer >= 0"),
+                                      (dict(eval_every=-2), "--eval-every must be an integer >= 0"),
+                                      (dict(eval_every=1, eval_models=0), "num_models must be an integer >= 1"),
+                                      (dict(eval_every=1, eval_epochs=0), "epochs must be an integer >= 1")])
+def test_bad_request_values_are_refused_before_anything_is_opened(kw, match):
+    from tesla.domain.errors import ConfigError
+
+    parts = FakeParts(_traj())
+    with pytest.raises(ConfigError, match=match):
+        prepare_distillation(_request(**kw), parts)
+    assert parts.students == [] and parts.opened == [] and parts.files.files == {}
+
+
+def test_a_set_that_cannot_fit_is_refused_before_the_student_is_built():
+    from tesla.domain.errors import ResourceError
+    from tests.unit.test_footprint import FakeMemory
+
+    parts = FakeParts(_traj(), memory=FakeMemory(host=2**20))
+    huge = DistillConfig(ipc=10**6, syn_steps=3, expert_epochs=1, max_start_epoch=2, lr_init=0.05)
+    with pytest.raises(ResourceError, match=r"the largest part is .*: lower --"):
+        prepare_distillation(_request(cfg=huge), parts)
+    assert parts.students == [] and parts.opened == [] and parts.files.files == {}

@@ -10,7 +10,7 @@ import pytest
 from tesla.app.services.experts import ExpertsRequest, ExpertsPorts, distributed_experts, prepare_experts, train_experts
 from tesla.app.services.merge import merge_trajectory_stores
 from tesla.domain.config import DataConfig, ExpertConfig, ModelConfig, to_dict
-from tesla.domain.errors import DataMismatchError, RunDirError, StoreError
+from tesla.domain.errors import DataMismatchError, ExpertsError, RunDirError, StoreError
 from tesla.domain.ports import ListSink
 from tests.unit.service_fakes import (FakeData, FakeExpertTraining, FakeLoadData, FakeRunDirs, FakeStores,
                                       FakeTrajectoryStore, OneRank, StopAfter)
@@ -204,3 +204,65 @@ def test_merge_copies_skips_equal_experts_and_refuses_different_ones():
         merge_trajectory_stores(["a", "dest"], "dest", stores=stores)
     with pytest.raises(StoreError, match="at least one SRC"):
         merge_trajectory_stores([], "dest", stores=stores)
+
+
+# --- one recipe per store ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", [dict(lr=0.05), dict(epochs=2), dict(seed=3), dict(batch_size=64),
+                                    dict(momentum=0.9), dict(weight_decay=5e-4), dict(dsa=False)])
+def test_experts_of_another_recipe_are_refused_before_the_store_or_run_directory_is_touched(change):
+    store = FakeTrajectoryStore("mem://t.zarr")
+    _train(store, ExpertConfig(num_experts=1, epochs=1))
+    writes, ports = store.writes, _ports(stores=FakeStores(t=store))
+    field = next(iter(change))
+    wanted = {"num_experts": 3, "epochs": 1, **change}
+    with pytest.raises(ExpertsError, match=rf"mem://t.zarr holds experts trained with {field} .* \(expert 0\) vs "):
+        prepare_experts(_request(experts=ExpertConfig(**wanted)), ports)
+    assert ports.run_dirs.calls == [] and store.writes == writes and store.expert_ids() == [0] and store.closed
+
+
+def test_more_experts_of_the_same_recipe_and_other_cadences_are_welcome():
+    store = FakeTrajectoryStore("mem://t.zarr")
+    _train(store, ExpertConfig(num_experts=1, epochs=1))
+    ports = _ports(stores=FakeStores(t=store))
+    same = ExpertConfig(num_experts=3, epochs=1, eval_every=0, parallel=2)  # count, cadence, grouping: not a recipe
+    result = prepare_experts(_request(experts=same), ports).job(ListSink(), StopAfter(100))
+    assert result.trained == (1, 2) and result.skipped == (0,)
+
+
+def test_imported_experts_without_a_recipe_take_any_and_zca_must_agree():
+    from tesla.domain.experts import check_one_recipe, data_mismatch
+
+    check_one_recipe("s", {0: None, 1: {"seed": None}}, ExpertConfig())  # MTT imports record none
+    assert data_mismatch({"name": "cifar10", "zca": True}, {"name": "cifar10", "zca": False}) == "zca True vs False"
+    assert data_mismatch({"name": "cifar10"}, {"name": "cifar10", "zca": True}) is None  # unknown: not compared
+    store = FakeTrajectoryStore("mem://t.zarr")
+    store.initialize(to_dict(MODEL), [("w", [4])], 4, {"name": "demo", "zca": False})
+    with pytest.raises(StoreError, match="other data"):
+        prepare_experts(_request(data=DataConfig(name="demo", zca=True)), _ports(stores=FakeStores(t=store)))
+
+
+def test_a_network_too_big_for_the_machine_is_refused_before_it_is_built():
+    from tesla.domain.errors import ResourceError
+    from tests.unit.test_footprint import FakeMemory
+
+    training = FakeExpertTraining()
+    ports = ExpertsPorts(load_data=FakeLoadData(FakeData()), stores=FakeStores(), training=training,
+                         run_dirs=FakeRunDirs(), memory=FakeMemory(host=2**30))
+    huge = ModelConfig(depth=2, width=100_000, image_size=16, num_classes=10)
+    with pytest.raises(ResourceError, match=r"needs at least .* GiB .* but 1.0 GiB is free; .*lower --width"):
+        prepare_experts(_request(model=huge), ports)
+    assert ports.stores.opened == [] and ports.run_dirs.calls == [] and training.layouts == []
+
+
+def test_a_store_that_cannot_be_made_leaves_no_run_directory():
+    class Unwritable(FakeStores):
+        def open(self, url):
+            raise StoreError(f"{url}: cannot write here")
+
+    ports = _ports(stores=Unwritable())
+    with pytest.raises(StoreError, match="cannot write here"):
+        prepare_experts(_request(), ports)
+    assert ports.run_dirs.checks == [(Path("/runs/r"), ports.run_dirs.checks[0][1], True, ("model", "data"))]
+    assert ports.run_dirs.calls == []  # checked, never made

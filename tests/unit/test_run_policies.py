@@ -130,3 +130,44 @@ def test_url_policy():
     assert rank_store_url("/e/experts.h5", 1, 2) == "/e/experts.rank1.h5"
     assert rank_store_url("/e/experts.h5", 0, 1) == "/e/experts.h5"
     assert rank_store_url("/e/experts.zarr", 1, 2) == "/e/experts.zarr"
+
+
+# --- credentials in text -----------------------------------------------------------------
+
+
+def test_redact_text_takes_every_credential_out_of_urls_in_text():
+    from tesla.domain.urls import redact_text
+
+    line = ('{"path":"memory://u:PW1234@b/s.zarr?token=TOK5678#checkpoints/00000002","x":"s3://K:S3CR@bkt/x.h5",'
+            '"y":"https://h/x?sig=SIG9&a=1"}')
+    out = redact_text(line)
+    assert json.loads(out) == {"path": "memory://***@b/s.zarr#checkpoints/00000002", "x": "s3://***@bkt/x.h5",
+                               "y": "https://h/x"}
+    # what a library prints of a URL it was given, scheme dropped
+    lib = "No group found in store <FsspecStore(Wrapper, /u:PW1234@b/s.zarr?token=TOK5678)> at path ''"
+    assert "PW1234" not in redact_text(lib) and "TOK5678" not in redact_text(lib)
+    # text without credentials is left as it was
+    plain = "checkpoint @ it 3: /tmp/run/synthetic.zarr#checkpoints/00000003 at 12:30 (a@b.com) x=1"
+    assert redact_text(plain) == plain
+    # secrets the caller knows of, wherever they are
+    assert redact_text("key AKIAXYZ rejected", ["AKIAXYZ", "ab"]) == "key *** rejected"
+
+
+def test_redact_json_and_the_secrets_of_urls_and_options():
+    from tesla.domain.urls import option_secrets, redact_json, url_secrets, without_redacted_userinfo
+
+    cfg = {"data": {"root": "s3://K:S@b/d.zarr"}, "list": ["memory://u:p@x/y?token=t", 3], "n": None}
+    assert redact_json(cfg) == {"data": {"root": "s3://***@b/d.zarr"}, "list": ["memory://***@x/y", 3], "n": None}
+    assert set(url_secrets("see s3://KEY:SE%2FCRET@b/x?token=TOK")) >= {"KEY", "SE/CRET", "SE%2FCRET", "TOK"}
+    assert option_secrets({"key": "AKIA", "anon": True, "client_kwargs": {"aws_session_token": "zz"}}) == ["AKIA", "zz"]
+    assert without_redacted_userinfo("s3://***@b/d.zarr") == "s3://b/d.zarr"
+
+
+def test_a_run_directory_records_its_config_without_credentials(tmp_path):
+    files = FakeRunFiles()
+    cfg = {"trajectories": "s3://KEY:SECRET@b/t.zarr", "data": {"root": "memory://u:PWD1@b/p.zarr"}}
+    prepare_run_dir(files, Path("/runs/a"), cfg, resume=False)
+    text = files.files[str(Path("/runs/a") / RUN_CONFIG)]
+    assert "SECRET" not in text and "PWD1" not in text and "s3://***@b/t.zarr" in text
+    # the same run resumed with the credentials given again is the same run
+    prepare_run_dir(files, Path("/runs/a"), cfg, resume=True, compare_keys=("data",))

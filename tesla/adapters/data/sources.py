@@ -17,7 +17,9 @@ from typing import Any, Optional
 from tesla.adapters.data.imagefolder import ImageFolderSource, TinyImageNetSource, is_imagefolder, is_tiny_imagenet
 from tesla.adapters.data.imagenet64 import Imagenet64Source, is_imagenet64
 from tesla.adapters.data.prepared import PreparedWriter
+from tesla.adapters.torch.memory import TorchFreeMemory
 from tesla.domain.errors import PrepareError
+from tesla.domain.footprint import check_fits, prepare_footprint
 
 FORMATS = ("imagenet64", "imagefolder", "tiny-imagenet")
 
@@ -61,4 +63,11 @@ class PrepareSourcesOnDisk:
         return open_source(src, fmt, image_size)
 
     def writer(self, dest: str, source: Any, *, chunk: int, block: Optional[int]) -> PreparedWriter:
+        check_fits(prepare_footprint(source.image_size, chunk, block or 8 * chunk, _largest_split(source)),
+                   TorchFreeMemory("cpu"))  # an absurd --image-size is refused before the store is made
         return PreparedWriter(str(dest), source, chunk=chunk, block=block, storage_options=self.storage_options)
+
+
+def _largest_split(source: Any) -> int:
+    """Images of the source's largest split (a sort block or a chunk holds no more)."""
+    return max(len(split) for split in (source.train, getattr(source, "test", None)) if split is not None)

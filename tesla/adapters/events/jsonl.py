@@ -18,13 +18,15 @@ the reader; an unknown ``type`` (a newer writer) comes back as
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 from tesla.domain import events as ev
+from tesla.domain.urls import redact_text
 
 PathLike = Union[str, os.PathLike]
 
@@ -46,10 +48,16 @@ def encode_event(event: Any) -> bytes:
     """One event as a UTF-8 JSON line ending in ``\\n``.
 
     Non-finite floats are written as ``NaN``/``Infinity`` (Python's JSON dialect) so a
-    diverging loss stays visible in the log instead of failing the write.
+    diverging loss stays visible in the log instead of failing the write. Every URL in
+    the line is redacted (:func:`tesla.domain.urls.redact_text`): the log, ``--json``
+    and whoever follows them never see a credential, whichever event carried it.
     """
     line = json.dumps(ev.to_json(event), separators=(",", ":"), default=_jsonable)
-    return (line + "\n").encode("utf-8")
+    return (redact_text(line) + "\n").encode("utf-8")
+
+
+# what a disk says when it can take no more (full, over quota, failing)
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
 
 
 class JsonlSink:
@@ -59,29 +67,67 @@ class JsonlSink:
         path: the log file; parent folders are created; an existing file is appended to
             (a resumed run continues its log).
         fsync: also ``os.fsync`` after every line (durable on power loss, slower).
+        on_error: called once, with one line saying what happened, when a line cannot be
+            written (a full disk, a quota, an I/O error).
+
+    A failed write never stops the job: the log is what watchers read, the store holds
+    the work. The part of the line that did get written is cut off again (the log stays
+    whole lines, everything before it kept), ``on_error`` is told once, and the sink
+    writes nothing more (a log with a gap would mislead whoever follows it). A full disk
+    then stops the job where it matters, at its next checkpoint or expert, with the
+    store's own one-line error and its earlier work kept.
 
     Thread-safe: a lock serialises ``emit`` so lines from several threads never interleave.
     """
 
-    def __init__(self, path: PathLike, *, fsync: bool = False) -> None:
+    def __init__(self, path: PathLike, *, fsync: bool = False,
+                 on_error: Optional[Callable[[str], None]] = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
         self._lock = threading.Lock()
+        self.on_error = on_error
+        self.failed: Optional[str] = None  # why the log stopped, once it has
         # Unbuffered binary append: every emit is exactly one write(2) on an O_APPEND fd.
-        self._fd: Optional[int] = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd: Optional[int] = None
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            if on_error is None or e.errno not in _WRITE_ERRORS:  # a path the caller should not have given
+                raise
+            self._stop(e, None)
 
     def emit(self, event: Any) -> None:
         data = encode_event(event)
         with self._lock:
+            if self.failed is not None:
+                return
             if self._fd is None:
                 raise ValueError(f"event log {self.path} is closed: open a new JsonlSink to write more")
-            view = memoryview(data)
-            while view:  # a regular file takes it all at once; loop only for exotic filesystems
-                written = os.write(self._fd, view)
-                view = view[written:]
-            if self._fsync:
-                os.fsync(self._fd)
+            end = None
+            try:
+                end = os.fstat(self._fd).st_size
+                view = memoryview(data)
+                while view:  # a regular file takes it all at once; loop only for exotic filesystems
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+                if self._fsync:
+                    os.fsync(self._fd)
+            except OSError as e:
+                self._stop(e, end)
+
+    def _stop(self, error: OSError, end: Optional[int]) -> None:
+        """Cut a partly written line off, and say once that the log stops here."""
+        if end is not None and self._fd is not None:
+            try:
+                os.ftruncate(self._fd, end)
+            except OSError:
+                pass
+        why = (error.strerror or str(error)).lower()
+        self.failed = (f"cannot write the event log {self.path} ({why}): the run goes on without it "
+                       "(its earlier lines are kept)")
+        if self.on_error is not None:
+            self.on_error(self.failed)
 
     def close(self) -> None:
         with self._lock:

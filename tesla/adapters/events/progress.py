@@ -33,6 +33,7 @@ from rich.progress import (
 from rich.table import Table
 
 from tesla.adapters.events.jsonl import encode_event
+from tesla.domain.urls import redact_text
 
 
 def _mib(n: Optional[int]) -> str:
@@ -122,7 +123,7 @@ class RichProgressSink:
     def _line(self, text: str, *, error: bool = False) -> None:
         if self.json_mode or (self.quiet and not error):
             return
-        self.console.print(text, highlight=False)
+        self.console.print(redact_text(text), highlight=False)  # a credential in a URL never shows
 
     def _main_task(self, description: str, total: Optional[int]) -> TaskID:
         if self._main is None:
@@ -156,7 +157,7 @@ class RichProgressSink:
 
     def _on_progress(self, e: Any) -> None:
         if e.label not in self._tasks:
-            self._tasks[e.label] = self._progress.add_task(e.label, total=e.total, info="")
+            self._tasks[e.label] = self._progress.add_task(redact_text(e.label), total=e.total, info="")
         self._progress.update(self._tasks[e.label], completed=e.done, total=e.total)
 
     def _on_memory(self, e: Any) -> None:
@@ -261,7 +262,7 @@ class ProgressBarSink:
         if self.quiet or event.type != "progress":
             return
         if self.task is None:
-            self.task = self.progress.add_task(event.label, total=event.total, completed=event.done)
+            self.task = self.progress.add_task(redact_text(event.label), total=event.total, completed=event.done)
         else:
             self.progress.update(self.task, description=event.label, completed=event.done, total=event.total)
 

@@ -12,6 +12,7 @@ import os
 from typing import Any, Union
 
 from tesla.domain.errors import UserError
+from tesla.domain.urls import redact_text
 
 
 class TensorBoardUnavailable(UserError):
@@ -84,10 +85,10 @@ class TensorBoardSink:
         self._writer.add_image("synthetic", np.asarray(e.pixels, dtype=np.uint8), e.iteration, dataformats="HWC")
 
     def _on_warning(self, e: Any) -> None:
-        self._writer.add_text("warnings", e.message, e.iteration or 0)
+        self._writer.add_text("warnings", redact_text(e.message), e.iteration or 0)
 
     def _on_error(self, e: Any) -> None:
-        self._writer.add_text("errors", e.message, e.iteration or 0)
+        self._writer.add_text("errors", redact_text(e.message), e.iteration or 0)
 
     def _on_run_finished(self, e: Any) -> None:
         self._writer.flush()

@@ -8,6 +8,9 @@ into a trajectory store, one expert per trajectory, files in order of N.
 
 Files are loaded with ``torch.load(weights_only=True)``: a buffer is only tensors in
 lists, so anything else in the pickle (which could run code) is refused, not executed.
+Every file is checked whole (shapes, finite values) before the store is opened, so a
+refused import writes nothing; a trajectory already in the store is skipped by its
+snapshot checksums, so importing the same buffers twice does not double the experts.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import numpy as np
 import torch
 
 from .errors import StoreError
-from .trajectory import TrajectoryStore, normalise_layout, open_trajectory_store
+from .formats import CRC
+from .trajectory import TrajectoryStore, checksum, normalise_layout, open_trajectory_store
 
 _BUFFER = re.compile(r"^replay_buffer_(\d+)\.pt$")
 
@@ -93,8 +97,14 @@ def import_mtt(
     dataset: Optional[Mapping[str, Any]] = None,
     storage_options: Optional[dict] = None,
     on_expert: Optional[Callable[[int, str, int], None]] = None,
+    on_skip: Optional[Callable[[int, str, int], None]] = None,
 ) -> list[int]:
     """Import every trajectory of ``src_dir``'s buffer files into ``store``.
+
+    Every file is read and checked first (lists of tensors, one layout throughout, the
+    model's shapes, finite numbers); only then is the store opened and written, so a bad
+    file anywhere leaves the store as it was. A trajectory the store already holds (the
+    same snapshot checksums: importing the same buffers twice) is skipped, not doubled.
 
     Args:
         src_dir: folder with ``replay_buffer_<N>.pt`` files.
@@ -105,41 +115,42 @@ def import_mtt(
         dataset: what the experts were trained on (e.g. ``{"name": "cifar10", "zca": True}``).
         storage_options: fsspec options when ``store`` is a remote URL.
         on_expert: called with (expert id, source file, index in file) after each expert.
+        on_skip: called with (the id it has in the store, source file, index in file) for
+            each trajectory the store already holds.
 
     Returns:
-        Ids of the imported experts, in file order.
+        Ids of the imported experts, in file order (skipped ones not included).
 
     Raises:
         StoreError: no buffers, a file that is not lists of tensors, shapes that do not
-            fit the model or the store.
+            fit the model or the store, NaN or infinite values.
     """
     if model is not None and not isinstance(model, Mapping):
         import attrs
 
         model = attrs.asdict(model, retain_collection_types=False)
     files = buffer_files(src_dir)
+    layout, checked = _check_files(files, model)  # nothing is opened for writing before this passes
+    num_params = sum(int(np.prod(s)) for _, s in layout)
     own = isinstance(store, str)
     st = open_trajectory_store(store, "a", storage_options=storage_options) if own else store
     ids: list[int] = []
     try:
-        layout: Optional[list] = None
+        st.initialize(dict(model or {}), layout, num_params, dict(dataset or {"source": os.path.abspath(src_dir)}))
+        held = {tuple(st.expert_attrs(i).get(CRC) or ()): i for i in st.expert_ids()}
         for path in files:
             fname = os.path.basename(path)
             for j, trajectory in enumerate(load_buffer(path)):
-                where = f"{path}: trajectory {j}"
-                if not isinstance(trajectory, (list, tuple)) or not trajectory:
-                    raise StoreError(f"{where}: must be a non-empty list of snapshots")
-                shapes = _snapshot_shapes(trajectory[0], where)
-                if layout is None:
-                    layout = _layout_for(shapes, model, path)
-                    num_params = sum(int(np.prod(s)) for s in shapes)
-                    st.initialize(dict(model or {}), layout, num_params, dict(dataset or {"source": os.path.abspath(src_dir)}))
+                crcs = checked[(path, j)]
+                if crcs in held:
+                    if on_skip is not None:
+                        on_skip(held[crcs], fname, j)
+                    continue
                 attrs_ = {"source": fname, "index": j, "imported": "mtt", "seed": None, "lr": None}
                 with st.begin_expert(None, len(trajectory) - 1, attrs_) as w:
                     for e, snapshot in enumerate(trajectory):
-                        if _snapshot_shapes(snapshot, f"{where} snapshot {e}") != [s for _, s in layout]:
-                            raise StoreError(f"{where} snapshot {e}: tensor shapes differ from the first snapshot's")
-                        w.write(e, torch.cat([t.detach().reshape(-1).float() for t in snapshot]))
+                        w.write(e, _flat(snapshot))
+                held[crcs] = w.expert_id
                 ids.append(w.expert_id)
                 if on_expert is not None:
                     on_expert(w.expert_id, fname, j)
@@ -147,6 +158,40 @@ def import_mtt(
         if own:
             st.close()
     return ids
+
+
+def _flat(snapshot: Any) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1).float() for t in snapshot])
+
+
+def _check_files(files: list[str], model: Optional[Mapping[str, Any]]) -> tuple[list, dict]:
+    """Read every buffer once and check it: (layout, {(file, index): snapshot checksums}).
+
+    Raises:
+        StoreError: naming the file, trajectory and snapshot of the first problem.
+    """
+    layout: Optional[list] = None
+    checked: dict = {}
+    for path in files:
+        for j, trajectory in enumerate(load_buffer(path)):
+            where = f"{path}: trajectory {j}"
+            if not isinstance(trajectory, (list, tuple)) or not trajectory:
+                raise StoreError(f"{where}: must be a non-empty list of snapshots")
+            if layout is None:
+                layout = _layout_for(_snapshot_shapes(trajectory[0], where), model, path)
+            crcs = []
+            for e, snapshot in enumerate(trajectory):
+                if _snapshot_shapes(snapshot, f"{where} snapshot {e}") != [s for _, s in layout]:
+                    raise StoreError(f"{where} snapshot {e}: tensor shapes differ from the first snapshot's")
+                flat = _flat(snapshot)
+                if not bool(torch.isfinite(flat).all()):
+                    raise StoreError(f"{where} snapshot {e}: holds NaN or infinite values; an expert must be finite"
+                                     " to be matched (leave this buffer out or re-train it)")
+                crcs.append(checksum(flat.numpy()))
+            checked[(path, j)] = tuple(crcs)
+    if layout is None:
+        raise StoreError(f"{os.path.dirname(files[0])}: the buffer files hold no trajectory")
+    return layout, checked
 
 
 def _layout_for(shapes: list, model: Optional[Mapping[str, Any]], path: str) -> list:

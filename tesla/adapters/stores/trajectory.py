@@ -45,6 +45,7 @@ import numpy as np
 
 from tesla.domain.records import TrajectoryMeta  # the domain's value, re-exported here
 
+from tesla.domain.experts import data_mismatch
 from .backend import Backend, as_numpy, is_hdf5_url, plain, plain_attrs
 from .backends import open_backend
 from .checksum import attrs_crc, crc32
@@ -337,7 +338,7 @@ class TrajectoryStore:
 
         Shapes and P must be equal; model fields present on both sides must agree; an
         imported store without a model accepts any model of the same shapes. Dataset
-        names must agree where both are given.
+        names, ZCA and image sizes must agree where both are given.
         """
         m = self.meta
         model = plain_attrs(model or {})
@@ -356,6 +357,10 @@ class TrajectoryStore:
                 f"{self.url}: store holds experts trained on {have!r} but the requested dataset is {want!r};"
                 " use a new store path"
             )
+        differs = data_mismatch(m.dataset, dict(dataset or {}))  # ZCA or not, the image size
+        if differs:
+            raise StoreError(f"{self.url}: store holds experts trained on other data ({differs} asked for now);"
+                             " use the same data settings or a new store path")
 
     def size_bytes(self) -> int:
         return self.backend.size_bytes()
@@ -457,6 +462,18 @@ class TrajectoryStore:
     def num_snapshots(self, expert: int) -> int:
         """Snapshots of an expert: epochs + 1."""
         return int(self.expert_attrs(expert)["epochs"]) + 1
+
+    def fingerprint(self) -> str:
+        """SHA-256 (16 hex digits) of P and, per complete expert, its id, epochs and snapshot
+        checksums: a resumed distillation checks it uses the experts it started with. A
+        copy of the store has the same one; a store with another expert does not. (A
+        version-1 store without checksums is told apart by ids and epochs only.)"""
+        import hashlib
+        import json
+
+        experts = [[i, self.expert_attrs(i).get("epochs"), self.expert_attrs(i).get(CRC)] for i in self.expert_ids()]
+        text = json.dumps([self.meta.num_params, experts], separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def _check(self, expert: int, epoch: int, vec: np.ndarray, crcs: list) -> np.ndarray:
         if crcs and checksum(vec) != crcs[epoch]:  # no crcs: a version-1 expert written without them

@@ -117,4 +117,78 @@ def memory_sample(device: DeviceLike, iteration: Optional[int] = None) -> ev.Mem
     return ev.Memory(device_allocated=allocated, device_peak=peak, host_rss=host_rss(), iteration=iteration)
 
 
-__all__ = ["host_rss", "peak_rss", "memory_sample", "reset_peak"]
+# --- what is free, for the size checks before a job (tesla.domain.footprint) --------------
+
+
+def free_host_bytes() -> Optional[int]:
+    """Bytes this process can still take on the host: the kernel's ``MemAvailable``, less
+    where a cgroup (a container's memory limit) or an address-space limit (``ulimit -v``,
+    less the address space the process maps already) allows less; None where none is known."""
+    found = [n for n in (_address_space_left(),) if n is not None]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit_file, encoding="ascii") as f:
+                limit = f.read().strip()
+            with open(usage_file, encoding="ascii") as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2**60:  # "max" or a huge number: no limit
+            found.append(max(0, int(limit) - usage))
+    return min(found) if found else None
+
+
+def _address_space_left() -> Optional[int]:
+    """``RLIMIT_AS`` less this process's mapped address space (VmSize); None without a limit."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/status", encoding="ascii") as f:
+            size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    except (ImportError, OSError, ValueError, StopIteration):
+        return None
+    return max(0, limit - size)
+
+
+def free_device_bytes(device: DeviceLike) -> Optional[int]:
+    """Bytes free on a CUDA device (the driver's free memory plus what torch's caching
+    allocator holds unused); None for the CPU or when it cannot tell."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    try:
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    except RuntimeError:
+        return None
+    return int(free + max(0, cached))
+
+
+class TorchFreeMemory:
+    """The :class:`~tesla.domain.ports.FreeMemory` of a job on ``device``."""
+
+    def __init__(self, device: DeviceLike = "cpu") -> None:
+        self.device = str(torch.device(device) if device is not None else "cpu")
+
+    def free_device(self) -> Optional[int]:
+        return free_device_bytes(self.device) if self.device != "cpu" else None
+
+    def free_host(self) -> Optional[int]:
+        return free_host_bytes()
+
+
+__all__ = ["TorchFreeMemory", "free_device_bytes", "free_host_bytes", "host_rss", "peak_rss", "memory_sample",
+           "reset_peak"]

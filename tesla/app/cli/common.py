@@ -21,11 +21,52 @@ EXIT_NUMERICAL = 3
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     """Print one red line naming the problem and the fix, and exit."""
+    print_error(message)
+    raise typer.Exit(code)
+
+
+def print_error(message: object) -> None:
+    """One red ``error:`` line on stderr, every credential of the command's URLs and
+    storage options taken out (:func:`command_secrets`): an error names the store it
+    could not open, and a library's message may repeat the URL it was given."""
     from rich.markup import escape
 
+    from tesla.domain.urls import redact_text
+
+    text = redact_text(str(message), command_secrets())
     # the message is text, not markup: "tesla-distill[tensorboard]" must print as written
-    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+    err_console.print(f"[bold red]error:[/] {escape(text)}", markup=True, highlight=False, soft_wrap=True)
+
+
+def command_secrets() -> list[str]:
+    """The credentials the running command was given: those inside its URL arguments and
+    the credential-like ``--storage-option`` values (read from click's context)."""
+    from tesla.domain.urls import option_secrets, url_secrets
+
+    ctx = _current_context()
+    found: list[str] = []
+    for name, value in (ctx.params.items() if ctx is not None else ()):
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if not isinstance(v, (str, Path)):
+                continue
+            found += url_secrets(v)
+            if name == "storage_option" and "=" in str(v):
+                key, val = str(v).split("=", 1)
+                found += option_secrets({key: val})
+    return found
+
+
+def _current_context() -> Any:
+    """The running command's click context (typer >= 0.17 carries its own copy of click)."""
+    try:
+        from click import get_current_context
+    except ImportError:
+        try:
+            from typer._click.globals import get_current_context  # type: ignore[no-redef]
+        except ImportError:  # pragma: no cover - a typer without either
+            return None
+    return get_current_context(silent=True)
 
 
 # the OS errors a command maps to one line (a missing or unreadable path the user named);
@@ -105,7 +146,7 @@ def logged_job(job: Callable[[Any, threading.Event], Any], run_dir: Path, box: d
         from tesla.adapters.events.jsonl import JsonlSink
         from tesla.app import bootstrap
 
-        log = JsonlSink(Path(run_dir) / bootstrap.EVENTS)
+        log = JsonlSink(Path(run_dir) / bootstrap.EVENTS, on_error=lambda why: box.setdefault("warning", why))
         try:
             box["result"] = job(log, cancel)
         except BaseException as e:  # reported after the TUI closes
@@ -129,10 +170,10 @@ def run_job(job: Callable[[Any, threading.Event], Any], *, run_dir: Optional[Pat
 
         box: dict = {}
         TeslaApp(Path(run_dir), job=logged_job(job, Path(run_dir), box)).run()
+        if "warning" in box:  # the log the TUI follows stopped: say why once it has closed
+            bootstrap.warn(box["warning"])
         if "error" in box:
-            from rich.markup import escape
-
-            err_console.print(f"[bold red]error:[/] {escape(str(box['error']))}", highlight=False, soft_wrap=True)
+            print_error(box["error"])
             raise box["error"]
         return box.get("result")
     sink, closers = bootstrap.event_sinks(run_dir, quiet=quiet, json_mode=json_mode, tensorboard=tensorboard)

@@ -54,7 +54,9 @@ def evaluate(
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"{synthetic}: IPC {syn.ipc}, {syn.labels_kind} labels, lr {syn.lr}")
+        from tesla.domain.urls import redact_url
+
+        table = Table(title=f"{redact_url(synthetic)}: IPC {syn.ipc}, {syn.labels_kind} labels, lr {syn.lr}")
         for col in ("model", "trained on", "top-1 % (mean +- std)", "n"):
             table.add_column(col)
         for s in scores:

@@ -70,7 +70,9 @@ def experts(
 
 def _summary(result: Any, out: str, done: str, accuracies: Any) -> str:
     acc = ", ".join(f"{k}: {v:.1f}%" for k, v in accuracies)
-    return (f"{result.status}: {done} expert(s), kept {len(result.skipped)} -> {out}"
+    from tesla.domain.urls import redact_url
+
+    return (f"{result.status}: {done} expert(s), kept {len(result.skipped)} -> {redact_url(out)}"
             + (f" (final test accuracy {acc})" if acc else ""))
 
 

@@ -22,7 +22,10 @@ def export(
     """Export a synthetic set for other tools and for looking at."""
     with errors():
         from tesla.app import bootstrap
+        from tesla.domain.errors import ConfigError
 
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"{out} exists and is not a folder: choose another output folder")
         written = bootstrap.export_set(synthetic, out, storage_options=storage_options(storage_option),
                                        published=published, png=png, per_row=per_row)
         typer.echo(f"wrote {len(written)} file(s) to {out}")

@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tesla.app.cli.common import fail, storage_options
 
@@ -48,14 +49,23 @@ def import_mtt_command(
     console = Console(soft_wrap=True, quiet=quiet)
 
     def progress(expert: int, source: str, index: int) -> None:
-        console.print(f"expert {expert}: {source} trajectory {index}")
+        console.print(f"expert {expert}: {escape(source)} trajectory {index}")
+
+    skipped: list = []
+
+    def skip(expert: int, source: str, index: int) -> None:
+        skipped.append(expert)
+        console.print(f"[dim]{escape(source)} trajectory {index} is expert {expert} already: skipped[/]")
 
     try:
         ids = bootstrap.import_mtt(src_dir, store, model_dict, dataset=data, storage_options=options,
-                                   on_expert=progress)
+                                   on_expert=progress, on_skip=skip)
     except (StoreError, ConfigError, OSError, ValueError) as exc:
         fail(str(exc) or type(exc).__name__)
-    console.print(f"[green]imported {len(ids)} experts[/] into {store}")
+    from tesla.domain.urls import redact_url
+
+    kept = f", {len(skipped)} already there" if skipped else ""
+    console.print(f"[green]imported {len(ids)} experts[/]{kept} into {escape(redact_url(store))}")
 
 
 def register(app: typer.Typer) -> None:

@@ -32,6 +32,7 @@ from tesla.domain.config import DistillConfig, ModelConfig, to_dict
 from tesla.domain.engines import Engine
 from tesla.domain.errors import DistillError, NumericalError
 from tesla.domain.guard import Stop
+from tesla.domain.identity import check_same_trajectories
 from tesla.domain.labels import LabelPlan, plan_labels
 from tesla.domain.ports import (Cancel, DataSource, EventSink, Evaluator, Gauges, Labels, NoGauges, NullSink, Ranks,
                                 SetStore, SingleProcess, State, Step, Student, Trajectories)
@@ -98,6 +99,9 @@ class DistillRun:
         resume: continue from the store's last checkpoint (when there is one).
         run_config: what ``RunStarted`` records (default: the two configs).
         provenance: recorded with the finished set (data, trajectories, class names ...).
+        trajectory_identity: the trajectories' URL and fingerprint
+            (:func:`tesla.domain.identity.trajectory_identity`), kept in every checkpoint
+            and compared on resume; None records and checks nothing.
     """
 
     cfg: DistillConfig
@@ -114,6 +118,7 @@ class DistillRun:
     resume: bool = False
     run_config: Optional[dict] = None
     provenance: Mapping = attrs.field(factory=dict)
+    trajectory_identity: Optional[Mapping] = None
 
 
 @attrs.define
@@ -254,6 +259,7 @@ def begin(run: DistillRun, sink: EventSink) -> Progress:
         progress = Progress(state=run.student.initial(run.data), rng=rng, first=0, done=0, labels=labels)
     else:
         check_resumable(cfg, found.attrs)
+        check_same_trajectories(found.attrs.get("trajectories"), run.trajectory_identity)
         state = run.student.restore(found.arrays)
         rng.setstate(rng_state_from_json(found.attrs["rng"]))
         recorded = found.attrs.get("label_source")
@@ -345,6 +351,8 @@ def checkpoint_of(run: DistillRun, progress: Progress) -> Checkpoint:
     """The whole state of the run: enough to continue bit for bit."""
     attrs_ = {"iteration": progress.done, "rng": rng_state_to_json(progress.rng), "distill": to_dict(run.cfg),
               "model": to_dict(run.model), "label_source": progress.labels.provenance()}
+    if run.trajectory_identity:
+        attrs_["trajectories"] = dict(run.trajectory_identity)
     return Checkpoint(iteration=progress.done, arrays=run.student.checkpoint_arrays(progress.state), attrs=attrs_)
 
 

@@ -177,6 +177,9 @@ class PreparedEvaluation:
 
 def prepare_evaluation(req: EvaluateRequest, ports: EvaluatePorts) -> PreparedEvaluation:
     """Read the set and open its data (every refusal before any training)."""
+    if req.full_epochs is not None and (isinstance(req.full_epochs, bool) or not isinstance(req.full_epochs, int)
+                                        or req.full_epochs < 1):
+        raise ConfigError(f"--full-epochs must be an integer >= 1 (got {req.full_epochs!r})")
     syn = ports.read_set(req.synthetic)
     if "model" not in syn.attrs:
         raise ConfigError(f"{req.synthetic} records no model: it was not written by `tesla distill`")

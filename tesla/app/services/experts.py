@@ -35,10 +35,12 @@ from tesla.domain import events
 from tesla.domain.config import DataConfig, ExpertConfig, ModelConfig, to_dict
 from tesla.domain.data import check_data_fits, model_for_data
 from tesla.domain.errors import TrainingStopped
-from tesla.domain.experts import split_ids
-from tesla.domain.ports import (Cancel, EventSink, ExpertOutput, ExpertTraining, LoadData, ModelLayout, NullSink,
-                                PrepareRunDir, Ranks, RealData, TrajectoryOutput, TrajectoryStores)
-from tesla.domain.urls import redact_url
+from tesla.domain.experts import check_one_recipe, split_ids
+from tesla.domain.footprint import check_fits, experts_footprint
+from tesla.domain.ports import (Cancel, EventSink, ExpertOutput, ExpertTraining, FreeMemory, LoadData, ModelLayout,
+                                NullSink, PrepareRunDir, Ranks, RealData, TrajectoryOutput, TrajectoryStores,
+                                UnknownMemory)
+from tesla.domain.urls import redact_json, redact_url
 
 COMPARE = ("model", "data")  # what a run directory must agree on when it is used again
 
@@ -83,6 +85,7 @@ class ExpertsPorts:
     stores: TrajectoryStores
     training: ExpertTraining
     run_dirs: PrepareRunDir
+    memory: FreeMemory = UnknownMemory()  # the size check before the first network is built
 
 
 @attrs.frozen
@@ -101,29 +104,35 @@ class PreparedExperts:
 def prepare_experts(req: ExpertsRequest, ports: ExpertsPorts, ranks: Optional[Ranks] = None) -> PreparedExperts:
     """Check and open everything for ``req``; nothing is written when a check fails.
 
-    Order: the data (and the model fitted to it), an existing store (same model and
-    dataset), the run directory; a new store is created last. With ``ranks`` this is one
-    rank of a distributed run (every rank calls it with the same request).
+    Order: the data (and the model fitted to it, within the machine's memory), an
+    existing store (same model, dataset and recipe), the run directory's refusals; then
+    the store is opened (a new one created) and, last, the run directory made and its
+    config recorded, so a store that cannot be made leaves no config behind. With
+    ``ranks`` this is one rank of a distributed run (every rank calls it with the same
+    request).
     """
     if ranks is not None:
         return _prepare_ranked(req, ports, ranks)
     data = ports.load_data(req.data)
     model = _fitted_model(req, data)
+    check_fits(experts_footprint(model, req.experts), ports.memory)  # before the model is built
     layout = ports.training.layout(model)
     dataset = to_dict(req.data)
     store = None
     if ports.stores.exists(req.out):
-        store = _checked(ports.stores.open(req.out), model, layout, dataset)
+        store = _checked(ports.stores.open(req.out), model, layout, dataset, req.experts)
     config = _run_config(req, model)
     try:
+        if req.run_dir is not None:  # every refusal first; the directory is made once the store is open
+            ports.run_dirs(req.run_dir, config, resume=True, compare_keys=COMPARE, check_only=True)
+        if store is None:
+            store = ports.stores.open(req.out)
         if req.run_dir is not None:
             ports.run_dirs(req.run_dir, config, resume=True, compare_keys=COMPARE)
     except BaseException:
         if store is not None:
             store.close()
         raise
-    if store is None:
-        store = ports.stores.open(req.out)
     opened = store
 
     def job(sink: EventSink, cancel: Cancel) -> ExpertsResult:
@@ -136,6 +145,7 @@ def prepare_experts(req: ExpertsRequest, ports: ExpertsPorts, ranks: Optional[Ra
 def _prepare_ranked(req: ExpertsRequest, ports: ExpertsPorts, ranks: Ranks) -> PreparedExperts:
     data = ranks.agree(lambda: ports.load_data(req.data))
     model = _fitted_model(req, data)
+    ranks.agree(lambda: check_fits(experts_footprint(model, req.experts), ports.memory))
     config = _run_config(req, model)
     if req.run_dir is not None:
         ranks.agree(lambda: ports.run_dirs(req.run_dir, config, resume=True, compare_keys=COMPARE),
@@ -162,15 +172,25 @@ def _run_config(req: ExpertsRequest, model: ModelConfig) -> dict:
     return {"experts": to_dict(req.experts), "model": to_dict(model), "data": to_dict(req.data)}
 
 
-def _checked(store: TrajectoryOutput, model: ModelConfig, layout: ModelLayout, dataset: dict) -> TrajectoryOutput:
-    """``store``, refused (and closed) when it already holds another model or dataset."""
+def _checked(store: TrajectoryOutput, model: ModelConfig, layout: ModelLayout, dataset: dict,
+             recipe: Optional[ExpertConfig] = None) -> TrajectoryOutput:
+    """``store``, refused (and closed) when it already holds another model or dataset, or
+    (given ``recipe``) experts trained with another recipe."""
     try:
         if store.initialized:
             store.check_compatible(to_dict(model), layout.layout, layout.num_params, dataset)
+            if recipe is not None:
+                check_recipe(store, recipe)
     except BaseException:
         store.close()
         raise
     return store
+
+
+def check_recipe(store: TrajectoryOutput, recipe: ExpertConfig) -> None:
+    """Refuse (ExpertsError) a recipe other than the one of the store's complete experts."""
+    recorded = {i: store.expert_attrs(i).get("train_config") for i in store.expert_ids()}
+    check_one_recipe(redact_url(store.url), recorded, recipe)
 
 
 # --- the loop ------------------------------------------------------------------------------
@@ -191,7 +211,8 @@ def train_experts(*, model_cfg: ModelConfig, expert_cfg: ExpertConfig, data: Rea
     sink = sink or NullSink()
     check_data_fits(data.num_classes, data.image_shape, model_cfg)
     layout = training.layout(model_cfg)
-    store.initialize(model=to_dict(model_cfg), layout=layout.layout, num_params=layout.num_params, dataset=dataset)
+    store.initialize(model=to_dict(model_cfg), layout=layout.layout, num_params=layout.num_params,
+                     dataset=redact_json(dataset))  # a data URL's credentials stay out of the store
     wanted = list(range(expert_cfg.num_experts)) if ids is None else list(ids)
     skipped = tuple(sorted(set(store.expert_ids()) & set(wanted)))
     todo = [i for i in wanted if i not in skipped]
@@ -269,7 +290,7 @@ def distributed_experts(*, ranks: Ranks, out: str, model_cfg: ModelConfig, exper
     sink = sink or NullSink()
     layout = training.layout(model_cfg)
     per_rank = not stores.shared(out)
-    store = _open_ranked(ranks, out, per_rank, stores, model_cfg, layout, data, dataset)
+    store = _open_ranked(ranks, out, per_rank, stores, model_cfg, layout, data, dataset, expert_cfg)
     done = ranks.agree(lambda: _finished(store, ranks, out, per_rank, stores, model_cfg, layout, dataset))
     done = set().union(*ranks.all_gather(sorted(done)))
     wanted = list(range(expert_cfg.num_experts))
@@ -304,16 +325,20 @@ def _over_all_ranks(ranks: Ranks, mine: ExpertsResult, skipped: tuple) -> Expert
 
 
 def _open_ranked(ranks: Ranks, out: str, per_rank: bool, stores: TrajectoryStores, model_cfg: ModelConfig,
-                 layout: ModelLayout, data: RealData, dataset: dict) -> TrajectoryOutput:
+                 layout: ModelLayout, data: RealData, dataset: dict,
+                 recipe: Optional[ExpertConfig] = None) -> TrajectoryOutput:
     """This rank's store, initialised: its own file, or the shared store that rank 0
-    creates and checks before the others open it."""
+    creates and checks before the others open it (refused when its experts were trained
+    with another ``recipe``)."""
 
     def open_initialised(url: str) -> TrajectoryOutput:
         check_data_fits(data.num_classes, data.image_shape, model_cfg)
         store = stores.open(url)
         try:
             store.initialize(model=to_dict(model_cfg), layout=layout.layout, num_params=layout.num_params,
-                             dataset=dataset)
+                             dataset=redact_json(dataset))
+            if recipe is not None:
+                check_recipe(store, recipe)
         except BaseException:
             store.close()
             raise

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tesla.domain.errors import ConfigError
 from tesla.domain.ports import ReadSet, SetExporter
 
 
 def export_set(url: str, out: Path, *, read_set: ReadSet, exporter: SetExporter, published: bool = True,
                png: bool = True, per_row: int = 10) -> list[str]:
     """Export the set at ``url`` into ``out``; returns the paths written."""
+    if png and (isinstance(per_row, bool) or not isinstance(per_row, int) or per_row < 1):
+        raise ConfigError(f"--per-row must be an integer >= 1 (got {per_row!r})")
     syn = read_set(url)
     written: list[str] = []
     if published:

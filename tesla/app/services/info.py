@@ -13,15 +13,17 @@ from __future__ import annotations
 from typing import Any
 
 from tesla.domain.ports import StoreInspector
+from tesla.domain.urls import redact_json
 
 
 def summarise(url: str, inspector: StoreInspector) -> dict[str, Any]:
     """The summary of the store at ``url``; its ``kind`` is ``prepared``, ``trajectories``
     or ``synthetic``. StoreError (or OSError) when there is no readable store there."""
     facts = inspector.prepared(url)
-    if facts is None:
-        return inspector.describe(url)
-    return prepared_summary(url, facts)
+    summary = inspector.describe(url) if facts is None else prepared_summary(url, facts)
+    # what a store records is shown as it is, less any credential (the URL asked for, a
+    # trajectory store or data folder recorded by whoever made the store)
+    return redact_json(summary)
 
 
 def prepared_summary(url: str, facts: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import attrs
 from tesla.domain import events as ev
 from tesla.domain.errors import PrepareError
 from tesla.domain.ports import EventSink, ImageSourceInfo, NullSink, PreparedOutput, PrepareSources
+from tesla.domain.urls import redact_url
 
 __all__ = ["PrepareError", "PreparedSummary", "prepare"]
 
@@ -111,7 +112,7 @@ def _drive(writer: PreparedOutput, source: ImageSourceInfo, src: str, dest: str,
     def summary(complete: bool, info: Optional[dict] = None) -> PreparedSummary:
         info = info or {}
         return PreparedSummary(
-            dest=dest, source=writer.plan["source"], format=source.format, num_classes=writer.num_classes,
+            dest=redact_url(dest), source=redact_url(writer.plan["source"]), format=source.format, num_classes=writer.num_classes,
             num_train=writer.plan["counts"]["train"], num_test=writer.plan["counts"]["test"],
             image_size=writer.plan["image_size"],
             complete=complete, resumed=writer.resumed, already_complete=writer.already_complete, tasks_done=done,

@@ -37,15 +37,17 @@ from typing import Any, Callable, Optional, Protocol
 import attrs
 
 from tesla.app.services.distill import Cadence, DistillRun, check_inputs, check_resumable, distill, no_evaluation
-from tesla.domain.config import DataConfig, DistillConfig, EvalConfig, ModelConfig, from_dict, to_dict
+from tesla.domain.config import ConfigError, DataConfig, DistillConfig, EvalConfig, ModelConfig, from_dict, to_dict
 from tesla.domain.data import recorded_data_config as data_config_from_store
 from tesla.domain.engines import from_config
 from tesla.domain.errors import DistillError, StoreError
-from tesla.domain.ports import (Cancel, DataSource, DistillParts, EventSink, Evaluator, Gauges, NoGauges, NullSink,
-                                Ranks, SetStore, Student, Trajectories)
+from tesla.domain.ports import (Cancel, DataSource, DistillParts, EventSink, Evaluator, Gauges, Held, NoGauges,
+                                NullSink, Ranks, SetStore, Student, Trajectories)
 from tesla.domain.records import Checkpoint, FinalSet
-from tesla.domain.rundir import IMAGES, prepare_run_dir
-from tesla.domain.urls import redact_url
+from tesla.domain.footprint import check_fits, distill_footprint
+from tesla.domain.identity import check_same_trajectories, trajectory_identity
+from tesla.domain.rundir import IMAGES, RUN_CONFIG, check_run_dir, check_set_format, make_run_dir, record_config
+from tesla.domain.urls import redact_json, redact_url
 
 
 @attrs.frozen
@@ -88,6 +90,14 @@ class Inputs:
     data_cfg: DataConfig
     data: DataSource
     student: Student
+    identity: Optional[dict] = None  # the trajectories' URL and fingerprint (tesla.domain.identity)
+
+
+class NoLock:
+    """What ranks other than 0 hold of the run directory: nothing (rank 0 locks it)."""
+
+    def release(self) -> None:
+        return None
 
 
 class AgreedCancel:
@@ -208,9 +218,12 @@ def open_inputs(req: DistillRequest, parts: DistillParts) -> Inputs:
     model_cfg = from_dict(ModelConfig, dict(trajectories.meta.model))
     data_cfg = data_config_from_store(trajectories.meta.dataset, req.dataset, req.data)
     data = parts.load_data(data_cfg)
+    check_fits(distill_footprint(cfg, model_cfg, trajectories.meta.num_params), parts.memory)  # before allocating
     student = parts.student(model_cfg, cfg)
-    check_inputs(cfg, model_cfg, data, trajectories, student.num_params)
-    return Inputs(trajectories=trajectories, model=model_cfg, data_cfg=data_cfg, data=data, student=student)
+    experts = check_inputs(cfg, model_cfg, data, trajectories, student.num_params)
+    identity = trajectory_identity(req.trajectories, trajectories.fingerprint(), len(experts))
+    return Inputs(trajectories=trajectories, model=model_cfg, data_cfg=data_cfg, data=data, student=student,
+                  identity=identity)
 
 
 def run_config(req: DistillRequest, inputs: Inputs, world: int) -> dict:
@@ -219,6 +232,8 @@ def run_config(req: DistillRequest, inputs: Inputs, world: int) -> dict:
               "trajectories": redact_url(req.trajectories)}
     if req.store_url:
         config["store"] = redact_url(req.set_url)
+    if inputs.identity:
+        config["trajectory_identity"] = dict(inputs.identity)
     if world > 1:
         config["distributed"] = {"world": world}
     return config
@@ -227,24 +242,66 @@ def run_config(req: DistillRequest, inputs: Inputs, world: int) -> dict:
 def provenance(req: DistillRequest, inputs: Inputs) -> dict:
     """What the finished set records about where it came from."""
     normalizer = inputs.data.normalizer
-    return {"trajectories": redact_url(req.trajectories), "dataset": to_dict(inputs.data_cfg),
-            "class_names": list(inputs.data.class_names or []),
-            "normalizer_state": normalizer.to_state() if normalizer is not None else None}
+    return redact_json({"trajectories": redact_url(req.trajectories), "dataset": to_dict(inputs.data_cfg),
+                        "class_names": list(inputs.data.class_names or []),
+                        "normalizer_state": normalizer.to_state() if normalizer is not None else None})
 
 
-def open_output(req: DistillRequest, parts: DistillParts, config: dict) -> tuple[Path, SetStore]:
-    """The run directory and the synthetic store (rank 0): a store that already holds
-    checkpoints is refused without ``--resume``, and with it when made with other settings."""
-    run_dir = prepare_run_dir(parts.files, req.out, config, resume=req.resume, compare_keys=("model", "data"))
-    store = parts.open_set_store(req.set_url, write=True)
+def check_request(req: DistillRequest) -> None:
+    """Refuse, before anything is opened, the request values the configs do not hold
+    (ConfigError naming the option): the cadences, and the evaluation networks of a run
+    that evaluates as it goes."""
+    for option, value in (("--preview-every", req.preview_every), ("--eval-every", req.eval_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{option} must be an integer >= 0 (0: never), got {value!r}")
+    if req.eval_every:
+        EvalConfig(num_models=req.eval_models, epochs=req.eval_epochs)  # its validators name the field
+
+
+def open_output(req: DistillRequest, parts: DistillParts, config: dict,
+                identity: Optional[dict] = None) -> tuple[Path, SetStore, Held]:
+    """The run directory, its writer lock (held until the job ends) and the synthetic
+    store (rank 0). Every refusal comes before anything is written: the directory's
+    (a file, a store, a run there without ``--resume``, another run's config, the other
+    ``--format``), then a second process on the same directory (the lock, naming its
+    pid), then the store's (checkpoints without ``--resume``; with it, other settings or
+    other trajectories). ``config.json`` is written last, so a refused first attempt
+    leaves none; a ``--store`` elsewhere is checked before the directory is made."""
+    files, run_dir = parts.files, Path(req.out)
+    check_run_dir(files, run_dir, config, resume=req.resume, compare_keys=("model", "data"))
+    if not req.store_url:
+        check_set_format(files, run_dir, req.set_name)
+    lock = files.lock(run_dir)
+    try:
+        if not req.store_url:
+            make_run_dir(files, run_dir)
+        store = parts.open_set_store(req.set_url, write=True)
+        try:
+            _check_store(req, store, identity)
+        except BaseException:
+            store.close()
+            raise
+        if req.store_url:
+            make_run_dir(files, run_dir)
+        if files.kind(run_dir / RUN_CONFIG) == "missing":
+            record_config(files, run_dir, config)
+    except BaseException:
+        lock.release()
+        raise
+    return run_dir, store, lock
+
+
+def _check_store(req: DistillRequest, store: SetStore, identity: Optional[dict]) -> None:
+    """A store that already holds checkpoints is refused without ``--resume``, and with it
+    when they were made with other settings or from other trajectories."""
     last = store.last_checkpoint()
-    if req.resume and last is not None:
-        check_resumable(req.cfg, last.attrs)  # before any work or log line
-    if not req.resume and last is not None:
-        store.close()
+    if last is None:
+        return
+    if not req.resume:
         raise DistillError(f"{redact_url(req.set_url)} already holds checkpoints: pass --resume or choose another "
                            + ("--store" if req.store_url else "--out"))
-    return run_dir, store
+    check_resumable(req.cfg, last.attrs)  # before any work or log line
+    check_same_trajectories(last.attrs.get("trajectories"), identity)
 
 
 def prepare_distillation(req: DistillRequest, parts: DistillParts) -> PreparedRun:
@@ -256,11 +313,13 @@ def prepare_distillation(req: DistillRequest, parts: DistillParts) -> PreparedRu
             storage options).
     """
     ranks = parts.ranks
+    check_request(req)
     inputs = ranks.agree(lambda: open_inputs(req, parts))
     config = run_config(req, inputs, ranks.shard[1])
-    opened = ranks.agree(lambda: open_output(req, parts, config), only_writer=True)
+    opened = ranks.agree(lambda: open_output(req, parts, config, inputs.identity), only_writer=True)
+    lock: Held = NoLock()
     if ranks.is_writer:
-        run_dir, store = opened
+        run_dir, store, lock = opened
         role: Role = Writer(parts=parts, store=store, run_dir=Path(run_dir),
                            gauges=parts.gauges(inputs.data, inputs.model, req.cfg), req=req)
     else:
@@ -275,13 +334,19 @@ def prepare_distillation(req: DistillRequest, parts: DistillParts) -> PreparedRu
         run = DistillRun(cfg=req.cfg, model=inputs.model, data=inputs.data, trajectories=inputs.trajectories,
                          store=role.store, student=inputs.student, engine=engine, ranks=ranks, gauges=role.gauges,
                          evaluator=role.evaluator(inputs, sink), cadence=cadence, resume=req.resume,
-                         run_config=config, provenance=found)
+                         run_config=config, provenance=found, trajectory_identity=inputs.identity)
         result = distill(run, sink, AgreedCancel(cancel, ranks))
         if result.status == "completed":
             role.completed()
         return result
 
-    return PreparedRun(job=job, run_dir=role.run_dir, model=inputs.model, data=inputs.data_cfg, config=config)
+    def locked_job(sink: Optional[EventSink], cancel: Optional[Cancel]) -> Any:
+        try:  # the run directory stays locked until the job ends, however it ends
+            return job(sink, cancel)
+        finally:
+            lock.release()
+
+    return PreparedRun(job=locked_job, run_dir=role.run_dir, model=inputs.model, data=inputs.data_cfg, config=config)
 
 
 __all__ = [

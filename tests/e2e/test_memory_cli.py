@@ -47,11 +47,13 @@ def bn_experts(tmp_path_factory):
     return _experts(tmp_path_factory.mktemp("bn"), "--norm", "batchnorm")
 
 
-@pytest.mark.parametrize("engine", ["tesla", "exact", "unrolled"])
+@pytest.mark.parametrize("engine", ["tesla", "exact", "unrolled", "tesla-chunked"])
 def test_distill_with_a_micro_batch_writes_the_set_of_whole_batches(tmp_path, experts, engine):
+    # tesla-chunked: the batched pass 2 (BatchedTorchCompute.vjp_many, two steps at a time)
+    options = ["--engine", "tesla", "--second-pass-chunk", "2"] if engine == "tesla-chunked" else ["--engine", engine]
     sets = {}
     for name, extra in (("whole", []), ("micro", ["--micro-batch", "3"])):
-        r = invoke("distill", "-t", experts, "-o", tmp_path / name, *DISTILL, "--engine", engine, *extra)
+        r = invoke("distill", "-t", experts, "-o", tmp_path / name, *DISTILL, *options, *extra)
         assert r.exit_code == 0, r.output
         sets[name] = open_synthetic_store(str(tmp_path / name / "synthetic.zarr")).read_set()
     whole, micro = sets["whole"], sets["micro"]

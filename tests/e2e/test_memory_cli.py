@@ -109,6 +109,17 @@ def test_bench_memory_has_a_batch_axis(tmp_path):
     assert (out / "memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bench_memory_budget_picks_the_micro_batch(tmp_path):
+    out = tmp_path / "budget"
+    r = invoke("bench", "memory", "--steps", "1", "--engines", "tesla", "--batch-syn", "8", "--memory-budget", "1KB",
+               "--in-process", "--out", out, "--model-width", "8", "--image-size", "8", "--ipc", "2", "--device",
+               "cpu", "--threads", "1")
+    assert r.exit_code == 0, r.output
+    assert "--memory-budget 1KB (1000 B): micro-batch 1" in r.output  # one image is more than 1 KB: the floor
+    with open(out / "memory.csv", newline="") as f:
+        assert [(row["batch_syn"], row["micro_batch"]) for row in csv.DictReader(f)] == [("8", "1")]
+
+
 def test_bench_speed_draws_a_png_beside_its_csv(tmp_path):
     out = tmp_path / "speed"
     r = invoke("bench", "speed", "--steps", "1", "--engines", "tesla,unrolled", "--repeats", "1", "--warmup", "0",

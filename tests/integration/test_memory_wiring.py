@@ -143,6 +143,26 @@ def test_micro_batches_and_a_host_set_together_give_the_set_to_rounding(tmp_path
     assert cut.lr == pytest.approx(whole.lr, rel=1e-6)
 
 
+def test_a_run_resumes_with_another_micro_batch_and_set_on(tmp_path, data, experts):
+    from tests.unit.fakes import StopAfter
+
+    whole = _distil(data, experts, tmp_path / "whole.zarr", engine="tesla").read_set()
+    base = dict(ipc=2, syn_steps=3, expert_epochs=1, max_start_epoch=2, batch_syn=10, iterations=4, lr_img=10.0,
+                lr_lr=1e-4, checkpoint_every=2, seed=5, labels="teacher-target", engine="tesla")
+    url = str(tmp_path / "resumed.zarr")
+    part = distill_in_process(cfg=DistillConfig(**base), model_cfg=MODEL, data=data,
+                              trajectories=open_trajectory_store(experts), store=open_synthetic_store(url, "a"),
+                              cancel=StopAfter(2))
+    assert part.status == "cancelled" and part.iterations == 2
+    rest = distill_in_process(cfg=DistillConfig(**base, micro_batch=4, set_on="host"), model_cfg=MODEL, data=data,
+                              trajectories=open_trajectory_store(experts), store=open_synthetic_store(url, "a"),
+                              resume=True)
+    assert rest.status == "completed" and rest.iterations == 4
+    resumed = open_synthetic_store(url).read_set()
+    np.testing.assert_allclose(resumed.images, whole.images, rtol=0, atol=1e-6)  # float32 rounding, as above
+    assert resumed.lr == pytest.approx(whole.lr, rel=1e-6)
+
+
 def test_distributed_pass_two_in_micro_batches_with_a_host_set_matches_one_process(tmp_path, experts):
     """Two torchrun ranks (gloo) split pass 2, each in micro-batches of 3 with the set in host
     memory; the summed update equals one process's whole-batch run to rounding."""

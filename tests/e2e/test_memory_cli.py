@@ -68,6 +68,14 @@ def test_distill_with_a_micro_batch_writes_the_set_of_whole_batches(tmp_path, ex
     assert np.abs(whole.images).max() > 0.5  # pixels of order one: the bound is relative to them too
 
 
+def test_distill_with_the_set_on_the_host_of_a_cpu_says_it_is_one_memory(tmp_path, experts):
+    r = runner.invoke(app, ["distill", "-t", str(experts), "-o", str(tmp_path / "run"), *DISTILL[:-1],
+                            "--iterations", "1", "--set-on", "host"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "on a CPU the host and the device are one memory" in " ".join(r.output.split())
+    assert (tmp_path / "run" / "synthetic.zarr").exists()
+
+
 def test_distill_on_batch_norm_experts_refuses_micro_batches_and_writes_nothing(tmp_path, bn_experts):
     for extra in (["--micro-batch", "3"], ["--memory-budget", "1KB"]):
         out = tmp_path / "run"

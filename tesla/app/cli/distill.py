@@ -107,6 +107,7 @@ def distill(
                                  eval_every=eval_every, eval_models=eval_models, eval_epochs=eval_epochs,
                                  preview_every=preview_every, storage_options=storage_options(storage_option),
                                  store_url=store)
+        note_set_on(cfg.set_on, device, quiet or json_mode)
         run_ranked_distillation(request, distributed, tui, quiet, json_mode, tensorboard)
 
 
@@ -134,3 +135,14 @@ def run_ranked_distillation(request, distributed: bool, tui: bool, quiet: bool, 
 
 def register(app: typer.Typer) -> None:
     app.command("distill")(distill)
+
+
+def note_set_on(set_on: str, device: str, quiet: bool) -> None:
+    """Say that ``--set-on host`` moves nothing on a CPU, where host and device are one memory."""
+    if set_on != "host" or quiet:
+        return
+    from tesla.app import bootstrap
+
+    if bootstrap.resolve_device(device).type == "cpu":
+        typer.echo("note: on a CPU the host and the device are one memory: --set-on host changes the code path "
+                   "(rows gathered per step), not where the set lives", err=True)

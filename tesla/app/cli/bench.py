@@ -112,7 +112,8 @@ def _print_memory(result) -> None:
                        else "peak RSS above the start, MiB (in process: cumulative, not per point)"))
     console = Console(width=max(100, Console().width))
     for field, title in panels:
-        table = Table(title=title)
+        console.print(title, highlight=False)  # a line of its own: as a table title it wraps to the table's width
+        table = Table()
         table.add_column("engine" if len(result.pairs) <= 1 else "engine, batch, micro-batch")
         for n in steps:
             table.add_column(str(n), justify="right")

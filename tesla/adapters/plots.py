@@ -4,8 +4,9 @@
 against the number of matching steps, one line per row (engine, and batch and
 micro-batch when the bench had a batch axis), out-of-memory points marked on the x
 axis; on a CPU a second panel shows the peak resident set above each point's start;
-with a batch axis a last panel shows memory against the micro-batch at the largest
-number of steps, one line per (engine, batch). Engines differ by marker and line style
+with a batch axis, panels of memory against the micro-batch at the largest number of
+steps, one line per (engine, batch) (instead of the steps panels when only one number of
+steps was measured). Engines differ by marker and line style
 and are labelled at their last point with a per-engine offset, so equal lines (``tesla``
 and ``exact`` save the same activations) stay visible on top of each other.
 
@@ -61,23 +62,27 @@ def _memory_panel(ax, result: MemoryResult, field: str, title: str) -> None:
         if oom:
             ax.plot(oom, [0] * len(oom), "x", color=line.get_color(), markersize=10, label=f"{label} OOM")
     ax.set_xlabel("matching steps N")
-    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    steps = sorted({p.steps for p in result.points})
+    if len(steps) <= 12:
+        ax.set_xticks(steps)
+    else:
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.set_ylabel("MiB")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, framealpha=0.6)
 
 
-def _micro_panel(ax, result: MemoryResult) -> None:
-    """Primary memory against the micro-batch at the largest number of steps, per (engine, batch)."""
+def _micro_panel(ax, result: MemoryResult, field: str, title: str) -> None:
+    """Memory against the micro-batch at the largest number of steps, per (engine, batch)."""
     from matplotlib import ticker
 
     n = max(p.steps for p in result.points)
     rows = {}
     for p in result.points:
-        if p.steps == n and p.status != OOM:
+        if p.steps == n and p.status != OOM and p.value(field) is not None:
             micro = p.micro_batch or result.batch_of(p)
-            rows.setdefault((p.engine, result.batch_of(p)), []).append((micro, p.primary / 2**20))
+            rows.setdefault((p.engine, result.batch_of(p)), []).append((micro, p.value(field) / 2**20))
     for i, ((engine, batch), pts) in enumerate(rows.items()):
         pts.sort()
         _styled(ax, [a for a, _ in pts], [b for _, b in pts], engine, f"{engine}, batch {batch}", f"C{i}")
@@ -88,7 +93,7 @@ def _micro_panel(ax, result: MemoryResult) -> None:
     ax.xaxis.set_minor_locator(ticker.NullLocator())
     ax.set_xlabel("micro-batch (images per piece of a step)")
     ax.set_ylabel("MiB")
-    ax.set_title(f"{result.measure} by micro-batch at {n} steps", fontsize=9)
+    ax.set_title(f"{title} by micro-batch at {n} steps", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, framealpha=0.6)
 
@@ -139,16 +144,17 @@ def plot_memory(result: MemoryResult, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cpu = result.measure != "device peak"
-    axis = len(result.pairs) > 1 and bool(result.points)
-    panels = 1 + cpu + axis
-    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.5), squeeze=False)
     rss_title = ("peak RSS above start (a child per point)" if result.isolated
                  else "peak RSS above start (in process: cumulative)")
     fields = [("primary", result.measure)] + ([("rss_delta", rss_title)] if cpu else [])
-    for ax, (field, title) in zip(axes[0], fields):
-        _memory_panel(ax, result, field, title)
-    if axis:
-        _micro_panel(axes[0][-1], result)
+    # by steps when there are several step counts (or nothing else to show), by micro-batch
+    # when there is a batch axis: a panel per measure and per axis
+    by_steps = len({p.steps for p in result.points}) > 1 or len(result.pairs) <= 1
+    by_micro = len(result.pairs) > 1 and bool(result.points)
+    drawn = [(_memory_panel, f) for f in fields if by_steps] + [(_micro_panel, f) for f in fields if by_micro]
+    fig, axes = plt.subplots(1, len(drawn), figsize=(5.5 * len(drawn), 4.5), squeeze=False)
+    for ax, (panel, (field, title)) in zip(axes[0], drawn):
+        panel(ax, result, field, title)
     s, m = result.settings, result.settings.model
     batches = ",".join(str(b) for b in sorted({result.batch_of(p) for p in result.points})) or str(s.batch)
     threads = "" if s.threads is None else f", {s.threads} thread(s)"

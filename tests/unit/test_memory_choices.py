@@ -219,9 +219,22 @@ def test_the_papers_imagenet_figure_is_printed_beside_a_measured_row():
         and lines[0].endswith("13.9 GB")
     held = set_bytes(IMAGENET)
     assert lines[1] == (f"  here, tesla, batch 500, micro-batch 50, 2 steps: 600.0 MiB saved for backward + "
-                        f"6.9 GiB set, gradient and momentum on the device (0 with --set-on host) = "
+                        f"6.9 GiB set, gradient and momentum (on a GPU: on the device unless --set-on host) = "
                         f"{(600 * 2**20 + held) / 1e9:.1f} GB ({(600 * 2**20 + held) / 13.9e9:.2f} x the paper's)")
     assert lines[2] == "  here, tesla, batch 500, micro-batch 500, 2 steps: OOM"
     assert lines[3].startswith("paper, ImageNet-1K IPC 50, MTT") and len(lines) == 4  # no unrolled row measured
     other = attrs.evolve(result, settings=attrs.evolve(IMAGENET, ipc=10))
     assert paper_comparison(other) == []  # not the paper's setting: nothing to compare
+
+
+def test_on_cuda_the_paper_row_adds_only_what_the_device_peak_leaves_out():
+    peak = MemoryPoint("tesla", 2, "ok", device_peak=3 * 10**9, batch_syn=500, micro_batch=50)
+    on_device = MemoryResult(settings=attrs.evolve(IMAGENET, device="cuda"), measure="device peak", points=(peak,))
+    images = set_bytes(IMAGENET) // 3  # the gradient accumulator is made inside the measured peak
+    line = paper_comparison(on_device)[1]
+    assert line.endswith(f"+ 4.6 GiB set and momentum on the device = {(3e9 + 2 * images) / 1e9:.1f} GB "
+                         f"({(3e9 + 2 * images) / 13.9e9:.2f} x the paper's)"), line
+    host = MemoryResult(settings=attrs.evolve(IMAGENET, device="cuda", set_on="host"), measure="device peak",
+                        points=(peak,))
+    assert paper_comparison(host)[1] == ("  here, tesla, batch 500, micro-batch 50, 2 steps: 2.8 GiB device peak = "
+                                         "3.0 GB (0.22 x the paper's)")

@@ -200,14 +200,18 @@ def paper_comparison(result: MemoryResult) -> list[str]:
 
     The paper's figure is a whole GPU's allocation during its iteration (Table 5: one
     A6000, the paper's matching steps): the set, its gradient and momentum, the network,
-    the weights and the activations. Ours is the measured peak of one iteration (the
-    device peak on CUDA; on a CPU the bytes saved for backward, what a GPU would hold for
-    activations) plus the float32 set, gradient and momentum a device-resident set keeps
-    (none with ``--set-on host``), stated separately so each term can be read.
+    the weights and the activations. Ours is the measured peak of one iteration plus what
+    the measurement leaves out of the float32 set, its gradient and momentum, stated as
+    separate terms:
+
+    - on a CPU: the bytes saved for backward (what a GPU would hold for activations) +
+      the set, its gradient and momentum (on a GPU, on the device unless ``--set-on host``);
+    - on CUDA with the set on the device: the device peak (the gradient accumulator is
+      made inside it) + the images and their momentum, there before it;
+    - on CUDA with ``--set-on host``: the device peak alone (the set is in host memory).
     """
     lines = []
     s = result.settings
-    held = set_bytes(s)
     for f in paper_figures(result):
         lines.append(f"paper, {f.name} ({f.model.name} width {f.model.width}, batch {f.batch_syn}, {f.steps} "
                      f"steps; one A6000, Table 5): {f.gigabytes} GB")
@@ -219,11 +223,20 @@ def paper_comparison(result: MemoryResult) -> list[str]:
             if p.status == OOM:
                 lines.append(head + OOM)
                 continue
+            held, what = _held_beside(s)
             total = p.primary + held
-            lines.append(head + f"{format_bytes(p.primary)} {result.measure} + {format_bytes(held)} set, gradient "
-                         f"and momentum on the device (0 with --set-on host) = {total / 1e9:.1f} GB "
-                         f"({total / (f.gigabytes * 1e9):.2f} x the paper's)")
+            terms = f"{format_bytes(p.primary)} {result.measure}" + (f" + {format_bytes(held)} {what}" if what else "")
+            lines.append(head + f"{terms} = {total / 1e9:.1f} GB ({total / (f.gigabytes * 1e9):.2f} x the paper's)")
     return lines
+
+
+def _held_beside(s: BenchSettings) -> tuple[int, str]:
+    """Bytes of the set a point's measure leaves out, and what they are (see :func:`paper_comparison`)."""
+    if not s.on_cuda:
+        return set_bytes(s), "set, gradient and momentum (on a GPU: on the device unless --set-on host)"
+    if s.set_on == "host":
+        return 0, ""
+    return set_bytes(s) * 2 // 3, "set and momentum on the device"
 
 
 def write_memory_csv(result: MemoryResult, path: Path) -> Path:

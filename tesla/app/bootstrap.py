@@ -446,12 +446,13 @@ def run_demo(out: Path, *, device: Any = "cpu", **kwargs: Any) -> Any:
 
 
 def bench_settings(*, model: Any, ipc: int, batch_syn: Optional[int], dsa: bool, chunk: int, seed: int, device: str,
-                   threads: Optional[int]) -> Any:
+                   threads: Optional[int], micro_batch: Optional[int] = None, set_on: str = "device") -> Any:
     """The benchmark's problem on the resolved ``device``, checked (BenchError names the option)."""
     from tesla.domain.bench import BenchSettings
 
     return BenchSettings(model=model, ipc=ipc, batch_syn=batch_syn, dsa=dsa, chunk=chunk, seed=seed,
-                         device=str(resolve_device(device)), threads=threads).check()
+                         device=str(resolve_device(device)), threads=threads, micro_batch=micro_batch,
+                         set_on=set_on).check()
 
 
 def memory_bench(settings: Any, *, in_process: bool = False, max_rss_gb: Optional[float] = None,
@@ -479,6 +480,21 @@ def speed_bench(settings: Any, **kwargs: Any) -> Any:
     from tesla.app.services.bench import speed_bench as bench
 
     return bench(settings, probe=TorchSpeedProbe(), **kwargs)
+
+
+def speed_report(result: Any, out: Path) -> dict:
+    """``speed.csv`` and the matplotlib ``speed.png`` in ``out``."""
+    from tesla.adapters.plots import plot_speed
+    from tesla.app.services.bench import speed_report as report
+
+    return report(result, out, plot_speed)
+
+
+def bench_budget_micro_batch(settings: Any, budget: int) -> int:
+    """The micro-batch ``budget`` bytes of saved activations hold on the benchmark's network."""
+    from tesla.adapters.torch.bench import budget_micro_batch
+
+    return budget_micro_batch(settings, budget)
 
 
 # --- prepared real data -------------------------------------------------------------------------

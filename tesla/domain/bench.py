@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import attrs
 
-from tesla.domain import sampling
+from tesla.domain import memory, sampling
 from tesla.domain.config import ModelConfig, to_dict
 from tesla.domain.engines import NAMES as ENGINES
 from tesla.domain.engines import Engine, engine_for
@@ -43,6 +43,10 @@ class BenchSettings:
         seed: the network, the target, the images and the step plan.
         device: ``cpu``, ``cuda``, ``cuda:N``.
         threads: torch CPU threads (None: torch's default).
+        micro_batch: compute each step in pieces of at most this many images (None: whole
+            batches); the memory bench's batch axis sets it per point.
+        set_on: ``device`` (the set beside the network) or ``host`` (each step gathers its
+            rows to the device; on a CPU the same memory).
     """
 
     model: ModelConfig = attrs.field(factory=ModelConfig)
@@ -54,10 +58,17 @@ class BenchSettings:
     seed: int = 0
     device: str = "cpu"
     threads: Optional[int] = None
+    micro_batch: Optional[int] = None
+    set_on: str = "device"
 
     @property
     def num_images(self) -> int:
         return self.ipc * self.model.num_classes
+
+    @property
+    def batch(self) -> int:
+        """Images per student step."""
+        return self.batch_syn or self.num_images
 
     @property
     def on_cuda(self) -> bool:
@@ -70,6 +81,10 @@ class BenchSettings:
                              "images): lower it")
         if self.chunk < 1:
             raise BenchError(f"--chunk must be >= 1 (got {self.chunk})")
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise BenchError(f"--micro-batch must be >= 1 (got {self.micro_batch})")
+        if self.set_on not in ("device", "host"):
+            raise BenchError(f"--set-on must be device or host (got {self.set_on!r})")
         return self
 
     def to_json(self) -> str:
@@ -116,9 +131,32 @@ def plan_steps(s: BenchSettings, steps: int) -> list:
     return sampling.make_steps(s.num_images, steps, s.batch_syn, random.Random(s.seed), augment=s.dsa)
 
 
+def batch_axis(s: BenchSettings, batches: Sequence[Optional[int]] = (),
+               micro_batches: Sequence[Optional[int]] = ()) -> list:
+    """The (batch_syn, micro_batch) pairs of the memory bench's batch axis, in order.
+
+    Empty sequences mean the settings' own value. A micro-batch is cut to its batch (a
+    piece cannot hold more images than the step) and repeated pairs are dropped, so
+    ``--batch-syn 100,500 --micro-batch 500,100,50`` measures (100, 100), (100, 50),
+    (500, 500), (500, 100), (500, 50). Refuses (BenchError) a batch larger than the set
+    or a micro-batch below one.
+    """
+    pairs: list = []
+    for b in tuple(batches) or (s.batch_syn,):
+        batch = attrs.evolve(s, batch_syn=b).check().batch
+        for m in tuple(micro_batches) or (s.micro_batch,):
+            if m is not None and m < 1:
+                raise BenchError(f"--micro-batch must be >= 1 (got {m})")
+            pair = (b, None if m is None else min(m, batch))
+            if pair not in pairs:
+                pairs.append(pair)
+    return pairs
+
+
 @attrs.frozen
 class MemoryPoint:
-    """One (engine, steps) measurement; byte figures are None where not measured or OOM.
+    """One (engine, steps, batch_syn, micro_batch) measurement; byte figures are None
+    where not measured or OOM.
 
     Attributes:
         status: ``ok`` or ``OOM``.
@@ -127,6 +165,8 @@ class MemoryPoint:
         rss_peak: CPU: the child's peak resident set (ru_maxrss).
         rss_delta: CPU: ``rss_peak`` minus the resident set just before the iteration.
         seconds: the iteration's wall time (one run; see ``speed`` for timings).
+        batch_syn: images per step (None: the whole set).
+        micro_batch: images per piece of a step (None: whole batches).
     """
 
     engine: str
@@ -137,26 +177,91 @@ class MemoryPoint:
     rss_peak: Optional[int] = None
     rss_delta: Optional[int] = None
     seconds: Optional[float] = None
+    batch_syn: Optional[int] = None
+    micro_batch: Optional[int] = None
 
     @property
     def primary(self) -> Optional[int]:
         """The figure the table shows: the device peak on CUDA, saved bytes on CPU."""
         return self.device_peak if self.device_peak is not None else self.saved_peak
 
+    def value(self, field: str = "primary") -> Any:
+        """``primary`` or another byte field; ``OOM`` for a point that ran out of memory."""
+        if self.status == OOM:
+            return OOM
+        return self.primary if field == "primary" else getattr(self, field)
+
 
 @attrs.frozen
 class MemoryResult:
     settings: BenchSettings
-    points: tuple  # MemoryPoint, in (engine, steps) order
+    points: tuple  # MemoryPoint, in (engine, batch_syn, micro_batch, steps) order
     measure: str  # what ``primary`` means: "device peak" or "saved for backward"
     isolated: bool = False  # CPU points ran in fresh children (their RSS is per point)
 
+    @property
+    def pairs(self) -> list:
+        """The (batch_syn, micro_batch) pairs measured, in order."""
+        return list(dict.fromkeys((p.batch_syn, p.micro_batch) for p in self.points))
+
+    def batch_of(self, p: MemoryPoint) -> int:
+        return p.batch_syn or self.settings.num_images
+
+    def label(self, p: MemoryPoint) -> str:
+        """A row's name: the engine, with its batch and micro-batch when the batch axis has more than one pair."""
+        if len(self.pairs) <= 1:
+            return p.engine
+        micro = "whole" if p.micro_batch is None else str(p.micro_batch)
+        return f"{p.engine} batch {self.batch_of(p)} micro {micro}"
+
     def table(self) -> dict:
-        """{engine: {steps: bytes or 'OOM'}} of the primary measure."""
+        """{row label: {steps: bytes or 'OOM'}} of the primary measure (label: :meth:`label`)."""
         out: dict = {}
         for p in self.points:
-            out.setdefault(p.engine, {})[p.steps] = OOM if p.status == OOM else p.primary
+            out.setdefault(self.label(p), {})[p.steps] = p.value()
         return out
+
+
+@attrs.frozen
+class PaperMemory:
+    """A memory figure the TESLA paper reports (Table 5: one NVIDIA A6000, whole iteration).
+
+    Attributes:
+        name: the setting, as the paper's table names it.
+        model, ipc, batch_syn, steps: the setting (steps: the paper's matching steps).
+        engine: our engine that computes what the paper's method did.
+        gigabytes: the paper's figure, in GB as printed.
+    """
+
+    name: str
+    model: ModelConfig
+    ipc: int
+    batch_syn: int
+    steps: int
+    engine: str
+    gigabytes: float
+
+
+PAPER_MEMORY = (
+    PaperMemory("ImageNet-1K IPC 50, TESLA", ModelConfig(depth=4, width=128, image_size=64, num_classes=1000), 50, 500,
+                100, "tesla", 13.9),
+    PaperMemory("ImageNet-1K IPC 50, MTT", ModelConfig(depth=4, width=128, image_size=64, num_classes=1000), 50, 500,
+                100, "unrolled", 79.9),
+    PaperMemory("CIFAR-100 IPC 50, TESLA", ModelConfig(width=128, num_classes=100), 50, 100, 50, "tesla", 3.6),
+    PaperMemory("CIFAR-100 IPC 50, MTT", ModelConfig(width=128, num_classes=100), 50, 100, 50, "unrolled", 17.1),
+)
+
+
+def paper_figures(result: MemoryResult) -> list:
+    """The :data:`PAPER_MEMORY` figures whose setting (network, IPC, batch) the result measured."""
+    s = result.settings
+    batches = {result.batch_of(p) for p in result.points}
+    return [f for f in PAPER_MEMORY if f.model == s.model and f.ipc == s.ipc and f.batch_syn in batches]
+
+
+def set_bytes(s: BenchSettings, *, itemsize: int = 4) -> int:
+    """Bytes of the synthetic set a distillation keeps: images, gradient and momentum (float32)."""
+    return memory.set_bytes(s.num_images, s.model.channels * s.model.image_size ** 2, itemsize=itemsize)
 
 
 @attrs.frozen

@@ -19,6 +19,7 @@ import attrs
 
 
 from tesla.domain.errors import ConfigError  # noqa: E402  (re-exported: tesla.domain.config.ConfigError)
+from tesla.domain.memory import SET_ON_CHOICES, parse_bytes
 
 # --- small validators that name the field -------------------------------------------
 # Required fields refuse None (attrs passes whatever the caller gave, and a None that
@@ -297,6 +298,22 @@ class DistillConfig:
         remake_weights: ``exact`` engine: keep every ceil(sqrt(N))-th student weight vector
             of pass 1 and remake the others during the backward sweep: about 2 sqrt(N)
             vectors instead of N, for one more forward and backward per step; same numbers.
+        micro_batch: compute every student step (pass 1, pass 2, exact's adjoint, unrolled)
+            in pieces of at most this many images: activation memory is bounded by the
+            micro-batch, not by ``batch_syn``, and the numbers are the same (to rounding).
+            None: automatic, from ``memory_budget`` (or whole batches without one). Needs
+            per-sample normalisation: a model with batch norm is refused when a step would
+            be split. Memory only: a run may resume with another value.
+        memory_budget: bytes a step's saved activations may take (an int, or text such as
+            ``4GB`` = 4e9 or ``4GiB`` = 2**30): with ``micro_batch`` None it picks the
+            largest micro-batch that fits, measured on the student network, and caps the
+            soft-label chunk at it. None: no budget (whole batches).
+        set_on: where the synthetic set, its gradient and its momentum live: ``device``
+            (beside the network), ``host`` (host memory; each step gathers its rows to the
+            device and scatters their gradient back, so device memory does not grow with
+            the set) or ``auto``: ``host`` when they would take more than a quarter of the
+            device's memory, else ``device``. On a CPU host and device are the same memory:
+            ``auto`` is ``device`` there and ``host`` only changes the code path.
     """
 
     ipc: int = attrs.field(default=10, validator=_int_at_least(1))
@@ -337,6 +354,9 @@ class DistillConfig:
     channels_last: bool = attrs.field(default=False, validator=_flag)
     offload_weights: bool = attrs.field(default=False, validator=_flag)
     remake_weights: bool = attrs.field(default=False, validator=_flag)
+    micro_batch: Optional[int] = attrs.field(default=None, validator=_int_at_least(1, optional=True))
+    memory_budget: Optional[int] = attrs.field(default=None, converter=parse_bytes)
+    set_on: str = attrs.field(default="auto", validator=_one_of(*SET_ON_CHOICES))
 
     def __attrs_post_init__(self) -> None:
         if self.labels == "teacher-epoch" and self.label_epoch is None:

@@ -462,7 +462,7 @@ from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING, Callable, Mapping, TypeVar  # noqa: E402
 
 if TYPE_CHECKING:  # only for the annotations: the domain modules below import this one
-    from tesla.domain.bench import BenchSettings, MemoryPoint, MemoryResult
+    from tesla.domain.bench import BenchSettings, MemoryPoint, MemoryResult, SpeedResult
     from tesla.domain.config import DataConfig, DistillConfig, EvalConfig, ExpertConfig, ModelConfig
 
 
@@ -695,6 +695,12 @@ class MemoryPlot(Protocol):
     """Draws the memory benchmark (MiB against steps per engine) into a PNG file."""
 
     def __call__(self, result: "MemoryResult", path: Path) -> Path: ...
+
+
+class SpeedPlot(Protocol):
+    """Draws the speed benchmark (seconds per iteration of each configuration) into a PNG file."""
+
+    def __call__(self, result: "SpeedResult", path: Path) -> Path: ...
 
 
 class PrepareTask(Protocol):

@@ -156,6 +156,10 @@ class RichProgressSink:
         self._advance(self.done + 1, f"expert {e.expert} epoch {e.epoch}/{e.epochs}  loss {e.train_loss:.4g}{acc}")
 
     def _on_progress(self, e: Any) -> None:
+        if e.label == self.job:  # the job's own progress (bench memory/speed): the main bar moves
+            self.total = e.total if e.total is not None else self.total
+            self._advance(max(self.done, e.done), "")
+            return
         if e.label not in self._tasks:
             self._tasks[e.label] = self._progress.add_task(redact_text(e.label), total=e.total, info="")
         self._progress.update(self._tasks[e.label], completed=e.done, total=e.total)

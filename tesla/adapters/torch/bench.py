@@ -1,7 +1,8 @@
 """The benchmarks' measurements on torch: the memory and speed probes of ``tesla bench``.
 
-One *point* is one distillation iteration of an engine at a number of student steps on
-a synthetic problem of a stated size (:class:`~tesla.domain.bench.BenchSettings`): a
+One *point* is one distillation iteration of an engine at a number of student steps
+(in the settings' batch and micro-batch, with the set on the device or in host memory)
+on a synthetic problem of a stated size (:class:`~tesla.domain.bench.BenchSettings`): a
 seeded network as the start, a nearby target, random images, class-id labels and, by
 default, replayed DSA. Nothing is read from disk, so the figures depend only on the
 settings. The engine of a row comes from :func:`tesla.domain.bench.bench_engine`.
@@ -70,8 +71,9 @@ def build_problem(s: BenchSettings) -> Problem:
     # a target the expert would reach: a small seeded move away from the start
     target = start + (0.01 * torch.randn(start.shape, generator=gen)).to(device)
     shape = (s.num_images, s.model.channels, s.model.image_size, s.model.image_size)
-    images = torch.randn(shape, generator=gen).to(device)
-    labels = torch.arange(s.model.num_classes).repeat_interleave(s.ipc).to(device)
+    home = torch.device("cpu") if s.set_on == "host" else device  # a host-resident set stays in host memory
+    images = torch.randn(shape, generator=gen).to(home)
+    labels = torch.arange(s.model.num_classes).repeat_interleave(s.ipc).to(home)
     augment = None
     if s.dsa:
         from tesla.adapters.torch.augment import DSA
@@ -80,12 +82,26 @@ def build_problem(s: BenchSettings) -> Problem:
     return Problem(view=view, start=start, target=target, images=images, labels=labels, augment=augment)
 
 
+def budget_micro_batch(s: BenchSettings, budget: int) -> int:
+    """The largest micro-batch whose step fits ``budget`` bytes saved for backward, measured
+    on the settings' network (two small steps; :func:`tesla.adapters.torch.budget.step_cost`)."""
+    from tesla.adapters.torch.budget import step_cost
+    from tesla.domain.memory import micro_batch_for
+
+    view = FlatView(build_model(s.model, seed=s.seed).to(torch.device(s.device)))
+    shape = (s.model.channels, s.model.image_size, s.model.image_size)
+    return micro_batch_for(budget, step_cost(view, shape))
+
+
 def run_iteration(p: Problem, s: BenchSettings, engine: str, steps: int, *, precision: str = "fp32",
                   channels_last: bool = False) -> tuple[float, torch.Tensor]:
-    """One iteration of the bench row ``engine``; returns (loss, dL/dimages (N, C, H, W))."""
+    """One iteration of the bench row ``engine`` (in the settings' micro-batches, with the set
+    where they put it); returns (loss, dL/dimages (N, C, H, W))."""
     run = bench_engine(engine, s.chunk)
+    where = {"device": s.device} if s.set_on == "host" else {}
     compute = BatchedTorchCompute(p.view, p.images, p.labels, augment=p.augment, precision=precision,
-                                  channels_last=channels_last, mode="vmap" if batches_vjps(engine) else "loop")
+                                  channels_last=channels_last, mode="vmap" if batches_vjps(engine) else "loop",
+                                  micro_batch=s.micro_batch, set_on=s.set_on, **where)
     out = run(compute, p.start, p.target, s.lr, plan_steps(s, steps))
     return out.loss, compute.data_grad()[0]
 
@@ -119,6 +135,7 @@ def measure_point_here(s: BenchSettings, engine: str, steps: int) -> MemoryPoint
     from tesla.adapters.torch.saved import SavedTensorsMeter
 
     device = torch.device(s.device)
+    axis = {"batch_syn": s.batch_syn, "micro_batch": s.micro_batch}
     if s.threads:
         torch.set_num_threads(s.threads)
     try:
@@ -133,7 +150,7 @@ def measure_point_here(s: BenchSettings, engine: str, steps: int) -> MemoryPoint
             _sync(device)
             seconds = time.perf_counter() - t0
             peak = torch.cuda.max_memory_allocated(device) - before
-            return MemoryPoint(engine, steps, "ok", device_peak=int(peak), seconds=seconds)
+            return MemoryPoint(engine, steps, "ok", device_peak=int(peak), seconds=seconds, **axis)
         rss_before = host_rss()
         t0 = time.perf_counter()
         with SavedTensorsMeter() as meter:
@@ -141,13 +158,13 @@ def measure_point_here(s: BenchSettings, engine: str, steps: int) -> MemoryPoint
         seconds = time.perf_counter() - t0
         rss = peak_rss()
         return MemoryPoint(engine, steps, "ok", saved_peak=int(meter.peak), rss_peak=rss,
-                           rss_delta=max(0, rss - rss_before), seconds=seconds)
+                           rss_delta=max(0, rss - rss_before), seconds=seconds, **axis)
     except BaseException as e:  # noqa: BLE001 - an OOM is a result here, anything else is not
         if not is_oom(e):
             raise
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        return MemoryPoint(engine, steps, OOM)
+        return MemoryPoint(engine, steps, OOM, **axis)
 
 
 def measure_point_child(s: BenchSettings, engine: str, steps: int, *, max_rss_gb: Optional[float] = None,

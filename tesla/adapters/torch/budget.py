@@ -28,6 +28,7 @@ from tesla.adapters.torch.functional import FlatView
 from tesla.adapters.torch.microbatch import module_device
 from tesla.adapters.torch.saved import SavedTensorsMeter
 from tesla.domain.errors import ConfigError
+from tesla.domain.memory import StepCost, micro_batch_for
 from tesla.domain.ports import Step
 
 
@@ -74,10 +75,18 @@ def auto_micro_batch(view: FlatView, image_shape: Sequence[int], budget_bytes: i
     """
     if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes < 1:
         raise ConfigError(f"the memory budget must be a positive number of bytes (got {budget_bytes!r})")
+    return micro_batch_for(budget_bytes, step_cost(view, image_shape, learned_labels=learned_labels))
+
+
+def step_cost(view: FlatView, image_shape: Sequence[int], *, learned_labels: bool = False) -> StepCost:
+    """The fixed and per-image bytes one step saves for backward, from two small measured steps.
+
+    ``per_image`` is the difference of :func:`step_saved_bytes` at two images and at one,
+    ``fixed`` what one image's step holds beyond it (no gradient is kept).
+    """
     if len(tuple(image_shape)) != 3:
         raise ConfigError(f"image_shape must be (C, H, W) (got {tuple(image_shape)})")
     one = step_saved_bytes(view, image_shape, 1, learned_labels=learned_labels)
     two = step_saved_bytes(view, image_shape, 2, learned_labels=learned_labels)
     per_image = max(1, two - one)
-    fixed = max(0, one - per_image)
-    return max(1, (budget_bytes - fixed) // per_image)
+    return StepCost(fixed=max(0, one - per_image), per_image=per_image)

@@ -7,6 +7,14 @@ compute the config chooses (plain, or batched/mixed-precision). Its state is a
 :class:`~tesla.adapters.torch.synthetic.SyntheticState` (images, learned lr, optional
 logits and their SGD optimisers), which the service hands back without looking inside.
 
+Memory (:class:`MemoryPlan`, decided once at construction, before any work, so a
+refusal writes nothing): the micro-batch every step is computed in (explicit, or the
+largest that fits ``memory_budget`` as measured on this network; None when it would not
+split a batch), the soft-label chunk the budget allows, and where the set lives
+(``set_on``; ``auto`` weighs the set, its gradient and momentum against the device's
+memory, :func:`tesla.domain.memory.choose_set_on`). A model with batch norm is refused
+when a step would be split.
+
 ``TorchGauges`` makes what a run shows of itself: a small grid of un-whitened images
 (classes as columns, at most 16 px per image so an event stays small) and the device
 and host memory figures of :mod:`tesla.adapters.torch.memory`.
@@ -14,9 +22,11 @@ and host memory figures of :mod:`tesla.adapters.torch.memory`.
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any, Callable, Mapping, Optional
 
+import attrs
 import numpy as np
 import torch
 
@@ -24,22 +34,82 @@ from tesla.adapters.torch.augment import DSA
 from tesla.adapters.torch.compute import TorchCompute
 from tesla.adapters.torch.functional import FlatView
 from tesla.adapters.torch.memory import memory_sample
+from tesla.adapters.torch.microbatch import has_batch_norm
 from tesla.adapters.torch.models import build_model
 from tesla.adapters.torch.synthetic import SyntheticState, soft_labels
 from tesla.domain import events
 from tesla.domain.config import DistillConfig, ModelConfig
+from tesla.domain.errors import ConfigError
 from tesla.domain.labels import LabelPlan
+from tesla.domain.memory import choose_set_on, resolve_micro_batch, set_bytes, soft_label_chunk
 from tesla.domain.ports import Compute, DataSource
 
 
-def default_compute(cfg: DistillConfig) -> Callable[..., Compute]:
-    """The plain compute, or the batched one when a chunked pass 2 or another precision is asked."""
+@attrs.frozen
+class MemoryPlan:
+    """How a run keeps its memory: decided once from the config, the network and the device.
+
+    Attributes:
+        micro_batch: images per piece of a step; None: whole batches.
+        set_on: ``device`` or ``host`` (``auto`` resolved).
+        soft_label_chunk: images per teacher forward.
+        batch: images per student step (``batch_syn``, or the whole set).
+    """
+
+    micro_batch: Optional[int]
+    set_on: str
+    soft_label_chunk: int
+    batch: int
+
+
+def _device_total(device: torch.device) -> Optional[int]:
+    """Bytes of memory on an accelerator; None on a CPU (host and device are one memory)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return None
+
+
+def memory_plan(view: FlatView, model_cfg: ModelConfig, cfg: DistillConfig, device: torch.device, *,
+                learned_labels: bool = False) -> MemoryPlan:
+    """The run's :class:`MemoryPlan`; ConfigError for micro-batching a model with batch norm."""
+    from tesla.adapters.torch.budget import step_cost
+
+    images = cfg.ipc * model_cfg.num_classes
+    batch = min(cfg.batch_syn or images, images)
+    shape = (model_cfg.channels, model_cfg.image_size, model_cfg.image_size)
+
+    def measure():
+        # on a copy: a measuring forward must not touch the student's buffers (batch norm's running stats)
+        return step_cost(FlatView(copy.deepcopy(view.module)), shape, learned_labels=learned_labels)
+
+    micro = resolve_micro_batch(cfg.micro_batch, cfg.memory_budget, batch, measure)
+    if micro is not None and has_batch_norm(view.module):
+        asked = f"--micro-batch {cfg.micro_batch}" if cfg.micro_batch is not None else "--memory-budget"
+        raise ConfigError(f"{asked} would split each step of {batch} images into pieces of {micro}, but the "
+                          "experts' network has batch norm, which couples a step's images: train the experts with "
+                          "--norm instancenorm, or drop --micro-batch and --memory-budget")
+    needed = set_bytes(images, model_cfg.channels * model_cfg.image_size ** 2,
+                       label_elements=model_cfg.num_classes if learned_labels else 0)
+    set_on = choose_set_on(cfg.set_on, on_cpu=device.type == "cpu", needed=needed, device_total=_device_total(device))
+    return MemoryPlan(micro_batch=micro, set_on=set_on, batch=batch,
+                      soft_label_chunk=soft_label_chunk(cfg.soft_label_chunk, micro, cfg.memory_budget))
+
+
+def default_compute(cfg: DistillConfig, plan: Optional[MemoryPlan] = None,
+                    device: Optional[torch.device] = None) -> Callable[..., Compute]:
+    """The plain compute, or the batched one when a chunked pass 2 or another precision is
+    asked; with the plan's micro-batch, and computing on ``device`` for a host-resident set."""
+    memory = {}
+    if plan is not None:
+        memory = {"micro_batch": plan.micro_batch, "set_on": plan.set_on}
+        if plan.set_on == "host":
+            memory["device"] = device
     if cfg.second_pass_chunk > 1 or cfg.precision != "fp32" or cfg.channels_last:
         from tesla.adapters.torch.batched import BatchedTorchCompute
 
         return functools.partial(BatchedTorchCompute, precision=cfg.precision, channels_last=cfg.channels_last,
-                                 offload=cfg.offload_weights)
-    return functools.partial(TorchCompute, offload=cfg.offload_weights)
+                                 offload=cfg.offload_weights, **memory)
+    return functools.partial(TorchCompute, offload=cfg.offload_weights, **memory)
 
 
 class TorchStudent:
@@ -55,12 +125,14 @@ class TorchStudent:
     def __init__(self, model_cfg: ModelConfig, cfg: DistillConfig, device: torch.device | str = "cpu", *,
                  compute_factory: Optional[Callable[..., Compute]] = None) -> None:
         self.model_cfg = model_cfg
-        self.cfg = cfg
         self.device = torch.device(device)
         self.view = FlatView(build_model(model_cfg, seed=cfg.seed).to(self.device))
         self.augment = DSA() if cfg.dsa else None
         self.learned = cfg.labels == "learned"
-        self.make_compute = compute_factory or default_compute(cfg)
+        self.memory = memory_plan(self.view, model_cfg, cfg, self.device, learned_labels=self.learned)
+        # the soft-label chunk is memory only (the labels do not depend on it): the budget's
+        self.cfg = attrs.evolve(cfg, soft_label_chunk=self.memory.soft_label_chunk)
+        self.make_compute = compute_factory or default_compute(cfg, self.memory, self.device)
 
     @property
     def num_params(self) -> int:
@@ -69,10 +141,10 @@ class TorchStudent:
     # -- the state -----------------------------------------------------------------------
     def initial(self, data: DataSource) -> SyntheticState:
         return SyntheticState.initialise(data, self.cfg, num_classes=self.model_cfg.num_classes, device=self.device,
-                                         learned_labels=self.learned)
+                                         learned_labels=self.learned, set_on=self.memory.set_on)
 
     def restore(self, arrays: Mapping[str, Any]) -> SyntheticState:
-        return SyntheticState.from_arrays(dict(arrays), self.cfg, self.device)
+        return SyntheticState.from_arrays(dict(arrays), self.cfg, self.device, set_on=self.memory.set_on)
 
     def checkpoint_arrays(self, state: SyntheticState) -> dict[str, np.ndarray]:
         return state.to_arrays()

@@ -2,7 +2,9 @@
 
 Both commands build the same seeded synthetic problem from the options (default:
 ConvNet on the CIFAR-10 shape, IPC 10, every image in every step), print a table and
-write CSV (and, for memory, a PNG plot) to ``--out``. The work is done by
+write CSV and a PNG plot to ``--out``. ``memory`` also has a batch axis (``--batch-syn``
+and ``--micro-batch`` take lists) and prints the paper's figure beside a measured row
+when the problem is one of the paper's settings. The work is done by
 :mod:`tesla.app.services.bench` on the torch probes that :mod:`tesla.app.bootstrap`
 wires in; this module only parses and renders.
 """
@@ -33,6 +35,10 @@ DSA = typer.Option(True, "--dsa/--no-dsa", help="Replayed DSA in every step.")
 CHUNK = typer.Option(10, help="Pass-2 chunk of the tesla-batched row.")
 SEED = typer.Option(0, help="Seeds the network, images and steps.")
 THREADS = typer.Option(None, help="torch CPU threads.")
+MEMORY_BUDGET = typer.Option(None, "--memory-budget", help="Without --micro-batch: the largest micro-batch whose "
+                             "step saves at most this for backward, e.g. 4GB or 4GiB (measured on the network).")
+SET_ON = typer.Option("device", "--set-on", help="Where the set lives: device | host (steps gather their rows; on a "
+                      "CPU both are the same memory).")
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:
@@ -49,14 +55,33 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
-def _settings(*, width, depth, image_size, channels, classes, ipc, batch_syn, device, dsa, chunk, seed, threads):
+def _optional_ints(text: Optional[str], option: str) -> tuple[int, ...]:
+    """A comma-separated list of integers >= 1, or () when the option was not given."""
+    return () if text is None else _ints(text, option)
+
+
+def _settings(*, width, depth, image_size, channels, classes, ipc, batch_syn, device, dsa, chunk, seed, threads,
+              micro_batch=None, set_on="device"):
     from tesla.app import bootstrap
     from tesla.domain.config import ModelConfig
 
     model = ModelConfig(arch="convnet", width=width, depth=depth, image_size=image_size, channels=channels,
                         num_classes=classes)
     return bootstrap.bench_settings(model=model, ipc=ipc, batch_syn=batch_syn, dsa=dsa, chunk=chunk, seed=seed,
-                                    device=device, threads=threads)
+                                    device=device, threads=threads, micro_batch=micro_batch, set_on=set_on)
+
+
+def _budget_micro_batches(settings, micro: tuple, budget: Optional[str]) -> tuple:
+    """The micro-batch list: as given, else the one ``--memory-budget`` fits (said on a line), else ()."""
+    if micro or budget is None:
+        return micro
+    from tesla.app import bootstrap
+    from tesla.domain.memory import format_bytes, parse_bytes
+
+    size = parse_bytes(budget)
+    chosen = bootstrap.bench_budget_micro_batch(settings, size)
+    typer.echo(f"--memory-budget {budget} ({format_bytes(size)}): micro-batch {chosen}", err=True)
+    return (chosen,)
 
 
 def _mib(v) -> str:
@@ -64,41 +89,53 @@ def _mib(v) -> str:
 
 
 def _print_memory(result) -> None:
+    import attrs
     from rich.console import Console
     from rich.table import Table
 
-    from tesla.app.services.bench import OOM, memory_summary
+    from tesla.app.services.bench import memory_summary, paper_comparison
 
     steps = sorted({p.steps for p in result.points})
-    engines = list(dict.fromkeys(p.engine for p in result.points))
+    labels = list(dict.fromkeys(result.label(p) for p in result.points))
     s = result.settings
     m = s.model
+    batches = sorted({result.batch_of(p) for p in result.points})
+    batch = ",".join(map(str, batches)) if batches else str(s.batch)
+    micro = sorted({p.micro_batch for p in result.points if p.micro_batch is not None})
+    extras = _extras(attrs.evolve(s, micro_batch=None))
+    extras = (f", micro-batch {','.join(map(str, micro))}" if micro else "") + extras
     where = f"{m.name} {m.channels}x{m.image_size}x{m.image_size}, {m.num_classes} classes, width {m.width}, " \
-            f"IPC {s.ipc}, batch {s.batch_syn or 'all'}, {s.device}"
+            f"IPC {s.ipc}, batch {batch}{extras}, {s.device}"
     panels = [("primary", f"peak memory, MiB ({result.measure}) - {where}")]
     if result.measure != "device peak":
         panels.append(("rss_delta", "peak RSS above the start of each point's child process, MiB" if result.isolated
                        else "peak RSS above the start, MiB (in process: cumulative, not per point)"))
-    console = Console()
+    console = Console(width=max(100, Console().width))
     for field, title in panels:
-        table = Table(title=title)
-        table.add_column("engine")
+        console.print(title, highlight=False)  # a line of its own: as a table title it wraps to the table's width
+        table = Table()
+        table.add_column("engine" if len(result.pairs) <= 1 else "engine, batch, micro-batch")
         for n in steps:
             table.add_column(str(n), justify="right")
-        for e in engines:
+        for label in labels:
             cells = []
             for n in steps:
-                p = next((q for q in result.points if q.engine == e and q.steps == n), None)
-                if p is None:
-                    cells.append("")
-                elif p.status == OOM:
-                    cells.append(OOM)
-                else:
-                    cells.append(_mib(p.primary if field == "primary" else getattr(p, field)))
-            table.add_row(e, *cells)
+                p = next((q for q in result.points if result.label(q) == label and q.steps == n), None)
+                cells.append("" if p is None else _mib(p.value(field)))
+            table.add_row(label, *cells)
         console.print(table)
-        for line in memory_summary(result, field):
-            console.print(line, highlight=False)
+        if field == "primary" or result.isolated:  # in one process the RSS is cumulative: no ratios
+            for line in memory_summary(result, field):
+                console.print(line, highlight=False)
+    for line in paper_comparison(result):
+        console.print(line, highlight=False)
+
+
+def _extras(s) -> str:
+    """The settings a figure depends on beyond the problem's shape: micro-batch, set, threads."""
+    text = "" if s.micro_batch is None else f", micro-batch {s.micro_batch}"
+    text += ", set in host memory" if s.set_on == "host" else ""
+    return text + ("" if s.threads is None else f", {s.threads} thread{'s' if s.threads > 1 else ''}")
 
 
 def _print_speed(result) -> None:
@@ -108,7 +145,7 @@ def _print_speed(result) -> None:
     s, m = result.settings, result.settings.model
     table = Table(title=f"seconds per iteration, median of {result.repeats} (interleaved) - {m.name} "
                         f"{m.channels}x{m.image_size}x{m.image_size}, width {m.width}, IPC {s.ipc}, "
-                        f"batch {s.batch_syn or 'all'}, {s.device}")
+                        f"batch {s.batch_syn or 'all'}{_extras(s)}, {s.device}")
     for col in ("engine", "steps", "median s", "x unrolled", "grad rel. error vs fp32"):
         table.add_column(col, justify="left" if col == "engine" else "right")
     for r in result.rows:
@@ -129,7 +166,8 @@ def memory(
     channels: int = CHANNELS,
     classes: int = CLASSES,
     ipc: int = IPC,
-    batch_syn: Optional[int] = BATCH_SYN,
+    batch_syn: Optional[str] = typer.Option(None, "--batch-syn", help="Images per student step, comma-separated "
+                                            "(a batch axis), e.g. 100,500 (default: all)."),
     device: str = DEVICE,
     dsa: bool = DSA,
     chunk: int = CHUNK,
@@ -142,18 +180,26 @@ def memory(
     out: Path = typer.Option(Path("bench"), "--out", help="Folder for memory.csv and memory.png."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
     json_mode: bool = typer.Option(False, "--json", help="Events as JSON lines, then the result as one JSON object."),
+    micro_batch: Optional[str] = typer.Option(None, "--micro-batch", help="Images per piece of a step, "
+                                              "comma-separated (each measured at every --batch-syn), e.g. "
+                                              "500,100,50 (default: whole batches)."),
+    memory_budget: Optional[str] = MEMORY_BUDGET,
+    set_on: str = SET_ON,
 ) -> None:
-    """Peak memory of one iteration by number of matching steps (the paper's Table 4)."""
+    """Peak memory of one iteration by matching steps (the paper's Table 4), batch and micro-batch."""
     with errors():
         from tesla.app import bootstrap
         from tesla.app.services.bench import as_json
 
-        s = _settings(width=model_width, depth=depth, image_size=image_size, channels=channels, classes=classes,
-                      ipc=ipc, batch_syn=batch_syn, device=device, dsa=dsa, chunk=chunk, seed=seed, threads=threads)
         ns, es = _ints(steps, "--steps"), _names(engines)
+        bs, ms = _optional_ints(batch_syn, "--batch-syn"), _optional_ints(micro_batch, "--micro-batch")
+        s = _settings(width=model_width, depth=depth, image_size=image_size, channels=channels, classes=classes,
+                      ipc=ipc, batch_syn=bs[0] if len(bs) == 1 else None, device=device, dsa=dsa, chunk=chunk,
+                      seed=seed, threads=threads, set_on=set_on)
+        ms = _budget_micro_batches(s, ms, memory_budget)
         result = run_job(lambda sink, cancel: bootstrap.memory_bench(
-            s, steps=ns, engines=es, in_process=in_process, max_rss_gb=max_rss_gb, sink=sink, cancel=cancel),
-            run_dir=None, quiet=quiet, json_mode=json_mode)
+            s, steps=ns, engines=es, batches=bs, micro_batches=ms, in_process=in_process, max_rss_gb=max_rss_gb,
+            sink=sink, cancel=cancel), run_dir=None, quiet=quiet, json_mode=json_mode)
         files = bootstrap.memory_report(result, out)
         if json_mode:
             typer.echo(as_json(result, files))
@@ -185,27 +231,36 @@ def speed(
     max_memory_gb: Optional[float] = typer.Option(
         None, "--max-memory-gb",
         help="CPU: GiB the iterations may map (RLIMIT_AS; default 90% of available); more is an OOM row."),
-    out: Path = typer.Option(Path("bench"), "--out", help="Folder for speed.csv."),
+    out: Path = typer.Option(Path("bench"), "--out", help="Folder for speed.csv and speed.png."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
     json_mode: bool = typer.Option(False, "--json", help="Events as JSON lines, then the result as one JSON object."),
+    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="Compute each step in pieces of at most "
+                                              "this many images (default: whole batches)."),
+    memory_budget: Optional[str] = MEMORY_BUDGET,
+    set_on: str = SET_ON,
 ) -> None:
     """Seconds per iteration of each engine, interleaved; medians and ratios to unrolled."""
     with errors():
         from tesla.app import bootstrap
-        from tesla.app.services.bench import as_json, speed_report
+        from tesla.app.services.bench import as_json
 
         s = _settings(width=model_width, depth=depth, image_size=image_size, channels=channels, classes=classes,
-                      ipc=ipc, batch_syn=batch_syn, device=device, dsa=dsa, chunk=chunk, seed=seed, threads=threads)
+                      ipc=ipc, batch_syn=batch_syn, device=device, dsa=dsa, chunk=chunk, seed=seed, threads=threads,
+                      micro_batch=micro_batch, set_on=set_on)
+        if micro_batch is None and memory_budget is not None:
+            import attrs
+
+            s = attrs.evolve(s, micro_batch=_budget_micro_batches(s, (), memory_budget)[0]).check()
         ns, es, ps = _ints(steps, "--steps"), _names(engines), _names(precision)
         result = run_job(lambda sink, cancel: bootstrap.speed_bench(
             s, steps=ns, engines=es, repeats=repeats, warmup=warmup, precisions=ps, channels_last=channels_last,
             max_memory_gb=max_memory_gb, sink=sink, cancel=cancel), run_dir=None, quiet=quiet, json_mode=json_mode)
-        files = speed_report(result, out)
+        files = bootstrap.speed_report(result, out)
         if json_mode:
             typer.echo(as_json(result, files))
             return
         _print_speed(result)
-        typer.echo(f"wrote {files['csv']}")
+        typer.echo(f"wrote {files['csv']} and {files['png']}")
 
 
 bench_app.command("memory")(memory)

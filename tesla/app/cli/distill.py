@@ -73,6 +73,16 @@ def distill(
                                         "instead of OUT/synthetic.zarr; --storage-option applies to it."),
     distributed: bool = typer.Option(False, "--distributed", help="One rank of a torchrun job: pass 2 is split "
                                      "across ranks (tesla engine; see docs/DISTRIBUTED.md)."),
+    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="Compute each student step in pieces of "
+                                              "at most K images: activation memory bounded by K, same numbers "
+                                              "(not with batch norm) [default: from --memory-budget, else whole "
+                                              "batches]."),
+    memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help="Bytes a step's activations may take, "
+                                                "e.g. 4GB or 4GiB: picks the largest micro-batch that fits (measured "
+                                                "on the network) and caps the soft-label chunk [default: no budget]."),
+    set_on: Optional[str] = typer.Option(None, "--set-on", help="Where the set, its gradient and momentum live: "
+                                         "host | device | auto (host when they would take over a quarter of the "
+                                         "GPU; on a CPU both are the same memory) [default: auto]."),
 ) -> None:
     """Distil a synthetic set by trajectory matching (TESLA, exact or MTT gradients)."""
     with errors():
@@ -91,12 +101,13 @@ def distill(
             labels=labels, label_epoch=label_epoch, init=init, dsa=dsa, seed=seed,
             checkpoint_every=checkpoint_every, max_grad_norm=max_grad_norm, max_loss=max_loss, second_pass_chunk=second_pass_chunk,
             precision=precision, channels_last=channels_last, offload_weights=offload_weights,
-            remake_weights=remake_weights))
+            remake_weights=remake_weights, micro_batch=micro_batch, memory_budget=memory_budget, set_on=set_on))
         request = DistillRequest(trajectories=trajectories, out=out, cfg=cfg, dataset=dataset, data=data,
                                  set_name=SET_NAMES[store_format], device=device, resume=resume,
                                  eval_every=eval_every, eval_models=eval_models, eval_epochs=eval_epochs,
                                  preview_every=preview_every, storage_options=storage_options(storage_option),
                                  store_url=store)
+        note_set_on(cfg.set_on, device, quiet or json_mode)
         run_ranked_distillation(request, distributed, tui, quiet, json_mode, tensorboard)
 
 
@@ -124,3 +135,14 @@ def run_ranked_distillation(request, distributed: bool, tui: bool, quiet: bool, 
 
 def register(app: typer.Typer) -> None:
     app.command("distill")(distill)
+
+
+def note_set_on(set_on: str, device: str, quiet: bool) -> None:
+    """Say that ``--set-on host`` moves nothing on a CPU, where host and device are one memory."""
+    if set_on != "host" or quiet:
+        return
+    from tesla.app import bootstrap
+
+    if bootstrap.resolve_device(device).type == "cpu":
+        typer.echo("note: on a CPU the host and the device are one memory: --set-on host changes the code path "
+                   "(rows gathered per step), not where the set lives", err=True)

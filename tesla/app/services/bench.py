@@ -8,11 +8,16 @@ point costs is measured through ports (:class:`~tesla.domain.ports.MemoryProbe`,
 are in :mod:`tesla.domain.bench`.
 
 ``memory``
-    Peak memory of one iteration per (engine, steps): the device allocator's peak on
-    CUDA; on a CPU the bytes saved for backward and the peak resident set of a fresh
-    child process per point. Steps are the outer loop, engines the inner one, so a slow
+    Peak memory of one iteration per (engine, steps, batch_syn, micro-batch): the device
+    allocator's peak on CUDA; on a CPU the bytes saved for backward and the peak resident
+    set of a fresh child process per point. Steps are the outer loop, then the batch axis
+    (:func:`~tesla.domain.bench.batch_axis`), engines the inner one, so a slow
     ``unrolled`` tail does not starve the others; a point that runs out of memory is an
-    ``OOM`` cell and a Warning event.
+    ``OOM`` cell and a Warning event. :func:`memory_summary` states the targets as
+    ratios (growth with the steps from the first point, the micro-batch's share of the
+    whole batch, growth with the batch at a fixed micro-batch) and
+    :func:`paper_comparison` sets a measured row beside the paper's figure where the
+    settings are the paper's.
 
 ``speed``
     Seconds per iteration of every configuration, interleaved in one run (A B C A B C
@@ -24,8 +29,9 @@ are in :mod:`tesla.domain.bench`.
     limit (by default 90% of the available memory), so an engine that would exhaust the
     host becomes an ``OOM`` row instead of a run the kernel's OOM killer ends.
 
-Both publish ``RunStarted``, ``Progress`` (one per point), ``Warning`` (per OOM) and
-``RunFinished`` events; the CLI renders the returned rows.
+Both publish ``RunStarted``, ``Progress`` (one per point, labelled with the job's name
+so the display's main bar advances with it), ``Warning`` (per OOM) and ``RunFinished``
+events; the CLI renders the returned rows.
 """
 
 from __future__ import annotations
@@ -41,13 +47,19 @@ import attrs
 
 from tesla.domain import events
 from tesla.domain.bench import (BASE_ENGINE, BENCH_ENGINES, DEFAULT_STEPS, ENGINES, OOM, BenchSettings, MemoryPoint,
-                                MemoryResult, SpeedResult, SpeedRow, check_request)
+                                MemoryResult, SpeedResult, SpeedRow, batch_axis, check_request, paper_figures,
+                                set_bytes)
 from tesla.domain.errors import BenchError
-from tesla.domain.ports import Cancel, EventSink, MemoryPlot, MemoryProbe, NullSink, SpeedProbe, SpeedSession
+from tesla.domain.memory import format_bytes
+from tesla.domain.ports import (Cancel, EventSink, MemoryPlot, MemoryProbe, NullSink, SpeedPlot, SpeedProbe,
+                                SpeedSession)
 
 __all__ = ["BENCH_ENGINES", "DEFAULT_STEPS", "ENGINES", "OOM", "BenchError", "BenchSettings", "MemoryPoint",
            "MemoryResult", "SpeedResult", "SpeedRow", "memory_bench", "memory_report", "memory_summary",
-           "speed_bench", "speed_report", "write_memory_csv", "write_speed_csv"]
+           "paper_comparison", "speed_bench", "speed_report", "write_memory_csv", "write_speed_csv"]
+
+MEMORY_JOB = "bench memory"
+SPEED_JOB = "bench speed"
 
 
 def _cancelled(cancel: Optional[Cancel]) -> bool:
@@ -58,39 +70,48 @@ def _cancelled(cancel: Optional[Cancel]) -> bool:
 
 
 def memory_bench(s: BenchSettings, *, probe: MemoryProbe, steps: Sequence[int] = DEFAULT_STEPS,
-                 engines: Sequence[str] = ENGINES, sink: Optional[EventSink] = None,
+                 engines: Sequence[str] = ENGINES, batches: Sequence[Optional[int]] = (),
+                 micro_batches: Sequence[Optional[int]] = (), sink: Optional[EventSink] = None,
                  cancel: Optional[Cancel] = None) -> MemoryResult:
-    """Peak memory of one iteration per (engine, steps); see the module docstring.
+    """Peak memory of one iteration per (engine, steps, batch_syn, micro-batch); see the module docstring.
 
     Args:
         s: the problem.
         probe: measures one point.
         steps: numbers of student steps (columns of the table).
         engines: rows, from ``unrolled``, ``tesla``, ``exact``, ``tesla-batched``, ``exact-remake``.
+        batches, micro_batches: the batch axis (empty: the settings' own ``batch_syn`` and
+            ``micro_batch``); every micro-batch is measured at every batch.
         cancel: when set, the remaining points are skipped.
     """
     sink = sink or NullSink()
     check_request(tuple(engines), tuple(steps))
-    total = len(steps) * len(engines)
-    sink.emit(events.RunStarted(job="bench", config={"bench": "memory", "settings": json.loads(s.to_json()),
-                                                     "steps": list(steps), "engines": list(engines),
-                                                     "max_rss_gb": probe.max_rss_gb},
-                                total=total))
+    pairs = batch_axis(s, batches, micro_batches)
+    total = len(steps) * len(pairs) * len(engines)
+    sink.emit(events.RunStarted(job=MEMORY_JOB, config={
+        "bench": "memory", "settings": json.loads(s.to_json()), "steps": list(steps), "engines": list(engines),
+        "batch_axis": [list(p) for p in pairs], "max_rss_gb": probe.max_rss_gb}, total=total))
     points: list = []
     status = "completed"
     for n in steps:
-        for engine in engines:
-            if _cancelled(cancel):
-                status = "cancelled"
+        for b, m in pairs:
+            for engine in engines:
+                if _cancelled(cancel):
+                    status = "cancelled"
+                    break
+                points.append(_measure(probe, attrs.evolve(s, batch_syn=b, micro_batch=m), engine, n))
+                if points[-1].status == OOM:
+                    sink.emit(events.Warning(message=f"{engine} ran out of memory at {n} steps"
+                                             + ("" if len(pairs) == 1 else f" (batch {b or s.num_images}, "
+                                                f"micro-batch {m or 'whole'})")))
+                sink.emit(events.Progress(label=MEMORY_JOB, done=len(points), total=total))
+            if status == "cancelled":
                 break
-            points.append(probe.measure(s, engine, n))
-            if points[-1].status == OOM:
-                sink.emit(events.Warning(message=f"{engine} ran out of memory at {n} steps"))
-            sink.emit(events.Progress(label="bench memory", done=len(points), total=total))
         if status == "cancelled":
             break
     order = {e: i for i, e in enumerate(engines)}
-    points.sort(key=lambda p: (order[p.engine], p.steps))
+    axis = {p: i for i, p in enumerate(pairs)}
+    points.sort(key=lambda p: (order[p.engine], axis[(p.batch_syn, p.micro_batch)], p.steps))
     result = MemoryResult(settings=s, points=tuple(points),
                           measure="device peak" if s.on_cuda else "saved for backward", isolated=probe.isolated(s))
     sink.emit(events.RunFinished(status=status, summary={"memory": {e: {str(k): v for k, v in row.items()}
@@ -98,42 +119,140 @@ def memory_bench(s: BenchSettings, *, probe: MemoryProbe, steps: Sequence[int] =
     return result
 
 
+def _measure(probe: MemoryProbe, s: BenchSettings, engine: str, steps: int) -> MemoryPoint:
+    """One point, stamped with the batch axis it was measured at."""
+    return attrs.evolve(probe.measure(s, engine, steps), batch_syn=s.batch_syn, micro_batch=s.micro_batch)
+
+
+def _ratio(a: Any, b: Any) -> Optional[float]:
+    """``a / b`` of two measured byte counts; None where either is missing, OOM or b is 0."""
+    return a / b if isinstance(a, int) and isinstance(b, int) and b > 0 else None
+
+
 def memory_summary(result: MemoryResult, field: str = "primary") -> list[str]:
-    """The issue's targets as ratios of one measure (``primary`` or ``rss_delta``): growth
-    from the smallest N >= 10 to the largest, and the share of ``unrolled`` at the largest N."""
-    table: dict = {}
-    for p in result.points:
-        value = OOM if p.status == OOM else (p.primary if field == "primary" else getattr(p, field))
-        table.setdefault(p.engine, {})[p.steps] = value
-    steps = sorted({p.steps for p in result.points})
-    lo = next((n for n in steps if n >= 10), steps[0])
-    hi = steps[-1]
+    """The issue's targets as ratios of one measure (``primary`` or ``rss_delta``).
+
+    - growth with the steps: each row's value at the largest N against its value at the
+      first (smallest) N, and its share of ``unrolled`` at the largest N;
+    - the micro-batch: at the largest N, the smallest micro-batch's value against the
+      largest one's (whole batch when measured) at the same batch;
+    - the batch: at the largest N and a fixed micro-batch, the largest batch's value
+      against the smallest one's (flat when the activations no longer grow with it).
+    """
     name = result.measure if field == "primary" else "peak RSS"
+    steps = sorted({p.steps for p in result.points})
+    lo, hi = steps[0], steps[-1]
+    at = {(p.engine, p.batch_syn, p.micro_batch, p.steps): p.value(field) for p in result.points}
     lines = []
-    un = table.get("unrolled", {}).get(hi)
-    for e in ("tesla", "exact", "tesla-batched", "exact-remake"):
-        row = table.get(e)
-        if not row or not isinstance(row.get(lo), int) or not isinstance(row.get(hi), int):
-            continue
-        text = f"{e} ({name}): at {hi} steps {row[hi] / max(row[lo], 1):.3f} x its value at {lo} steps"
-        if isinstance(un, int):
-            text += f"; 1/{un / max(row[hi], 1):.1f} of unrolled at {hi} steps"
-        elif un is not None:
-            text += f"; unrolled at {hi} steps: {un}"
-        lines.append(text)
+    if lo != hi:
+        for b, m in result.pairs:
+            un = at.get(("unrolled", b, m, hi))
+            for e in ("tesla", "exact", "tesla-batched", "exact-remake"):
+                r = _ratio(at.get((e, b, m, hi)), at.get((e, b, m, lo)))
+                if r is None:
+                    continue
+                row = next(p for p in result.points if (p.engine, p.batch_syn, p.micro_batch) == (e, b, m))
+                text = f"{result.label(row)} ({name}): at {hi} steps {r:.3f} x its value at {lo} steps"
+                share = _ratio(un, at[(e, b, m, hi)])
+                if share is not None:
+                    text += f"; 1/{share:.1f} of unrolled at {hi} steps"
+                elif un == OOM:
+                    text += f"; unrolled at {hi} steps: {un}"
+                lines.append(text)
+    lines += _micro_lines(result, at, hi, name) + _batch_lines(result, at, hi, name)
     return lines
 
 
+def _micro_lines(result: MemoryResult, at: dict, n: int, name: str) -> list[str]:
+    lines = []
+    for e in dict.fromkeys(p.engine for p in result.points):
+        for b in dict.fromkeys(b for b, _ in result.pairs):
+            batch = b or result.settings.num_images
+            micros = [m for bb, m in result.pairs if bb == b]
+            if len(micros) < 2:
+                continue
+            size = {m: batch if m is None else m for m in micros}
+            big, small = max(micros, key=size.get), min(micros, key=size.get)
+            r = _ratio(at.get((e, b, small, n)), at.get((e, b, big, n)))
+            if r is not None:
+                whole = " (the whole batch)" if size[big] == batch else ""
+                lines.append(f"{e}, batch {batch} ({name}) at {n} steps: micro-batch {size[small]} takes {r:.3f} x "
+                             f"micro-batch {size[big]}{whole}")
+    return lines
+
+
+def _batch_lines(result: MemoryResult, at: dict, n: int, name: str) -> list[str]:
+    lines = []
+    for e in dict.fromkeys(p.engine for p in result.points):
+        for m in dict.fromkeys(m for _, m in result.pairs if m is not None):
+            batches = sorted((b or result.settings.num_images, b) for b, mm in result.pairs if mm == m)
+            if len(batches) < 2:
+                continue
+            (lo_n, lo_b), (hi_n, hi_b) = batches[0], batches[-1]
+            r = _ratio(at.get((e, hi_b, m, n)), at.get((e, lo_b, m, n)))
+            if r is not None:
+                lines.append(f"{e}, micro-batch {m} ({name}) at {n} steps: batch {hi_n} takes {r:.3f} x batch {lo_n}")
+    return lines
+
+
+def paper_comparison(result: MemoryResult) -> list[str]:
+    """Measured rows beside the paper's figures, where the settings are the paper's.
+
+    The paper's figure is a whole GPU's allocation during its iteration (Table 5: one
+    A6000, the paper's matching steps): the set, its gradient and momentum, the network,
+    the weights and the activations. Ours is the measured peak of one iteration plus what
+    the measurement leaves out of the float32 set, its gradient and momentum, stated as
+    separate terms:
+
+    - on a CPU: the bytes saved for backward (what a GPU would hold for activations) +
+      the set, its gradient and momentum (on a GPU, on the device unless ``--set-on host``);
+    - on CUDA with the set on the device: the device peak (the gradient accumulator is
+      made inside it) + the images and their momentum, there before it;
+    - on CUDA with ``--set-on host``: the device peak alone (the set is in host memory).
+    """
+    lines = []
+    s = result.settings
+    for f in paper_figures(result):
+        lines.append(f"paper, {f.name} ({f.model.name} width {f.model.width}, batch {f.batch_syn}, {f.steps} "
+                     f"steps; one A6000, Table 5): {f.gigabytes} GB")
+        for p in result.points:
+            if p.engine != f.engine or result.batch_of(p) != f.batch_syn:
+                continue
+            micro = "whole batch" if p.micro_batch is None else f"micro-batch {p.micro_batch}"
+            head = f"  here, {p.engine}, batch {f.batch_syn}, {micro}, {p.steps} steps: "
+            if p.status == OOM:
+                lines.append(head + OOM)
+                continue
+            held, what = _held_beside(s)
+            total = p.primary + held
+            terms = f"{format_bytes(p.primary)} {result.measure}" + (f" + {format_bytes(held)} {what}" if what else "")
+            lines.append(head + f"{terms} = {total / 1e9:.1f} GB ({total / (f.gigabytes * 1e9):.2f} x the paper's)")
+    return lines
+
+
+def _held_beside(s: BenchSettings) -> tuple[int, str]:
+    """Bytes of the set a point's measure leaves out, and what they are (see :func:`paper_comparison`)."""
+    if not s.on_cuda:
+        return set_bytes(s), "set, gradient and momentum (on a GPU: on the device unless --set-on host)"
+    if s.set_on == "host":
+        return 0, ""
+    return set_bytes(s) * 2 // 3, "set and momentum on the device"
+
+
 def write_memory_csv(result: MemoryResult, path: Path) -> Path:
-    """One row per point: engine, steps, status and every byte figure."""
+    """One row per point: engine, steps, batch_syn (images per step), micro_batch (empty:
+    whole batches), status and every byte figure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fields = ["engine", "steps", "status", "device_peak", "saved_peak", "rss_peak", "rss_delta", "seconds"]
+    fields = ["engine", "steps", "batch_syn", "micro_batch", "status", "device_peak", "saved_peak", "rss_peak",
+              "rss_delta", "seconds"]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for p in result.points:
-            w.writerow({k: ("" if v is None else v) for k, v in attrs.asdict(p).items()})
+            row = {k: ("" if v is None else v) for k, v in attrs.asdict(p).items()}
+            row["batch_syn"] = result.batch_of(p)  # the images per step, also where it was "all"
+            w.writerow(row)
     return path
 
 
@@ -171,7 +290,7 @@ def speed_bench(s: BenchSettings, *, probe: SpeedProbe, steps: Sequence[int] = (
     limit = _memory_limit(s, probe, max_memory_gb)
     configs = _configs(steps, engines, precisions, channels_last)
     total = (warmup + repeats) * len(configs)
-    sink.emit(events.RunStarted(job="bench", config={"bench": "speed", "settings": json.loads(s.to_json()),
+    sink.emit(events.RunStarted(job=SPEED_JOB, config={"bench": "speed", "settings": json.loads(s.to_json()),
                                                      "steps": list(steps), "engines": list(engines),
                                                      "precisions": list(precisions), "channels_last": channels_last,
                                                      "repeats": repeats, "warmup": warmup}, total=total))
@@ -226,10 +345,12 @@ class _Rounds:
                     return "cancelled"
                 done += 1
                 if c not in self.failed:
-                    self._time(session, c, timed=r >= warmup, sink=sink, progress=(done, total))
+                    self._time(session, c, timed=r >= warmup, sink=sink)
+                # every configuration of every round moves the bar, an OOM row's skipped turns too
+                sink.emit(events.Progress(label=SPEED_JOB, done=done, total=total))
         return "completed"
 
-    def _time(self, session: SpeedSession, c: tuple, *, timed: bool, sink: EventSink, progress: tuple) -> None:
+    def _time(self, session: SpeedSession, c: tuple, *, timed: bool, sink: EventSink) -> None:
         engine, pr, cl, n = c
         result = session.run(engine, n, pr, cl)
         if result is None:
@@ -239,7 +360,6 @@ class _Rounds:
         if timed:
             self.times[c].append(result.seconds)
         self.grads.setdefault(c, result.grad)
-        sink.emit(events.Progress(label="bench speed", done=progress[0], total=progress[1]))
 
     def row(self, c: tuple, session: SpeedSession) -> SpeedRow:
         engine, pr, cl, n = c
@@ -272,11 +392,14 @@ def write_speed_csv(result: SpeedResult, path: Path) -> Path:
     return path
 
 
-def speed_report(result: SpeedResult, out: Path) -> dict:
-    """``speed.csv`` in ``out``; {"csv": path}."""
+def speed_report(result: SpeedResult, out: Path, plot: Optional[SpeedPlot] = None) -> dict:
+    """``speed.csv`` (and ``speed.png`` when given a plot) in ``out``; {"csv": path[, "png": path]}."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    return {"csv": write_speed_csv(result, out / "speed.csv")}
+    files = {"csv": write_speed_csv(result, out / "speed.csv")}
+    if plot is not None:
+        files["png"] = plot(result, out / "speed.png")
+    return files
 
 
 def as_json(result: Any, files: dict) -> str:

@@ -40,7 +40,7 @@ from tesla.domain.records import Checkpoint, FinalSet
 
 # fields that may differ when a run is resumed (the usual fixes and the run length)
 RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "lr_img", "lr_lr", "lr_label", "max_grad_norm", "max_loss",
-                     "remake_weights"}  # memory only: the same numbers either way
+                     "remake_weights", "micro_batch", "memory_budget", "set_on"}  # memory only: the same numbers
 
 
 @attrs.frozen

@@ -330,10 +330,11 @@ def distill_in_process(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Data
     run_store: SetStore = SyntheticSetStore(store)
     if not ranks.is_writer:
         run_store = FollowerStore(lambda: SyntheticSetStore(open_synthetic(url, "r")))
+    student = TorchStudent(model_cfg, cfg, device)
     run = service.DistillRun(
         cfg=cfg, model=model_cfg, data=data, trajectories=trajectories, store=run_store,
-        student=TorchStudent(model_cfg, cfg, device),
-        engine=from_config(cfg, shard=ranks.shard), ranks=ranks,
+        student=student,
+        engine=from_config(cfg, shard=ranks.shard, layout=student.layout), ranks=ranks,
         gauges=TorchGauges(device, decode, cfg.ipc, model_cfg.num_classes),
         evaluator=evaluator or service.no_evaluation,
         cadence=service.Cadence(preview_every=preview_every, memory_every=memory_every, eval_every=eval_every),

@@ -798,3 +798,10 @@ class SetExporter(Protocol):
     def published(self, syn: StoredSet, folder: str) -> list[str]: ...
 
     def png_grid(self, syn: StoredSet, folder: str, per_row: int) -> list[str]: ...
+
+
+class QualityPlot(Protocol):
+    """Draws ``tesla bench quality``'s table (:class:`~tesla.domain.quality.TableRow` per
+    recipe and architecture) as bars, random real as the reference, into a PNG file."""
+
+    def __call__(self, rows: Sequence[Any], baseline: str, title: str, path: Path) -> Path: ...

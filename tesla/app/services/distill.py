@@ -583,7 +583,7 @@ def stop_unhealthy(run: DistillRun, progress: Progress, verdict: Verdict, sink: 
     state is not a good one), say what failed and what to change, raise NumericalError."""
     kept = last_kept(run.store)
     where = (f"the last checkpoint (after iteration {kept}) is kept for --resume" if kept
-             else "no checkpoint was written before it")
+             else "no checkpoint was written before it, so start the run again (without --resume)")
     message = f"{verdict.message}; {where}"
     sink.emit(events.Error(message=message, iteration=progress.done))
     sink.emit(events.RunFinished(status="failed", summary={"iteration": progress.done, "error": message,

@@ -360,7 +360,8 @@ def distill(run: DistillRun, sink: Optional[EventSink] = None, cancel: Optional[
     Raises:
         DistillError: the inputs do not fit (before any work) or the checkpoint was made
             with other settings.
-        NumericalError: NaN/inf or divergence; the last good state is kept.
+        NumericalError: NaN/inf or divergence, labels that collapsed or a run that stalled
+            (run health); the last good state is kept.
     """
     sink = sink or NullSink()
     cancel = cancel or _NeverCancelled()

@@ -148,7 +148,10 @@ def run_ranked_distillation(request, distributed: bool, tui: bool, quiet: bool, 
     if ran.is_writer and not quiet and not json_mode:
         loss = "-" if result.loss is None else f"{result.loss:.4f}"
         where = redact_url(request.store_url) if request.store_url else request.out / request.set_name
-        typer.echo(f"{result.status} at iteration {result.iterations}: loss {loss}, lr {result.lr:.5f} -> {where}")
+        health = getattr(result, "health", None)
+        agree = "" if not health else f", labels name their class for {health['agreement']:.0%} of the images"
+        typer.echo(f"{result.status} at iteration {result.iterations}: loss {loss}, lr {result.lr:.5f}{agree} "
+                   f"-> {where}")
     if result.status != "completed":
         raise typer.Exit(1)
 

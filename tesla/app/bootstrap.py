@@ -360,10 +360,11 @@ def distill_in_process(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Data
     run_store: SetStore = SyntheticSetStore(store)
     if not ranks.is_writer:
         run_store = FollowerStore(lambda: SyntheticSetStore(open_synthetic(url, "r")))
+    student = TorchStudent(model_cfg, cfg, device)
     run = service.DistillRun(
         cfg=cfg, model=model_cfg, data=data, trajectories=trajectories, store=run_store,
-        student=TorchStudent(model_cfg, cfg, device),
-        engine=from_config(cfg, shard=ranks.shard), ranks=ranks,
+        student=student,
+        engine=from_config(cfg, shard=ranks.shard, layout=student.layout), ranks=ranks,
         gauges=TorchGauges(device, decode, cfg.ipc, model_cfg.num_classes),
         evaluator=evaluator or service.no_evaluation,
         cadence=service.Cadence(preview_every=preview_every, memory_every=memory_every, eval_every=eval_every),
@@ -546,3 +547,61 @@ def import_mtt(src_dir: str, url: str, model: Optional[dict], **kwargs: Any) -> 
     from tesla.adapters.stores.mtt import import_mtt as run
 
     return run(src_dir, url, model, **kwargs)
+
+
+# --- the quality bench (recipes distilled and evaluated on one set of experts) ------------------
+
+
+def _recipe_distill(device: Any) -> Any:
+    """A recipe's distillation stage: the distillation service on ``device`` into
+    ``run_dir/synthetic.zarr`` (resumed when there), its events also in ``run_dir/events.jsonl``."""
+
+    def stage(cfg: Any, model: Any, data: Any, trajectories: str, run_dir: Path, sink: Any, cancel: Any) -> tuple:
+        from tesla.adapters.events.jsonl import JsonlSink
+        from tesla.domain.ports import FanOut
+        from tesla.domain.urls import redact_url
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        store = open_synthetic(str(run_dir / "synthetic.zarr"), "a")
+        log = JsonlSink(run_dir / EVENTS)
+        normalizer = data.normalizer
+        try:
+            with open_trajectories(trajectories, "r") as experts:
+                provenance = {"dataset": dict(experts.meta.dataset), "trajectories": redact_url(trajectories),
+                              "class_names": list(data.class_names or []),
+                              "normalizer_state": normalizer.to_state() if normalizer is not None else None}
+                result = distill_in_process(cfg=cfg, model_cfg=model, data=data, trajectories=experts, store=store,
+                                            sink=FanOut(sink, log), device=device, cancel=cancel, resume=True,
+                                            provenance=provenance)
+        finally:
+            log.close()
+        return result, (store.read_set() if result.status == "completed" else None)
+
+    return stage
+
+
+def prepare_quality(request: Any, *, device: str = "auto", threads: Optional[int] = None,
+                    storage_options: Optional[dict] = None) -> Any:
+    """:func:`tesla.app.services.quality.prepare_quality` on torch (``threads`` CPU
+    threads when given) and the real stores."""
+    import functools
+
+    from tesla.adapters.stores.opener import TrajectoryStoreOpener
+    from tesla.app.services.quality import QualityPorts
+    from tesla.app.services.quality import prepare_quality as prepare
+
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    ports = QualityPorts(stores=TrajectoryStoreOpener(storage_options),
+                         load_data=functools.partial(load_data, storage_options=storage_options),
+                         distill=_recipe_distill(dev), training=evaluation_training(dev))
+    return prepare(request, ports)
+
+
+def quality_report(result: Any, out: Path) -> dict:
+    """``quality.csv`` and the matplotlib ``quality.png`` in ``out``."""
+    from tesla.adapters.plots import plot_quality
+    from tesla.app.services.quality import quality_report as report
+
+    return report(result, out, plot_quality)

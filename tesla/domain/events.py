@@ -37,7 +37,15 @@ class RunStarted:
 
 @attrs.frozen
 class Iteration:
-    """One distillation iteration finished."""
+    """One distillation iteration finished.
+
+    Run health (:mod:`tesla.domain.health`; absent from logs written before it, which
+    read with the defaults): ``agreement`` is the fraction of synthetic images whose
+    label argmax is their own class and ``label_entropy`` the mean label entropy in nats,
+    both None for hard labels (not measured: class ids name their classes);
+    ``low_agreement`` and ``stalled`` count the iterations in a row that the labels have
+    been below ``min_label_agreement`` and that the run has looked stalled.
+    """
 
     iteration: int
     total: int
@@ -47,6 +55,10 @@ class Iteration:
     start_epoch: int
     seconds: float
     grad_norm: Optional[float] = None
+    agreement: Optional[float] = None
+    label_entropy: Optional[float] = None
+    low_agreement: int = 0
+    stalled: int = 0
     time: float = attrs.field(factory=_now)
     type: str = "iteration"
 

@@ -7,7 +7,8 @@ Two failures end a distillation at chance accuracy while it reports success:
   soft labels then all peak on that class (seen at 10.5 %, chance, on a 10-class set
   where hard labels reach 84 %). Measured by the *agreement*: the fraction of synthetic
   images whose label argmax (teacher softmax or learned logits) is their own class.
-  Hard labels agree by construction (1.0).
+  Hard labels agree by construction, so they are not measured: a run with hard
+  labels reports no agreement or entropy (None), and only the stall check applies.
 - **stall**: the learned student lr is pushed down to its floor ``min_lr`` while the
   matching loss stays near 1: the student no longer moves towards the target and the
   images stop learning anything (seen with short experts).
@@ -148,16 +149,22 @@ class Guard:
     def at_floor(self, lr: float) -> bool:
         return lr <= self.min_lr * (1.0 + LR_FLOOR_SLACK)
 
-    def observe(self, streaks: Streaks, *, agreement: float, lr: float, loss: float) -> Streaks:
-        """The streaks after one more iteration with these measures."""
-        low = self.min_agreement > 0 and agreement < self.min_agreement
+    def observe(self, streaks: Streaks, *, agreement: Optional[float], lr: float, loss: float) -> Streaks:
+        """The streaks after one more iteration with these measures.
+
+        Args:
+            agreement: None where the labels are not measured (hard labels: the class
+                ids name their classes by construction), which never counts as low.
+        """
+        low = self.min_agreement > 0 and agreement is not None and agreement < self.min_agreement
         stalled = self.stall_iterations > 0 and self.at_floor(lr) and loss >= 1.0 - self.stall_tolerance
         return Streaks(low_agreement=streaks.low_agreement + 1 if low else 0,
                        stalled=streaks.stalled + 1 if stalled else 0)
 
-    def verdict(self, streaks: Streaks, health: Health, *, iteration: int) -> Optional[Verdict]:
-        """Whether the run must stop after ``iteration`` (1-based), and why."""
-        if self.min_agreement > 0 and streaks.low_agreement >= self.collapse_iterations:
+    def verdict(self, streaks: Streaks, health: Optional[Health], *, iteration: int) -> Optional[Verdict]:
+        """Whether the run must stop after ``iteration`` (1-based), and why (``health``:
+        this iteration's, None where the labels are not measured)."""
+        if health is not None and self.min_agreement > 0 and streaks.low_agreement >= self.collapse_iterations:
             return self._collapsed(health, f"for {streaks.low_agreement} iterations up to iteration {iteration}")
         if self.stall_iterations > 0 and streaks.stalled >= self.stall_iterations:
             return Verdict("stalled", (

@@ -39,7 +39,7 @@ logits the most informed; it does not depend on which start epochs the run draws
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import attrs
 
@@ -76,6 +76,12 @@ class LabelPlan:
     def teacher(self) -> bool:
         """The labels are a teacher's softmax (expert ``expert`` at ``epoch``)."""
         return self.kind == "teacher"
+
+    @property
+    def measured(self) -> bool:
+        """Run health measures these labels (:mod:`tesla.domain.health`): a teacher's
+        softmax or learned logits can drift off their classes; class ids cannot."""
+        return self.kind != "hard"
 
 
 @attrs.frozen
@@ -265,3 +271,49 @@ def consensus_weights(predictions: Sequence[Sequence[int]], class_ids: Sequence[
         for e in voters:
             weights[e][i] = 1.0 / len(voters)
     return weights
+
+
+def choose_initial(predictions: Sequence[int], *, per_class: int, num_classes: int,
+                   ipc: int) -> tuple[list[int], int]:
+    """``learned-teacher``'s initial images from a pool drawn class by class.
+
+    Args:
+        predictions: the chooser's argmax for each pool image; the pool holds
+            ``per_class`` images of class 0, then of class 1, ...
+        per_class: candidates per class (:meth:`LabelStrategy.candidates`).
+        num_classes: K.
+        ipc: images wanted per class.
+
+    Returns:
+        (indices into the pool, ``ipc`` per class, class by class; how many of them the
+        chooser classifies correctly), by :func:`choose_correct` within each class.
+    """
+    if len(predictions) != per_class * num_classes:
+        raise ValueError(f"{len(predictions)} predictions for a pool of {num_classes} x {per_class} images")
+    chosen: list[int] = []
+    correct = 0
+    for c in range(num_classes):
+        offset = c * per_class
+        picked, right = choose_correct(predictions[offset:offset + per_class], c, ipc)
+        chosen += [offset + i for i in picked]
+        correct += right
+    return chosen, correct
+
+
+@attrs.frozen
+class TeacherStart:
+    """``learned-teacher``'s initial set, decided by the service, built by the student
+    (:meth:`tesla.domain.ports.Student.initial`).
+
+    Attributes:
+        pool: the candidate real images (opaque), ``per_class`` of each class, class by class.
+        chosen: indices into ``pool`` of the initial images, ``ipc`` per class, class by class.
+        teachers: the voting experts' weight vectors (opaque), in ``LabelInit.experts`` order.
+        weights: ``weights[e][i]``: expert ``e``'s weight in image ``i``'s initial logits
+            (:func:`consensus_weights`); the logits are ``sum_e weights[e][i] logits_e(x_i)``.
+    """
+
+    pool: Any
+    chosen: tuple = attrs.field(converter=tuple)
+    teachers: tuple = attrs.field(converter=tuple)
+    weights: tuple = attrs.field(converter=lambda w: tuple(tuple(float(x) for x in row) for row in w))

@@ -27,7 +27,7 @@ import attrs
 
 from tesla.domain import events
 from tesla.domain.config import DataConfig, DistillConfig, EvalConfig, ModelConfig
-from tesla.domain.labels import LabelPlan
+from tesla.domain.labels import LabelPlan, TeacherStart
 from tesla.domain.records import Array, Checkpoint, FinalSet, TrajectoryMeta
 
 Vec = Any  # a flat parameter vector, opaque to the domain
@@ -215,8 +215,10 @@ class Student(Protocol):
     def num_params(self) -> int:
         """P: the length of the student network's flat parameter vector."""
 
-    def initial(self, data: DataSource) -> State:
-        """A fresh set: real images of each class, or noise, as the config says (seeded)."""
+    def initial(self, data: DataSource, start: Optional[TeacherStart] = None) -> State:
+        """A fresh set: real images of each class, or noise, as the config says (seeded);
+        with ``start`` (``learned-teacher``), the chosen pool images, labelled with the
+        logits ``sum_e start.weights[e][i] f(start.teachers[e], x_i)``."""
 
     def restore(self, arrays: Mapping[str, Array]) -> State:
         """The set (and its optimiser state) a checkpoint holds, to continue bit for bit."""
@@ -253,6 +255,39 @@ class Student(Protocol):
 
     def finite(self, value: Images) -> bool:
         """Whether every entry of ``value`` (e.g. the image gradient) is finite."""
+
+    # -- the recipe's levers (labels from the experts, run health, PAD, the image EMA) --
+
+    @property
+    def layout(self) -> Sequence:
+        """The network's ``[(tensor name, shape), ...]`` in flat-vector order (where PAD's
+        parameter selection cuts, :func:`tesla.domain.engines.from_config`)."""
+
+    def candidates(self, data: DataSource, per_class: int) -> Images:
+        """``per_class`` real images of each class, class by class, (K * per_class, C, H, W),
+        drawn with the seeds of the initial set."""
+
+    def predict(self, weights: Vec, images: Images) -> list[int]:
+        """The argmax of the network at ``weights`` for each of ``images`` (un-augmented)."""
+
+    def health(self, state: State, labels: Labels) -> tuple[list[int], list[int], list[float]]:
+        """Per image: (label argmax, class id, label entropy in nats) of soft ``labels`` (a
+        teacher's softmax, (N, K)) or learned logits (softmaxed first); what
+        :meth:`tesla.domain.health.Health.measure` takes."""
+
+    def images(self, state: State) -> Images:
+        """A detached copy of the images being learned (the moving average's input)."""
+
+    def with_images(self, state: State, images: Images) -> State:
+        """The set with ``images`` in place of its own, the same lr and labels: what is
+        evaluated, previewed and stored when the run averages its images. It is a view
+        to read, never stepped."""
+
+    def images_array(self, images: Images) -> Array:
+        """``images`` as a host array (a checkpoint's)."""
+
+    def images_from(self, array: Array) -> Images:
+        """The images a checkpoint holds, where the set lives."""
 
 
 class Gauges(Protocol):
@@ -812,3 +847,10 @@ class SetExporter(Protocol):
     def published(self, syn: StoredSet, folder: str) -> list[str]: ...
 
     def png_grid(self, syn: StoredSet, folder: str, per_row: int) -> list[str]: ...
+
+
+class QualityPlot(Protocol):
+    """Draws ``tesla bench quality``'s table (:class:`~tesla.domain.quality.TableRow` per
+    recipe and architecture) as bars, random real as the reference, into a PNG file."""
+
+    def __call__(self, rows: Sequence[Any], baseline: str, title: str, path: Path) -> Path: ...

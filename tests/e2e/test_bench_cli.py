@@ -1,11 +1,16 @@
-"""``tesla bench memory|speed`` end to end on the CPU at a tiny size (CliRunner).
+"""``tesla bench memory|speed|quality`` end to end on the CPU at a tiny size (CliRunner).
 
 The commands must print their tables and write CSV (and the memory PNG) naming every
 engine and step; an out-of-memory point is a table cell, not a crash. No timing is
-asserted.
+asserted. ``quality`` distils and evaluates recipes on tiny experts of the embedded data:
+the table, CSV and PNG, a recipe the health guard stops named with its reason, and
+refusals in one line; ``distill`` stops collapsed labels with exit 3.
 """
 
 import csv
+import json
+
+import pytest
 
 from typer.testing import CliRunner
 
@@ -114,3 +119,71 @@ def test_host_memory_limit_refuses_past_it_and_is_lifted_after():
         from tesla.domain.bench import BenchSettings
 
         speed_bench(BenchSettings(), max_memory_gb=0)
+
+
+# --- tesla bench quality ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo_experts(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quality") / "traj.zarr"
+    r = CliRunner().invoke(app, ["experts", "--dataset", "demo", "--out", str(out), "--num-experts", "2", "--epochs",
+                                 "2", "--width", "8", "--depth", "2", "--batch-size", "128", "--device", "cpu", "-q"])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+QUALITY = ["--preset", "demo", "--iterations", "2", "--base", "syn_steps=2,expert_epochs=1,max_start_epoch=1",
+           "--eval-models", "2", "--eval-epochs", "2", "--device", "cpu", "--threads", "1"]
+
+
+def test_bench_quality_prints_the_table_writes_csv_and_png_and_names_the_stopped(tmp_path, demo_experts):
+    out = tmp_path / "q"
+    result = CliRunner().invoke(app, ["bench", "quality", "-t", str(demo_experts), "--out", str(out), *QUALITY,
+                                      "--recipe", "tesla", "--recipe", "ema",
+                                      "--recipe", "sla:labels=teacher-target,min_label_agreement=1,"
+                                                  "collapse_iterations=1", "--recipe", "learned-teacher"])
+    assert result.exit_code == 0, result.output
+    rows = _rows(out / "quality.csv")
+    assert [(r["recipe"], r["status"]) for r in rows] == [("tesla", "completed"), ("ema", "completed"),
+                                                          ("sla", "stopped"), ("learned-teacher", "completed")]
+    done = [r for r in rows if r["status"] == "completed"]
+    assert all(0 <= float(r["mean"]) <= 100 and r["n"] == "2" and float(r["random_real_mean"]) > 0 for r in done)
+    assert rows[0]["vs_baseline"] == "0" and rows[2]["reason"].startswith("the labels collapsed")
+    text = " ".join(result.output.split())
+    assert "completed: tesla, ema, learned-teacher" in text and "stopped by the guard: sla: the labels collapsed" in text
+    assert "random real" in text and (out / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "recipes" / "ema" / "events.jsonl").exists()  # each recipe is a run directory of its own
+    again = CliRunner().invoke(app, ["bench", "quality", "-t", str(demo_experts), "--out", str(out), *QUALITY,
+                                     "--recipe", "tesla", "--json", "-q"])
+    assert again.exit_code == 0, again.output
+    data = json.loads(again.output.strip().splitlines()[-1])
+    assert data["rows"][0]["recipe"] == "tesla" and data["rows"][0]["mean"] == float(rows[0]["mean"])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--recipe", "x:no_such=1"], "recipe key 'no_such' is not a distillation setting"),
+    (["--recipe", "x:ema_decay=3", "--baseline", "x"], "recipe 'x': ema_decay must be"),
+    (["--recipe", "ema"], "the baseline 'tesla' is not among the recipes"),
+    (["--base", "max_start_epoch=5"], "recipe 'tesla' needs expert epoch 6 but the experts stop at epoch 2"),
+])
+def test_bench_quality_refuses_bad_recipes_in_one_line_and_writes_nothing(tmp_path, demo_experts, args, needle):
+    out = tmp_path / "q"
+    result = CliRunner().invoke(app, ["bench", "quality", "-t", str(demo_experts), "--out", str(out), *QUALITY, *args])
+    assert result.exit_code == 2 and needle in " ".join(result.output.split())
+    assert not out.exists()
+
+
+def test_distill_stops_collapsed_labels_with_exit_3_and_says_what_to_change(tmp_path, demo_experts):
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["distill", "-t", str(demo_experts), "-o", str(run), "--ipc", "1", "--syn-steps",
+                                 "2", "--expert-epochs", "1", "--max-start-epoch", "1", "--iterations", "6",
+                                 "--checkpoint-every", "2", "--labels", "teacher-target", "--min-label-agreement",
+                                 "1", "--collapse-iterations", "3", "--device", "cpu", "--preview-every", "0"])
+    assert r.exit_code == 3
+    text = " ".join(r.output.split())
+    assert "the labels collapsed" in text and "lower --lr-img" in text and "--labels learned-teacher" in text
+    assert "the last checkpoint (after iteration 2) is kept for --resume" in text
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    its = [e for e in events if e["type"] == "iteration"]
+    assert [e["low_agreement"] for e in its] == [1, 2, 3] and all(0 <= e["agreement"] < 1 for e in its)
+    assert events[-1]["type"] == "run_finished" and events[-1]["summary"]["health"] == "collapsed"

@@ -1,5 +1,5 @@
 """The terminal UI: the pure RunState fold (results per model and subject, log lines),
-the header's packing, integer ticks, the half-block preview and its re-tiling, the app
+the header's packing, the run-health line, integer ticks, the half-block preview and its re-tiling, the app
 driven by Textual's pilot on recorded runs (following a growing log, job mode with cancel
 and the order of its log lines, the Log tab, a lone accuracy point), the ``monitor``
 command's error path, and SVG snapshots at 80x24 and 120x40.
@@ -29,8 +29,9 @@ from tesla.app.tui.app import TeslaApp
 from rich.text import Text
 
 from tesla.app.tui.preview import choose_layout, fit_size, grid_geometry, half_blocks, tile_preview
-from tesla.app.tui.state import RunState, format_duration, integer_ticks, thin
-from tesla.app.tui.widgets import AccuracyPlot, Canvas, EvalTable, LogPanel, ResultsTable, RunHeader, header_text, pack
+from tesla.app.tui.state import HealthLimits, HealthRow, RunState, format_duration, integer_ticks, thin
+from tesla.app.tui.widgets import (AccuracyPlot, Canvas, EvalTable, LogPanel, ResultsTable, RunHeader, header_text,
+                                   health_parts, pack, sparkline)
 from tesla.domain import events as ev
 
 FIXTURES = Path(__file__).parent / "tui_fixtures"
@@ -94,6 +95,37 @@ def test_state_folds_a_distillation_run():
         (0, "ConvNet random-real: 26.00 ± 0.70 % over 3 networks"),
         (25, "ConvNet synthetic: 58.40 ± 0.60 % over 3 networks"),
         (50, "ConvNet synthetic: 63.10 ± 0.40 % over 3 networks")]
+
+
+def test_state_folds_run_health_and_the_panel_says_how_close_the_guard_is():
+    state = RunState()
+    state.apply_all(_events(DISTILL))
+    assert state.records_health and len(state.agreements) == 50
+    assert state.health == HealthRow(iteration=50, agreement=0.15, entropy=pytest.approx(1.8), low_agreement=6,
+                                     stalled=0)
+    assert state.health_limits() == HealthLimits(min_agreement=0.2, collapse_iterations=10, stall_iterations=100)
+    text = " ".join(p.plain for p in health_parts(state))
+    assert text == "health agreement 15% ▅▅▅▅▅▅▂▂▂▂▂▂ min 20% entropy 1.80 nats below min 6/10 stalled 0/100"
+    assert sparkline([0.0, 0.5, 0.99, 1.0], 3) == "▅██"
+
+
+def test_hard_labels_and_older_logs_in_the_health_panel():
+    config = {"distill": {"labels": "hard", "stall_iterations": 50, "min_label_agreement": 0.3},
+              "model": {"num_classes": 4}}
+    state = RunState()
+    state.apply(ev.RunStarted(job="distill", config=config, total=5))
+    assert " ".join(p.plain for p in health_parts(state)) == "health no iteration yet"
+    state.apply(ev.Iteration(iteration=1, total=5, loss=0.9, lr=0.01, expert=0, start_epoch=0, seconds=1.0,
+                             stalled=2))
+    assert " ".join(p.plain for p in health_parts(state)) == ("health labels: class ids (agreement not measured) "
+                                                              "stalled 2/50")
+    # a log written before run health: Iteration records without the fields, no thresholds in the config
+    old = ev.from_json({"type": "iteration", "iteration": 3, "total": 5, "loss": 0.5, "lr": 0.01, "expert": 0,
+                        "start_epoch": 1, "seconds": 0.2, "grad_norm": None, "time": 1.0, "schema": 1})
+    assert (old.agreement, old.label_entropy, old.low_agreement, old.stalled) == (None, None, 0, 0)
+    before = RunState()
+    before.apply_all([ev.RunStarted(job="distill", config={"distill": {"labels": "hard"}}, total=5), old])
+    assert not before.records_health and before.health.agreement is None
 
 
 def test_state_results_per_model_and_subject():

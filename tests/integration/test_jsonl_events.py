@@ -6,12 +6,13 @@ import io
 import json
 import threading
 
+import attrs
 import pytest
 from rich.console import Console
 
 from tesla.adapters.events import tensorboard as tb
 from tesla.adapters.events.jsonl import JsonlSink, follow, read_events
-from tesla.adapters.events.progress import RichProgressSink
+from tesla.adapters.events.progress import RichProgressSink, health_text
 from tesla.domain import events as ev
 
 
@@ -236,3 +237,18 @@ def test_tensorboard_writes_event_files(tmp_path):
             sink.emit(e)
         sink.emit(ev.Preview(iteration=1, pixels=[[[0, 0, 0], [255, 255, 255]]], per_class=1))
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
+
+
+def test_the_progress_line_shows_run_health():
+    healthy = ev.Iteration(iteration=1, total=4, loss=0.9, lr=0.01, expert=0, start_epoch=0, seconds=0.1,
+                           agreement=0.8, label_entropy=1.234)
+    failing = attrs.evolve(healthy, iteration=2, agreement=0.1, low_agreement=3, stalled=2)
+    assert health_text(healthy) == "  agree 80%  H 1.23"
+    assert health_text(failing) == "  agree 10%  H 1.23  low x3  stalled x2"
+    assert health_text(_iteration(1)) == ""  # hard labels (or an older log): nothing to show
+    buf = io.StringIO()
+    sink = RichProgressSink(console=_console(buf))
+    sink.emit(ev.RunStarted(job="distill", config={}, total=4))
+    sink.emit(failing)
+    task = sink._progress.tasks[0]
+    assert task.fields["info"] == "loss 0.9  lr 0.01  agree 10%  H 1.23  low x3  stalled x2"

@@ -10,6 +10,9 @@ make a run of the real loop (``tesla.app.services.distill``) over pure-Python nu
 images are vectors ``V`` of dimension P (the student's weights live in the same space,
 so ``QuadraticCompute`` pulls them towards the batch means), the optimiser is SGD with
 momentum on the images and plain SGD on the lr, and every store is a list in memory.
+A fake network's logits (:func:`fake_logits`) prefer the class nearest to an image's
+mean shifted by the first weight, so a teacher's labels, its predictions and its
+agreement with the classes are small closed forms too.
 """
 
 from __future__ import annotations
@@ -48,6 +51,41 @@ class V(tuple):
 
 def zeros(n: int) -> V:
     return V([0.0] * n)
+
+
+class Images(tuple):
+    """A set of V's with elementwise + and scalar *: what the moving average averages."""
+
+    def __new__(cls, rows):
+        return super().__new__(cls, (V(r) for r in rows))
+
+    def __add__(self, other):  # type: ignore[override]
+        return Images(a + b for a, b in zip(self, other))
+
+    def __mul__(self, k):  # type: ignore[override]
+        return Images(a * k for a in self)
+
+    __rmul__ = __mul__
+
+
+def fake_logits(w, x, k: int) -> V:
+    """The fake network at ``w`` on image ``x`` with ``k`` classes: logit j is
+    ``-(mean(x) - w[0] / 4 - j)^2``, so it predicts the class nearest to ``mean(x) - w[0] / 4``
+    (FakeData's class-c images have entries near c; random experts' w[0] are in (-1, 1),
+    a collapsing teacher's far outside)."""
+    m = sum(x) / len(x) - w[0] / 4
+    return V(-(m - j) ** 2 for j in range(k))
+
+
+def softmax(z) -> V:
+    top = max(z)
+    e = [math.exp(v - top) for v in z]
+    total = sum(e)
+    return V(v / total for v in e)
+
+
+def argmax(z) -> int:
+    return max(range(len(z)), key=lambda j: (z[j], -j))
 
 
 class QuadraticCompute:
@@ -238,21 +276,31 @@ class FakeStudent:
         num_classes: K.
         overflow_at: the k-th step (1-based, counted over this student's life) writes
             inf into the images, as an overflowing update would.
+        layout: the network's tensors (name, shape) in flat order (default one tensor of P).
     """
 
-    def __init__(self, cfg, num_params: int = 3, num_classes: int = 2, overflow_at: Optional[int] = None) -> None:
+    def __init__(self, cfg, num_params: int = 3, num_classes: int = 2, overflow_at: Optional[int] = None,
+                 layout: Optional[list] = None) -> None:
         self.cfg = cfg
         self._p = num_params
         self.k = num_classes
         self.overflow_at = overflow_at
         self.steps = 0
         self.label_calls: list = []  # (plan, teacher) per labels() call
+        self._layout = layout or [("w", (num_params,))]
+        self.starts: list = []  # the TeacherStart of every initial() that had one
 
     @property
     def num_params(self) -> int:
         return self._p
 
-    def initial(self, data) -> FakeState:
+    @property
+    def layout(self) -> list:
+        return list(self._layout)
+
+    def initial(self, data, start=None) -> FakeState:
+        if start is not None:
+            return self._initial_from(start)
         images = [x for c in range(self.k) for x in data.sample_class(c, self.cfg.ipc, seed=self.cfg.seed * 100_003 + c)]
         ids = [c for c in range(self.k) for _ in range(self.cfg.ipc)]
         logits = None
@@ -260,6 +308,43 @@ class FakeStudent:
             logits = [V(10.0 if j == c else 0.0 for j in range(self.k)) for c in ids]
         return FakeState(images=images, lr=self.cfg.lr_init, class_ids=ids, momentum=[zeros(self._p) for _ in images],
                          logits=logits)
+
+    def _initial_from(self, start) -> FakeState:
+        """learned-teacher: the chosen pool images, logits mixed from the teachers'."""
+        self.starts.append(start)
+        images = [start.pool[i] for i in start.chosen]
+        ids = [c for c in range(self.k) for _ in range(self.cfg.ipc)]
+        logits = []
+        for i, x in enumerate(images):
+            total = zeros(self.k)
+            for e, w in enumerate(start.teachers):
+                total = total + fake_logits(w, x, self.k) * start.weights[e][i]
+            logits.append(total)
+        return FakeState(images=images, lr=self.cfg.lr_init, class_ids=ids, momentum=[zeros(self._p) for _ in images],
+                         logits=logits)
+
+    def candidates(self, data, per_class: int) -> list:
+        return [x for c in range(self.k) for x in data.sample_class(c, per_class, seed=self.cfg.seed * 100_003 + c)]
+
+    def predict(self, weights, images) -> list:
+        return [argmax(fake_logits(weights, x, self.k)) for x in images]
+
+    def health(self, state: FakeState, labels) -> tuple:
+        rows = [softmax(z) for z in labels] if state.logits is not None and labels is state.logits else list(labels)
+        entropies = [-sum(p * math.log(p) for p in row if p > 0) for row in rows]
+        return [argmax(row) for row in rows], list(state.class_ids), entropies
+
+    def images(self, state: FakeState) -> Images:
+        return Images(state.images)
+
+    def with_images(self, state: FakeState, images) -> FakeState:
+        return attrs.evolve(state, images=list(images), soft=None)
+
+    def images_array(self, images) -> tuple:
+        return tuple(tuple(x) for x in images)
+
+    def images_from(self, array) -> Images:
+        return Images(array)
 
     def restore(self, arrays) -> FakeState:
         logits = arrays.get("label_logits")
@@ -294,7 +379,7 @@ class FakeStudent:
     def labels(self, state: FakeState, plan: LabelPlan, teacher):
         self.label_calls.append((plan, teacher))
         if plan.teacher:
-            state.soft = [V([teacher.dot(x)]) for x in state.images]  # any function of teacher and images
+            state.soft = [softmax(fake_logits(teacher, x, self.k)) for x in state.images]
             return state.soft
         return state.logits if plan.kind == "learned" else state.class_ids
 

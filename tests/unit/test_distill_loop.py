@@ -17,7 +17,8 @@ from tesla.domain.config import DistillConfig, ModelConfig, to_dict
 from tesla.domain.engines import from_config
 from tesla.domain.errors import DistillError, NumericalError
 from tesla.domain.ports import ListSink
-from tests.unit.fakes import FakeData, FakeSetStore, FakeStudent, FakeTrajectories, Poisoned, StopAfter
+from tests.unit.fakes import (FakeData, FakeSetStore, FakeStudent, FakeTrajectories, Poisoned, StopAfter, fake_logits,
+                              softmax)
 
 MODEL = ModelConfig(depth=1, width=2, channels=1, image_size=2, num_classes=2)
 
@@ -239,7 +240,7 @@ def test_teacher_labels_come_from_the_drawn_expert(labels, epoch_of):
     assert plans[6] == last and result.label_source == last.provenance() == store.sets[0].attrs["label_source"]
     final_images = store.sets[0].arrays["images"]
     teacher = traj.trajectories[last.expert][last.epoch]
-    assert store.sets[0].arrays["soft_labels"] == tuple((teacher.dot(x),) for x in final_images)
+    assert store.sets[0].arrays["soft_labels"] == tuple(softmax(fake_logits(teacher, x, 2)) for x in final_images)
 
 
 def test_a_teacher_run_resumed_after_its_last_checkpoint_stores_the_same_labels():

@@ -3,7 +3,9 @@
 The CLI fans a job's events out to the JSON-lines log and to this sink. Three modes:
 
 * normal: a live rich progress bar with ETA, driven by ``RunStarted.total`` and by
-  Iteration / Epoch / Progress events, the latest loss and memory beside it; warnings,
+  Iteration / Epoch / Progress events, the latest loss and lr beside it (and a
+  distillation's run health: label agreement and entropy, the collapse and stall
+  streaks while they run, :func:`health_text`); warnings,
   errors, evaluations and checkpoints print as lines above the bar;
 * ``quiet``: nothing but errors;
 * ``json_mode`` (``--json``): every event as one JSON line on stdout, nothing else, so
@@ -38,6 +40,22 @@ from tesla.domain.urls import redact_text
 
 def _mib(n: Optional[int]) -> str:
     return "-" if n is None else f"{n / 2**20:,.1f} MiB"
+
+
+def health_text(e: Any) -> str:
+    """Run health on the progress line: label agreement and entropy (teacher or learned
+    labels; hard labels are not measured), and the streaks that stop a run when they grow."""
+    parts = []
+    agreement, entropy = getattr(e, "agreement", None), getattr(e, "label_entropy", None)
+    if agreement is not None:
+        parts.append(f"agree {agreement:.0%}")
+    if entropy is not None:
+        parts.append(f"H {entropy:.2f}")
+    if getattr(e, "low_agreement", 0):
+        parts.append(f"low x{e.low_agreement}")
+    if getattr(e, "stalled", 0):
+        parts.append(f"stalled x{e.stalled}")
+    return "".join(f"  {p}" for p in parts)
 
 
 class RichProgressSink:
@@ -147,7 +165,7 @@ class RichProgressSink:
         self.total = self.total or e.total
         self.last_loss, self.last_lr = e.loss, e.lr
         # Iteration.iteration counts finished iterations (1-based); never move backwards.
-        self._advance(max(self.done, e.iteration), f"loss {e.loss:.4g}  lr {e.lr:.3g}")
+        self._advance(max(self.done, e.iteration), f"loss {e.loss:.4g}  lr {e.lr:.3g}{health_text(e)}")
 
     def _on_epoch(self, e: Any) -> None:
         # Experts: one step per finished epoch of any expert (total = experts x epochs).
@@ -271,4 +289,4 @@ class ProgressBarSink:
             self.progress.update(self.task, description=event.label, completed=event.done, total=event.total)
 
 
-__all__ = ["ProgressBarSink", "RichProgressSink"]
+__all__ = ["ProgressBarSink", "RichProgressSink", "health_text"]

@@ -14,6 +14,12 @@ split a batch), the soft-label chunk the budget allows, and where the set lives
 (``set_on``; ``auto`` weighs the set, its gradient and momentum against the device's
 memory, :func:`tesla.domain.memory.choose_set_on`). A model with batch norm is refused
 when a step would be split.
+The recipe's levers reach the network here and nowhere else: ``learned-teacher``'s
+initial set (the chosen pool images, labelled with the experts' mixed logits; which
+images and which weights the service decides, :mod:`tesla.domain.labels`), the argmax
+and entropy of the labels that run health measures, the flat layout where PAD's
+selection cuts, and the copies and views of the images that FTD's moving average needs
+(the average itself is the service's, :mod:`tesla.domain.ema`).
 
 ``TorchGauges`` makes what a run shows of itself: a small grid of un-whitened images
 (classes as columns, at most 16 px per image so an event stays small) and the device
@@ -29,6 +35,7 @@ from typing import Any, Callable, Mapping, Optional
 import attrs
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from tesla.adapters.torch.augment import DSA
 from tesla.adapters.torch.compute import TorchCompute
@@ -40,7 +47,7 @@ from tesla.adapters.torch.synthetic import SyntheticState, soft_labels
 from tesla.domain import events
 from tesla.domain.config import DistillConfig, ModelConfig
 from tesla.domain.errors import ConfigError
-from tesla.domain.labels import LabelPlan
+from tesla.domain.labels import LabelPlan, TeacherStart, labels_for
 from tesla.domain.memory import choose_set_on, resolve_micro_batch, set_bytes, soft_label_chunk
 from tesla.domain.ports import Compute, DataSource
 
@@ -128,7 +135,7 @@ class TorchStudent:
         self.device = torch.device(device)
         self.view = FlatView(build_model(model_cfg, seed=cfg.seed).to(self.device))
         self.augment = DSA() if cfg.dsa else None
-        self.learned = cfg.labels == "learned"
+        self.learned = labels_for(cfg).learned  # the labels are logits (learned, learned-teacher)
         self.memory = memory_plan(self.view, model_cfg, cfg, self.device, learned_labels=self.learned)
         # the soft-label chunk is memory only (the labels do not depend on it): the budget's
         self.cfg = attrs.evolve(cfg, soft_label_chunk=self.memory.soft_label_chunk)
@@ -139,7 +146,9 @@ class TorchStudent:
         return self.view.num_params
 
     # -- the state -----------------------------------------------------------------------
-    def initial(self, data: DataSource) -> SyntheticState:
+    def initial(self, data: DataSource, start: Optional[TeacherStart] = None) -> SyntheticState:
+        if start is not None:
+            return self._initial_from_teachers(start)
         return SyntheticState.initialise(data, self.cfg, num_classes=self.model_cfg.num_classes, device=self.device,
                                          learned_labels=self.learned, set_on=self.memory.set_on)
 
@@ -182,6 +191,68 @@ class TorchStudent:
 
     def finite(self, value: torch.Tensor) -> bool:
         return bool(torch.isfinite(value).all())
+
+    # -- the recipe's levers (labels from the experts, run health, PAD, the image EMA) ----
+    @property
+    def layout(self) -> list:
+        return self.view.layout
+
+    def candidates(self, data: DataSource, per_class: int) -> torch.Tensor:
+        """``per_class`` real images of each class, class by class, drawn with the seeds
+        of :meth:`SyntheticState.initialise`, (K * per_class, C, H, W) float32."""
+        parts = [data.sample_class(c, per_class, seed=self.cfg.seed * 100_003 + c)
+                 for c in range(self.model_cfg.num_classes)]
+        return torch.cat([torch.as_tensor(p) for p in parts]).to(device=self.device, dtype=torch.float32)
+
+    def _logits(self, weights: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """The network at ``weights`` on ``images`` (un-augmented, no graph), in chunks."""
+        chunk = self.cfg.soft_label_chunk
+        with torch.no_grad():
+            return torch.cat([self.view(weights, images[i:i + chunk].to(weights.device))
+                              for i in range(0, images.shape[0], chunk)])
+
+    def predict(self, weights: torch.Tensor, images: torch.Tensor) -> list[int]:
+        return self._logits(weights, images).argmax(dim=1).tolist()
+
+    def _initial_from_teachers(self, start: TeacherStart) -> SyntheticState:
+        """``learned-teacher``'s set: the chosen pool images and the logits
+        ``sum_e weights[e][i] f(teachers[e], x_i)`` (the mean over the experts that
+        classify x_i correctly, as the service weighed them)."""
+        images = start.pool[torch.as_tensor(start.chosen, dtype=torch.long, device=start.pool.device)]
+        logits = torch.zeros(images.shape[0], self.model_cfg.num_classes, dtype=images.dtype, device=images.device)
+        for teacher, weights in zip(start.teachers, start.weights):
+            w = torch.as_tensor(weights, dtype=images.dtype, device=images.device)
+            logits += w[:, None] * self._logits(teacher, images).to(logits)
+        class_ids = torch.arange(self.model_cfg.num_classes, device=images.device).repeat_interleave(self.cfg.ipc)
+        return SyntheticState(images, class_ids, self.cfg.lr_init, self.cfg, logits=logits,
+                              set_on=self.memory.set_on)
+
+    def health(self, state: SyntheticState, labels: torch.Tensor) -> tuple[list[int], list[int], list[float]]:
+        """Argmax and entropy (nats) per image of a teacher's softmax, or of learned logits
+        (softmaxed first: this student's labels are logits exactly when it learns them)."""
+        with torch.no_grad():
+            probs = labels.detach().float()
+            if self.learned:
+                probs = F.softmax(probs, dim=1)
+            entropy = torch.special.entr(probs).sum(dim=1)  # -p log p, 0 at p = 0
+            return probs.argmax(dim=1).tolist(), state.class_ids.tolist(), entropy.tolist()
+
+    def images(self, state: SyntheticState) -> torch.Tensor:
+        return state.images.detach().clone()
+
+    def with_images(self, state: SyntheticState, images: torch.Tensor) -> SyntheticState:
+        """A shallow copy of ``state`` whose images are ``images`` and whose teacher labels
+        are not made yet (they belong to other images); lr, class ids and logits are shared."""
+        view = copy.copy(state)
+        view.images = images
+        view.soft = None
+        return view
+
+    def images_array(self, images: torch.Tensor) -> np.ndarray:
+        return images.detach().cpu().numpy()
+
+    def images_from(self, array: Any) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(array), device=self.device)
 
 
 class TorchGauges:

@@ -1,8 +1,8 @@
 """The learnable synthetic set on torch: images, learned lr, optional label logits.
 
 ``SyntheticState`` owns the tensors the distillation updates and their SGD optimisers
-(momentum 0.5 as in MTT/TESLA), keeps the learned lr positive, and converts to and
-from plain numpy arrays so that a checkpoint holds everything needed to continue
+(momentum 0.5 as in MTT/TESLA; the label logits' own ``label_momentum`` where set),
+keeps the learned lr positive, and converts to and from plain numpy arrays so that a checkpoint holds everything needed to continue
 bit-for-bit (momentum buffers included). ``soft_labels`` is the teacher forward of
 TESLA's soft label assignment, in chunks so 50,000 images fit.
 
@@ -69,7 +69,7 @@ class SyntheticState:
         self.logits = None if logits is None else own(logits).requires_grad_(True)
         self.opt_images = _sgd(self.images, cfg.lr_img, cfg.momentum)
         self.opt_lr = _sgd(self.lr, cfg.lr_lr, cfg.momentum)
-        self.opt_logits = None if self.logits is None else _sgd(self.logits, cfg.lr_label, cfg.momentum)
+        self.opt_logits = None if self.logits is None else _sgd(self.logits, cfg.lr_label, cfg.label_sgd_momentum)
         self.soft: Optional[torch.Tensor] = None  # the latest teacher soft labels (SLA), if any
 
     # -- construction ------------------------------------------------------------------

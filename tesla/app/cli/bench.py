@@ -1,4 +1,5 @@
-"""``tesla bench memory|speed``: the engines' memory (Table 4 of the paper) and speed.
+"""``tesla bench memory|speed|quality``: the engines' memory (Table 4 of the paper) and speed,
+and the quality of distillation recipes (``quality``, an ablation table on one set of experts).
 
 Both commands build the same seeded synthetic problem from the options (default:
 ConvNet on the CIFAR-10 shape, IPC 10, every image in every step), print a table and
@@ -18,7 +19,8 @@ import typer
 
 from tesla.app.cli.common import errors, fail, run_job
 
-bench_app = typer.Typer(name="bench", help="Memory and speed of the gradient engines (unrolled, tesla, exact).",
+bench_app = typer.Typer(name="bench", help="Memory and speed of the gradient engines (unrolled, tesla, exact); "
+                        "quality of distillation recipes.",
                         no_args_is_help=True)
 
 
@@ -265,6 +267,94 @@ def speed(
 
 bench_app.command("memory")(memory)
 bench_app.command("speed")(speed)
+
+
+# --- quality: the ablation table of recipes ------------------------------------------------------
+
+
+def _print_quality(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tesla.app.services.quality import caption, table, verdicts
+
+    def pm(mean, std) -> str:
+        return "-" if mean is None else f"{mean:.2f} ± {std:.2f}"
+
+    def pts(x) -> str:
+        return "-" if x is None else f"{x:+.2f}"
+
+    t = Table(title=f"bench quality - {caption(result)}")
+    for col in ("recipe", "changes", "status", "model", "distilled %", "random real %", "vs real", "vs baseline",
+                "label agreement"):
+        t.add_column(col, justify="left" if col in ("recipe", "changes", "status", "model") else "right",
+                     overflow="fold")
+    for r in table(result):
+        t.add_row(r.recipe, r.changes, r.status, r.model, pm(r.mean, r.std), pm(r.real_mean, r.real_std),
+                  pts(r.vs_real), pts(r.vs_baseline), "-" if r.agreement is None else f"{r.agreement:.0%}")
+    console = Console(width=max(140, Console().width))
+    console.print(t)
+    for line in verdicts(result):
+        console.print(line, highlight=False, markup=False)
+
+
+def quality(
+    trajectories: str = typer.Option(..., "--trajectories", "-t", help="The experts every recipe distils from."),
+    out: Path = typer.Option(Path("bench/quality"), "--out", help="Folder for recipes/<name>/ runs, quality.csv "
+                             "and quality.png (runs there are resumed)."),
+    preset: Optional[str] = typer.Option(None, help="The base config every recipe changes, e.g. demo."),
+    recipe: Optional[list[str]] = typer.Option(None, "--recipe", help="name (a built-in) or name:key=value,... "
+                                               "(DistillConfig fields), repeated; default: the built-in list "
+                                               "(tesla, exact, teacher-target, learned-teacher, window, ema, pad, "
+                                               "datm, datm+ema, all)."),
+    baseline: str = typer.Option("tesla", help="The recipe the others are compared with."),
+    base: Optional[str] = typer.Option(None, "--base", help="key=value,... changes of the base config (after "
+                                       "--preset and the options below), e.g. syn_steps=10,lr_img=50."),
+    ipc: Optional[int] = typer.Option(None, help="Synthetic images per class (base config)."),
+    iterations: Optional[int] = typer.Option(None, help="Distillation iterations (base config)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of every distillation (base config)."),
+    eval_models: int = typer.Option(3, help="Evaluation networks per set (and for random real)."),
+    eval_epochs: int = typer.Option(300, help="Epochs per evaluation network."),
+    eval_lr: Optional[float] = typer.Option(None, help="Evaluation lr (default: each set's learned lr; random "
+                                            "real 0.01)."),
+    eval_seed: int = typer.Option(0, help="Network i of every evaluation uses seed + i."),
+    dataset: Optional[str] = typer.Option(None, help="Override the dataset recorded in the store."),
+    data: Optional[str] = typer.Option(None, help="Override the data folder recorded in the store."),
+    device: str = DEVICE,
+    threads: Optional[int] = THREADS,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    json_mode: bool = typer.Option(False, "--json", help="Events as JSON lines, then the table as one JSON object."),
+) -> None:
+    """Distil and evaluate a list of recipes on the same experts and seeds: distilled vs random real."""
+    with errors():
+        import attrs
+
+        from tesla.app import bootstrap
+        from tesla.app.cli.distill import distill_config
+        from tesla.app.services.quality import QualityRequest, quality_json
+        from tesla.domain.config import EvalConfig
+        from tesla.domain.quality import BUILTIN, parse_overrides, parse_recipe
+
+        cfg = distill_config(preset, dict(ipc=ipc, iterations=iterations, seed=seed))
+        if base:
+            cfg = attrs.evolve(cfg, **dict(parse_overrides(base)))
+        recipes = tuple(parse_recipe(r) for r in recipe) if recipe else BUILTIN
+        evaluation = EvalConfig(num_models=eval_models, epochs=eval_epochs, lr=eval_lr, seed=eval_seed)
+        request = QualityRequest(trajectories=trajectories, out=out, base=cfg, recipes=recipes, evaluation=evaluation,
+                                 baseline=baseline, dataset=dataset, data=data)
+        prepared = bootstrap.prepare_quality(request, device=device, threads=threads)
+        result = run_job(prepared.job, run_dir=None, quiet=quiet, json_mode=json_mode)
+        files = bootstrap.quality_report(result, out)
+        if json_mode:
+            typer.echo(quality_json(result, files))
+        else:
+            _print_quality(result)
+            typer.echo(f"wrote {files['csv']} and {files['png']}")
+        if result.status != "completed":
+            raise typer.Exit(1)
+
+
+bench_app.command("quality")(quality)
 
 
 def register(app: typer.Typer) -> None:

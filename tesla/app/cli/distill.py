@@ -30,14 +30,15 @@ def distill(
     ipc: Optional[int] = typer.Option(None, help="Synthetic images per class."),
     syn_steps: Optional[int] = typer.Option(None, help="Student steps N per iteration."),
     expert_epochs: Optional[int] = typer.Option(None, help="M: the target is M epochs after the start."),
-    max_start_epoch: Optional[int] = typer.Option(None, help="Start epochs are drawn from [0, this)."),
+    max_start_epoch: Optional[int] = typer.Option(None, help="Start epochs are drawn from [--min-start-epoch, this)."),
     batch_syn: Optional[int] = typer.Option(None, help="Synthetic images per student step (default all)."),
     iterations: Optional[int] = typer.Option(None, help="Distillation iterations."),
     lr_img: Optional[float] = typer.Option(None, help="SGD lr of the images."),
     lr_lr: Optional[float] = typer.Option(None, help="SGD lr of the learned student lr."),
     lr_init: Optional[float] = typer.Option(None, help="Initial student lr."),
     engine: Optional[str] = typer.Option(None, help="tesla (first order) | exact (adjoint) | unrolled (MTT)."),
-    labels: Optional[str] = typer.Option(None, help="hard | teacher-target | teacher-last | teacher-epoch | learned."),
+    labels: Optional[str] = typer.Option(None, help="hard | teacher-target | teacher-last | teacher-epoch | learned | "
+                                         "learned-teacher."),
     label_epoch: Optional[int] = typer.Option(None, help="Teacher epoch for --labels teacher-epoch."),
     init: Optional[str] = typer.Option(None, help="real | noise."),
     dsa: Optional[bool] = typer.Option(None, "--dsa/--no-dsa", help="Replayed DSA augmentation."),
@@ -83,6 +84,32 @@ def distill(
     set_on: Optional[str] = typer.Option(None, "--set-on", help="Where the set, its gradient and momentum live: "
                                          "host | device | auto (host when they would take over a quarter of the "
                                          "GPU; on a CPU both are the same memory) [default: auto]."),
+    lr_label: Optional[float] = typer.Option(None, help="SGD lr of the learned label logits (learned, "
+                                             "learned-teacher) [10]."),
+    label_momentum: Optional[float] = typer.Option(None, help="SGD momentum of the learned label logits "
+                                                   "(default: the images' 0.5; DATM uses 0.9)."),
+    sampling: Optional[str] = typer.Option(None, help="Start epochs: uniform in [min, max) (the paper) | window "
+                                           "(DATM: the upper end opens from --initial-max-start-epoch to "
+                                           "--max-start-epoch over --window-iterations)."),
+    min_start_epoch: Optional[int] = typer.Option(None, help="Lowest start epoch drawn [0]."),
+    initial_max_start_epoch: Optional[int] = typer.Option(None, help="--sampling window: the upper end at the "
+                                                          "start (default: halfway from min to max)."),
+    window_iterations: Optional[int] = typer.Option(None, help="--sampling window: iterations until it is fully "
+                                                    "open (default: a tenth of --iterations)."),
+    ema_decay: Optional[float] = typer.Option(None, help="FTD's moving average of the images (0.99-0.9995): the "
+                                              "average is evaluated and stored (default: off)."),
+    match_fraction: Optional[float] = typer.Option(None, help="PAD: match only about this fraction of the "
+                                                   "parameters, the deepest whole layers (tesla, exact) [1: all]."),
+    min_label_agreement: Optional[float] = typer.Option(None, help="Run health: stop when fewer images than this "
+                                                        "have a label naming their class (teacher or learned "
+                                                        "labels) [2/classes, at most 0.75; 0: never]."),
+    collapse_iterations: Optional[int] = typer.Option(None, help="Run health: iterations in a row below "
+                                                      "--min-label-agreement that stop the run [10]."),
+    stall_iterations: Optional[int] = typer.Option(None, help="Run health: iterations in a row with the learned "
+                                                   "lr at its floor and the loss near 1 that stop the run "
+                                                   "[100; 0: never]."),
+    stall_tolerance: Optional[float] = typer.Option(None, help="Run health: a loss above 1 - this is 'near 1' "
+                                                    "[0.05]."),
 ) -> None:
     """Distil a synthetic set by trajectory matching (TESLA, exact or MTT gradients)."""
     with errors():
@@ -101,7 +128,12 @@ def distill(
             labels=labels, label_epoch=label_epoch, init=init, dsa=dsa, seed=seed,
             checkpoint_every=checkpoint_every, max_grad_norm=max_grad_norm, max_loss=max_loss, second_pass_chunk=second_pass_chunk,
             precision=precision, channels_last=channels_last, offload_weights=offload_weights,
-            remake_weights=remake_weights, micro_batch=micro_batch, memory_budget=memory_budget, set_on=set_on))
+            remake_weights=remake_weights, micro_batch=micro_batch, memory_budget=memory_budget, set_on=set_on,
+            lr_label=lr_label, label_momentum=label_momentum, sampling=sampling,
+            min_start_epoch=min_start_epoch, initial_max_start_epoch=initial_max_start_epoch,
+            window_iterations=window_iterations, ema_decay=ema_decay, match_fraction=match_fraction,
+            min_label_agreement=min_label_agreement, collapse_iterations=collapse_iterations,
+            stall_iterations=stall_iterations, stall_tolerance=stall_tolerance))
         request = DistillRequest(trajectories=trajectories, out=out, cfg=cfg, dataset=dataset, data=data,
                                  set_name=SET_NAMES[store_format], device=device, resume=resume,
                                  eval_every=eval_every, eval_models=eval_models, eval_epochs=eval_epochs,
@@ -128,7 +160,10 @@ def run_ranked_distillation(request, distributed: bool, tui: bool, quiet: bool, 
     if ran.is_writer and not quiet and not json_mode:
         loss = "-" if result.loss is None else f"{result.loss:.4f}"
         where = redact_url(request.store_url) if request.store_url else request.out / request.set_name
-        typer.echo(f"{result.status} at iteration {result.iterations}: loss {loss}, lr {result.lr:.5f} -> {where}")
+        health = getattr(result, "health", None)
+        agree = "" if not health else f", labels name their class for {health['agreement']:.0%} of the images"
+        typer.echo(f"{result.status} at iteration {result.iterations}: loss {loss}, lr {result.lr:.5f}{agree} "
+                   f"-> {where}")
     if result.status != "completed":
         raise typer.Exit(1)
 

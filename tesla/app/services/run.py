@@ -325,7 +325,7 @@ def prepare_distillation(req: DistillRequest, parts: DistillParts) -> PreparedRu
     else:
         role = Follower(store=FollowerStore(lambda: parts.open_set_store(req.set_url, write=False)),
                         run_dir=Path(req.out))
-    engine = from_config(req.cfg, shard=ranks.shard)
+    engine = from_config(req.cfg, shard=ranks.shard, layout=inputs.student.layout)  # PAD cuts at the student's layers
     cadence = Cadence(preview_every=req.preview_every, memory_every=10, eval_every=req.eval_every)
     found = provenance(req, inputs)
 

@@ -18,8 +18,9 @@ last lines, so the Log tab tells events in the order they happened.
 
 Layout: the run header (three lines at 80 columns, whole: a part that does not fit moves
 to a fourth line rather than being cut), tabs (Training, Memory, Accuracy, Images, Log)
-and the footer with the keys, 1-5 included. At 80x24 the Training tab holds the loss and
-learned-lr plots; from 120x36 on it also shows the memory and accuracy plots in a 2x2
+and the footer with the keys, 1-5 included. At 80x24 the Training tab holds a line of
+run health (a distillation's label agreement with its recent history, entropy, and the
+collapse and stall streaks against their limits) above the loss and learned-lr plots; from 120x36 on it also shows the memory and accuracy plots in a 2x2
 grid. The Accuracy tab shows one row per model and subject (synthetic and its
 references, with a bar) above the accuracy plot, and from 120 columns the history of
 every evaluation beside the plot; a log of evaluations without iterations (``tesla
@@ -48,6 +49,7 @@ from tesla.app.tui.state import RunState
 from tesla.app.tui.widgets import (
     AccuracyPlot,
     EvalTable,
+    HealthLine,
     LogPanel,
     LossPlot,
     MemoryNumbers,
@@ -106,6 +108,7 @@ class TeslaApp(App):
     Screen.-wide.-tall #training-grid { grid-size: 2 2; grid-gutter: 1 1; }
     Screen.-wide.-tall .big-only { display: block; }
     MemoryNumbers { height: 2; padding: 0 1; }
+    HealthLine { height: auto; max-height: 2; padding: 0 1; }
     ResultsTable { height: auto; max-height: 8; }
     #accuracy-body { height: 1fr; }
     EvalTable { display: none; }
@@ -157,6 +160,7 @@ class TeslaApp(App):
         yield RunHeader(id="run-header").data_bind(bind)
         with TabbedContent(id="tabs"):
             with TabPane("Training", id="tab-training"):
+                yield HealthLine(id="health").data_bind(bind)
                 with Grid(id="training-grid"):
                     yield LossPlot(id="loss-plot").data_bind(bind)
                     yield SecondPlot(id="second-plot").data_bind(bind)

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Optional, Sequence
 import attrs
 
 from tesla.domain import events as ev
+from tesla.domain.health import default_min_agreement
 
 RATE_WINDOW = 20  # iterations (or epochs) whose duration the rate averages over
 MAX_LOG = 500  # log lines kept for the log panel
@@ -62,6 +63,27 @@ class MemoryRow:
     device_allocated: Optional[int]
     device_peak: Optional[int]
     host_rss: int
+
+
+@attrs.frozen
+class HealthRow:
+    """Run health as of the latest iteration: label agreement and entropy (None: hard
+    labels, not measured) and the streaks that stop the run when they reach their limit."""
+
+    iteration: int
+    agreement: Optional[float]
+    entropy: Optional[float]
+    low_agreement: int
+    stalled: int
+
+
+@attrs.frozen
+class HealthLimits:
+    """The guard's thresholds as the run's config records them."""
+
+    min_agreement: float
+    collapse_iterations: int
+    stall_iterations: int
 
 
 @attrs.frozen
@@ -153,6 +175,8 @@ class RunState:
             before the first event, then ``running``, ``completed``, ``cancelled``, ``failed``).
         iteration, total: progress of a distillation (or the run's declared total).
         losses, lrs, grad_norms: ``(iteration, value)`` per Iteration (finite values only).
+        agreements: ``(iteration, label agreement)`` where the labels are measured.
+        health: the latest :class:`HealthRow` (distillations that record run health).
         epochs: EpochRow per Epoch event (expert runs).
         memory: MemoryRow per Memory event.
         evaluations: every Evaluation event, in order.
@@ -177,6 +201,8 @@ class RunState:
         self.losses: list[tuple[int, float]] = []
         self.lrs: list[tuple[int, float]] = []
         self.grad_norms: list[tuple[int, float]] = []
+        self.agreements: list[tuple[int, float]] = []
+        self.health: Optional[HealthRow] = None
         self.epochs: list[EpochRow] = []
         self.memory: list[MemoryRow] = []
         self.evaluations: list = []
@@ -236,6 +262,11 @@ class RunState:
             self.lrs.append((e.iteration, float(e.lr)))
         if _finite(e.grad_norm):
             self.grad_norms.append((e.iteration, float(e.grad_norm)))
+        if _finite(e.agreement):
+            self.agreements.append((e.iteration, float(e.agreement)))
+        self.health = HealthRow(e.iteration, e.agreement if _finite(e.agreement) else None,
+                                e.label_entropy if _finite(e.label_entropy) else None,
+                                int(e.low_agreement or 0), int(e.stalled or 0))
         self.last_loss, self.last_lr = e.loss, e.lr
         if _finite(e.seconds) and e.seconds > 0:
             self._durations.append(float(e.seconds))
@@ -368,6 +399,21 @@ class RunState:
         """Progress is counted in iterations or epochs (so there is a rate and an x axis)."""
         return self.is_experts or self.iteration is not None or self.job == "distill"
 
+    @property
+    def records_health(self) -> bool:
+        """A distillation whose log carries run health (its config has the guard's
+        thresholds; logs written before run health do not)."""
+        return not self.is_experts and "stall_iterations" in self.section("distill")
+
+    def health_limits(self) -> HealthLimits:
+        """The thresholds the run's guard uses (the config's, or their defaults)."""
+        d = self.section("distill")
+        classes = self.section("model").get("num_classes") or 10
+        threshold = d.get("min_label_agreement")
+        return HealthLimits(min_agreement=float(default_min_agreement(int(classes)) if threshold is None else threshold),
+                            collapse_iterations=int(d.get("collapse_iterations") or 10),
+                            stall_iterations=int(d.get("stall_iterations") or 0))
+
     def header_labels(self) -> list[tuple[str, str]]:
         """``(label, value)`` pairs for the run header, only those the config holds."""
         pairs: list[tuple[str, str]] = []
@@ -474,5 +520,5 @@ class RunState:
         return (max(peaks) if peaks else None, max((r.host_rss for r in self.memory), default=None))
 
 
-__all__ = ["RunState", "EpochRow", "MemoryRow", "LogLine", "Result", "thin", "model_name", "format_duration",
+__all__ = ["RunState", "EpochRow", "HealthLimits", "HealthRow", "MemoryRow", "LogLine", "Result", "thin", "model_name", "format_duration",
            "format_bytes", "format_mib", "format_accuracy", "integer_ticks", "BASELINE_SUBJECTS", "SUBJECT_ORDER"]

@@ -179,6 +179,64 @@ class RunHeader(Static):
         self.update(header_text(_state(self), getattr(self.app, "job_status", None), width))
 
 
+# -- run health -------------------------------------------------------------------------------
+
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int) -> str:
+    """The last ``width`` values in [0, 1] as block characters (low to high)."""
+    return "".join(SPARKS[min(int(v * len(SPARKS)), len(SPARKS) - 1)] for v in values[-width:])
+
+
+def health_parts(state: RunState) -> list[Text]:
+    """Label agreement (with its recent history) and entropy, and the collapse and stall
+    streaks against the limits that stop the run."""
+    h, limits = state.health, state.health_limits()
+    parts = [Text("health", "bold")]
+    if h is None:
+        return parts + [Text("no iteration yet", "dim")]
+    low = h.agreement is not None and h.agreement < limits.min_agreement
+    if h.agreement is None:
+        parts.append(Text("labels: class ids (agreement not measured)", "dim"))
+    else:
+        part = Text("agreement ").append(f"{h.agreement:.0%}", "bold red" if low else "bold green")
+        history = sparkline([v for _, v in state.agreements], 12)
+        if len(history) > 1:
+            part.append(f" {history}", "red" if low else "green")
+        parts += [part, Text(f"min {limits.min_agreement:.0%}", "dim")]
+    if h.entropy is not None:
+        parts.append(Text(f"entropy {h.entropy:.2f} nats"))
+    if h.agreement is not None:
+        parts.append(Text(f"below min {h.low_agreement}/{limits.collapse_iterations}",
+                          "bold red" if h.low_agreement else "dim"))
+    if limits.stall_iterations:
+        parts.append(Text(f"stalled {h.stalled}/{limits.stall_iterations}", "bold yellow" if h.stalled else "dim"))
+    return parts
+
+
+class HealthLine(Static):
+    """Run health of a distillation (:mod:`tesla.domain.health`): is each image's label
+    still its class, how sure the labels are, and how close the guard is to stopping the
+    run. Hidden for runs that do not record it (expert runs, older logs)."""
+
+    revision: reactive[int] = reactive(0)
+
+    def watch_revision(self) -> None:
+        self._redraw()
+
+    def on_resize(self) -> None:
+        self._redraw()
+
+    def _redraw(self) -> None:
+        state = _state(self)
+        self.display = state.records_health
+        if not state.records_health:
+            return
+        width = self.content_size.width or self.app.size.width - 2
+        self.update(Text("\n", no_wrap=True, overflow="ellipsis").join(pack([health_parts(state)], width)))
+
+
 # -- plots --------------------------------------------------------------------------------------
 
 @attrs.frozen

@@ -6,7 +6,8 @@ Deterministic: fixed timestamps and closed-form values, so the snapshots stay st
 ``distill_run``: a distillation of 50 iterations with memory samples, a random-real
 baseline, two evaluations of the synthetic set, a preview (laid out as the distill
 service's ``make_grid``: 10 classes as columns, 3 images of 16 px each, 1 px border), a
-warning and a checkpoint.
+warning and a checkpoint; its teacher labels' agreement drifts down and ends below twice
+chance for the last 6 iterations (run health).
 ``single_eval_run``: a short distillation whose only synthetic evaluation comes at its
 end, with random-real and full-real references and a cancelled finish.
 ``evaluate_run``: what ``tesla evaluate`` writes for two models: synthetic, random-real
@@ -37,7 +38,8 @@ DISTILL_CONFIG = {
               "image_size": 32, "num_classes": 10},
     "distill": {"ipc": 10, "syn_steps": 30, "expert_epochs": 2, "max_start_epoch": 20, "iterations": 50,
                 "lr_img": 1000.0, "lr_lr": 1e-05, "lr_init": 0.01, "engine": "tesla",
-                "labels": "teacher-target", "seed": 0, "checkpoint_every": 25},
+                "labels": "teacher-target", "seed": 0, "checkpoint_every": 25, "min_label_agreement": None,
+                "collapse_iterations": 10, "stall_iterations": 100, "stall_tolerance": 0.05},
 }
 
 
@@ -73,8 +75,11 @@ def write_distill(path: Path) -> None:
             t += seconds
             loss = 0.45 + 0.5 * math.exp(-i / 15) + 0.02 * math.sin(i)
             lr = 0.01 + 0.0002 * i
+            agreement = 0.9 - 0.1 * (i // 10) if i < 45 else 0.15  # drifting, then below twice chance
             sink.emit(ev.Iteration(iteration=i, total=50, loss=round(loss, 6), lr=round(lr, 6), expert=i % 7,
-                                   start_epoch=(3 * i) % 20, seconds=seconds, grad_norm=1.0 / i, time=t))
+                                   start_epoch=(3 * i) % 20, seconds=seconds, grad_norm=1.0 / i,
+                                   agreement=round(agreement, 6), label_entropy=round(0.8 + 0.02 * i, 6),
+                                   low_agreement=max(0, i - 44), stalled=0, time=t))
             if i % 5 == 0:
                 sink.emit(ev.Memory(device_allocated=700 * MIB + (i % 3) * MIB, device_peak=1400 * MIB,
                                     host_rss=2100 * MIB + i * MIB // 10, iteration=i, time=t))

@@ -137,11 +137,15 @@ def show(synthetic: str, syn: Any, result: Any) -> None:
     console = Console()
     lr = "no learned lr" if syn.lr is None else f"lr {syn.lr:.4g}"
     table = Table(title=f"{synthetic}: IPC {syn.ipc}, {syn.labels_kind} labels, {lr}", caption=caption(result.protocol))
-    for col in ("model", "trained on", "protocol", "labels", "aug", "lr", "top-1 % (mean +- std)", "n"):
-        table.add_column(col)
+    table.add_column("model", no_wrap=True)
+    table.add_column("trained on", no_wrap=True)
+    table.add_column("protocol, labels")
+    table.add_column("lr", no_wrap=True)
+    table.add_column("top-1 % (mean +- std)", no_wrap=True)
+    table.add_column("n", no_wrap=True)
     for s in result.scores:
-        table.add_row(s.model, s.subject, s.protocol, s.labels, "yes" if s.augment else "no",
-                      "-" if s.lr is None else f"{s.lr:.4g}", str(s), str(len(s.accuracies)))
+        how = f"{s.protocol}, {s.labels}" + ("" if s.augment else ", no aug")
+        table.add_row(s.model, s.subject, how, "-" if s.lr is None else f"{s.lr:.4g}", str(s), str(len(s.accuracies)))
     console.print(table)
     if result.robustness:
         conv = result.robustness[0].label.convention

@@ -162,3 +162,14 @@ def test_export_for_ddranking_round_trips_through_the_cli(run, tmp_path):
     assert bad.exit_code == 2 and "--layout 'tar'" in bad.output and not (tmp_path / "bad").exists()
     wrong = invoke("export", url, tmp_path / "wrong", "--dataset", "CIFAR10")
     assert wrong.exit_code == 2 and "--layout ddranking" in wrong.output
+
+
+def test_a_run_dir_gets_the_events_for_the_monitor(run, tmp_path):
+    from tesla.adapters.events.jsonl import read_events
+
+    r = invoke("evaluate", run / "run" / "synthetic.zarr", *TINY, "--run-dir", tmp_path / "ev", "-q")
+    assert r.exit_code == 0, r.output
+    events, _ = read_events(tmp_path / "ev" / "events.jsonl")
+    assert events[0].type == "run_started" and events[0].job == "evaluate"
+    assert events[1].type == "progress" and events[1].done == 0 and events[-1].type == "run_finished"
+    assert [e.subject for e in events if e.type == "evaluation"] == ["synthetic", "random-real"]

@@ -198,3 +198,15 @@ def test_an_evaluation_record_joins_the_provenance_and_leaves_the_arrays(tmp_pat
     assert first == {"time": "2025-01-01T00:00:00+00:00", "protocol": {"name": "mtt"},
                      "results": [{"subject": "synthetic", "mean": 50.0}]}
     assert second["protocol"] == {"name": "relabel"} and second["scores"][0]["lrs"]["mean"] == 0.3
+
+
+def test_groups_of_parallel_networks_report_every_network_by_its_index(demo):
+    few = demo.subset_per_class(1, seed=0)
+    seen = []
+    accs = TorchEvaluationTraining("cpu", parallel=2).train_on(
+        SMALL, few.train_x, few.train_y, demo, seeds=[0, 1, 2], epochs=2, lr=0.01,
+        cfg=EvalConfig(batch_size=10, dsa=False), on_epoch=lambda i, e: seen.append((i, e)))
+    assert sorted(seen) == [(i, e) for i in range(3) for e in (1, 2)]
+    alone = TorchEvaluationTraining("cpu").train_on(SMALL, few.train_x, few.train_y, demo, seeds=[2], epochs=2,
+                                                    lr=0.01, cfg=EvalConfig(batch_size=10, dsa=False))
+    assert accs[2] == alone[0]  # network 2 of the second group is network 2 alone: same seed, same result

@@ -320,3 +320,17 @@ def test_the_default_mtt_rows_are_unchanged():
     assert result.to_json() == [s.to_json() for s in result.scores]  # a list of rows, as before --scores
     assert ports.training.calls[0][0] == "random_real"  # the reference's images are drawn before any training
     assert ports.training.calls[1] == ("train_on", "ConvNetD2", IMAGES, SOFT, (3, 4), 4, 0.02)
+
+
+def test_the_tui_folds_an_evaluation_into_progress_and_per_subject_results():
+    from tesla.app.tui.state import RunState
+
+    _, _, sink = _run(training=HandMade(), scores=True)
+    state = RunState()
+    state.apply_all(sink.events)
+    assert state.job == "evaluate" and state.status == "completed"
+    assert state.unit == "epochs" and state.done == state.progress_total == 2 * (4 * 5 + 0) + 2 * 1
+    assert [(r.model, r.subject) for r in state.results()][:2] == [("ConvNetD2", "synthetic"),
+                                                                  ("ConvNetD2", "random-real")]
+    assert {r.subject for r in state.results()} == {"synthetic", "random-real", "synthetic hard", "synthetic no-aug",
+                                                    "random-real no-aug", "full-real"}

@@ -33,12 +33,14 @@ from the start (a real-data teacher first reports ``teacher epochs``), one Evalu
 from __future__ import annotations
 
 import statistics
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional
 
 import attrs
 
+from tesla.app.services.protocols import (REAL_LR, EvalProtocol, FullRealProtocol, MTTProtocol,  # noqa: F401
+                                          RelabelProtocol, full_real_recipe, real_teacher_recipe, student_lr)
 from tesla.domain import events
-from tesla.domain.config import ConfigError, EvalConfig, ExpertConfig, ModelConfig, from_dict, to_dict
+from tesla.domain.config import ConfigError, EvalConfig, ModelConfig, from_dict, to_dict
 from tesla.domain.data import recorded_data_config
 from tesla.domain.errors import NumericalError
 from tesla.domain.ports import (Cancel, EvaluationTraining, EventSink, Images, Labels, LoadData, NetworkEpochFn,
@@ -48,7 +50,6 @@ from tesla.domain.scores import (CONVENTIONS, DEFAULT_WEIGHT, augmentation_robus
                                  label_robust_scores)
 from tesla.domain.urls import redact_url
 
-REAL_LR = 0.01  # the references' student lr (DC-bench), when the config does not set one
 RANDOM_REAL_SEED = 7919  # class c of the random-real reference is drawn with seed * 7919 + c
 PROTOCOLS = ("mtt", "relabel")
 PROGRESS_EVENTS = 100  # at most about this many ``epochs`` Progress events per evaluation
@@ -99,174 +100,6 @@ def arch_config(base: ModelConfig, arch: str) -> ModelConfig:
     if arch == base.arch:
         return base
     return attrs.evolve(base, arch=arch, norm="instancenorm" if arch != "vit" else base.norm)
-
-
-def student_lr(learned_lr: Optional[float], cfg: EvalConfig) -> float:
-    """The lr the networks train with: ``cfg.lr`` when given, else the set's learned lr."""
-    if cfg.lr is not None:
-        return cfg.lr
-    if learned_lr is None:
-        raise ConfigError("no student lr: the set has no learned lr, pass --lr")
-    return float(learned_lr)
-
-
-# --- protocols: how N fresh networks learn from (images, labels) -------------------------------
-
-
-class EvalProtocol(Protocol):
-    """How networks are trained on a set; chosen once, asked nothing about itself."""
-
-    name: str
-
-    @property
-    def epochs(self) -> int:
-        """Epochs each network trains (what progress counts)."""
-
-    @property
-    def augments(self) -> bool:
-        """Whether the batches are augmented."""
-
-    def lr(self, learned_lr: Optional[float], *, real: bool) -> float:
-        """The lr of the set's networks (``real``: of a reference's)."""
-
-    def labels_used(self, stored: str) -> str:
-        """What the networks learn from, given the stored label kind."""
-
-    def train(self, model: ModelConfig, images: Images, labels: Labels, data: RealData, *, seeds: list[int],
-              lr: float, on_epoch: NetworkEpochFn) -> list[float]:
-        """One fresh network per seed; their test accuracies (%)."""
-
-    def with_augmentation(self, on: bool) -> "EvalProtocol":
-        """The same protocol with its augmentation on or off."""
-
-    def settings(self) -> dict:
-        """Plain JSON of what was done (for events, the store and ``--json``)."""
-
-
-@attrs.frozen
-class MTTProtocol:
-    """SGD on the stored labels with DSA, lr x0.1 at half time (``cfg``)."""
-
-    cfg: EvalConfig
-    training: EvaluationTraining
-    name: str = "mtt"
-
-    @property
-    def epochs(self) -> int:
-        return self.cfg.epochs
-
-    @property
-    def augments(self) -> bool:
-        return self.cfg.dsa
-
-    def lr(self, learned_lr: Optional[float], *, real: bool) -> float:
-        return (self.cfg.lr or REAL_LR) if real else student_lr(learned_lr, self.cfg)
-
-    def labels_used(self, stored: str) -> str:
-        return stored
-
-    def train(self, model: ModelConfig, images: Images, labels: Labels, data: RealData, *, seeds: list[int],
-              lr: float, on_epoch: NetworkEpochFn) -> list[float]:
-        return list(self.training.train_on(model, images, labels, data, seeds=seeds, epochs=self.cfg.epochs, lr=lr,
-                                           cfg=self.cfg, on_epoch=on_epoch))
-
-    def with_augmentation(self, on: bool) -> "MTTProtocol":
-        return attrs.evolve(self, cfg=attrs.evolve(self.cfg, dsa=on))
-
-    def settings(self) -> dict:
-        return {"name": self.name, **to_dict(self.cfg)}
-
-
-@attrs.frozen
-class RelabelProtocol:
-    """A fixed teacher relabels every augmented batch; AdamW on the KL (``cfg``)."""
-
-    cfg: RelabelConfig
-    teacher: Any
-    training: RelabelTraining
-    teacher_facts: dict = attrs.field(factory=dict)
-    name: str = "relabel"
-
-    @property
-    def epochs(self) -> int:
-        return self.cfg.epochs
-
-    @property
-    def augments(self) -> bool:
-        return self.cfg.augments
-
-    def lr(self, learned_lr: Optional[float], *, real: bool) -> float:
-        return self.cfg.lr  # AdamW's, for the set and its references alike; a learned SGD lr does not apply
-
-    def labels_used(self, stored: str) -> str:
-        return "teacher"
-
-    def train(self, model: ModelConfig, images: Images, labels: Labels, data: RealData, *, seeds: list[int],
-              lr: float, on_epoch: NetworkEpochFn) -> list[float]:
-        return list(self.training.train_relabel(model, images, self.teacher, data, seeds=seeds, cfg=self.cfg,
-                                                on_epoch=on_epoch))
-
-    def with_augmentation(self, on: bool) -> "RelabelProtocol":
-        if not on:
-            return attrs.evolve(self, cfg=self.cfg.without_augmentation())
-        if self.cfg.augments:
-            return self
-        return attrs.evolve(self, cfg=attrs.evolve(self.cfg, crop=True, flip=True, cutmix=True))
-
-    def settings(self) -> dict:
-        return {"name": self.name, **to_dict(self.cfg), "teacher": dict(self.teacher_facts)}
-
-
-@attrs.frozen
-class FullRealProtocol:
-    """The whole real training set with hard labels (``recipe``: SGD, DSA, constant lr);
-    the images and labels it is handed are ignored."""
-
-    recipe: ExpertConfig
-    training: EvaluationTraining
-    name: str = "mtt"
-
-    @property
-    def epochs(self) -> int:
-        return self.recipe.epochs
-
-    @property
-    def augments(self) -> bool:
-        return self.recipe.dsa
-
-    def lr(self, learned_lr: Optional[float], *, real: bool) -> float:
-        return self.recipe.lr
-
-    def labels_used(self, stored: str) -> str:
-        return "hard"
-
-    def train(self, model: ModelConfig, images: Images, labels: Labels, data: RealData, *, seeds: list[int],
-              lr: float, on_epoch: NetworkEpochFn) -> list[float]:
-        def one(i: int) -> NetworkEpochFn:
-            return lambda _net, epoch: on_epoch(i, epoch)
-
-        return [self.training.train_on_real(model, data, self.recipe, s, on_epoch=one(i)) for i, s in enumerate(seeds)]
-
-    def with_augmentation(self, on: bool) -> "FullRealProtocol":
-        return attrs.evolve(self, recipe=attrs.evolve(self.recipe, dsa=on))
-
-    def settings(self) -> dict:
-        return {"name": self.name, "full_real": to_dict(self.recipe)}
-
-
-def full_real_recipe(cfg: EvalConfig, epochs: Optional[int] = None) -> ExpertConfig:
-    """The full-real reference's training: ``epochs`` (default cfg.epochs // 10, at least
-    1), SGD with the protocol's momentum and weight decay, DSA, a constant lr."""
-    return ExpertConfig(epochs=epochs or max(1, cfg.epochs // 10), lr=cfg.lr or REAL_LR, momentum=cfg.momentum,
-                        weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, dsa=cfg.dsa, seed=cfg.seed,
-                        eval_every=0)
-
-
-def real_teacher_recipe(epochs: int, seed: int) -> ExpertConfig:
-    """A real-data teacher's training: SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch
-    256, DSA (DC-bench's full-data recipe), ``epochs`` epochs."""
-    return ExpertConfig(epochs=epochs, lr=REAL_LR, momentum=0.9, weight_decay=5e-4, batch_size=256, dsa=True,
-                        seed=seed, eval_every=0)
 
 
 # --- runs: what is trained, and progress while it is ------------------------------------------

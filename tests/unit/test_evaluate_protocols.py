@@ -218,6 +218,10 @@ def test_bad_score_settings_are_refused(kw, match):
 def test_a_hard_label_set_under_mtt_is_its_own_hard_label_run():
     result, ports, _ = _run(syn=StoredSetFake(soft_labels=None, labels_kind="hard"), scores=True)
     assert "synthetic hard" not in [s.subject for s in result.scores]
+    # so is a soft set evaluated with --hard: its main run trains on the class ids
+    forced, ports, _ = _run(hard=True, scores=True)
+    assert "synthetic hard" not in [s.subject for s in forced.scores] and forced.scores[0].labels == "hard"
+    assert ports.training.calls[1][3] == LABELS
     assert result.robustness[0].sources["syn_hard"] == "synthetic"
     assert score_roles(True, hard_run=False)["syn_hard"] == ("synthetic",)
 
@@ -277,6 +281,25 @@ def test_results_are_recorded_in_the_stores_provenance_when_asked():
     # not asked: nothing written
     prepare_evaluation(attrs.evolve(req, record=False), ports).job(ListSink(), None)
     assert len(record.records["run/s.zarr"]) == 1
+
+
+class ReadOnly:
+    def __call__(self, url, record):
+        from tesla.domain.errors import StoreError
+
+        raise StoreError(f"{url}: store is open read-only")
+
+
+def test_a_store_that_refuses_the_record_costs_a_warning_not_the_results():
+    ports = EvaluatePorts(read_set=lambda url: StoredSetFake(), load_data=FakeLoadData(FakeData()),
+                          training=HandMade(), record=ReadOnly())
+    req = EvaluateRequest(synthetic="s3://b/s.zarr", cfg=EvalConfig(num_models=2, epochs=4), scores=True, record=True)
+    sink = ListSink()
+    result = prepare_evaluation(req, ports).job(sink, None)
+    assert result.status == "completed" and len(result.robustness) == 1
+    (warning,) = sink.of("warning")
+    assert "not recorded" in warning.message and "read-only" in warning.message and "--no-record" in warning.message
+    assert sink.of("run_finished")[0].status == "completed"
 
 
 class CancelAfterRuns:

@@ -42,7 +42,7 @@ from tesla.app.services.protocols import (REAL_LR, EvalProtocol, FullRealProtoco
 from tesla.domain import events
 from tesla.domain.config import ConfigError, EvalConfig, ModelConfig, from_dict, to_dict
 from tesla.domain.data import recorded_data_config
-from tesla.domain.errors import NumericalError
+from tesla.domain.errors import NumericalError, UserError
 from tesla.domain.ports import (Cancel, EvaluationTraining, EventSink, Images, Labels, LoadData, NetworkEpochFn,
                                 NullSink, ReadSet, RealData, RecordEvaluation, RelabelTraining, StoredSet, Teachers)
 from tesla.domain.relabel import TEACHER_EPOCHS, RelabelConfig, TeacherChoice
@@ -394,7 +394,7 @@ class _Evaluation:
         self.req, self.ports, self.syn, self.model_cfg = req, ports, syn, model_cfg
         self.data_cfg, self.data = data_cfg, data
         self.hard_labels = req.hard or syn.soft_labels is None
-        self.stored_kind = "hard" if req.hard else syn.labels_kind
+        self.stored_kind = "hard" if self.hard_labels else syn.labels_kind
         self.mtt = MTTProtocol(req.cfg, ports.training)
         self.teacher: Optional[tuple[Any, dict]] = None
         self._check()
@@ -497,7 +497,7 @@ class _Evaluation:
         if result.robustness:
             summary["scores"] = [r.to_json() for r in result.robustness]
         if self.req.record and result.status == "completed":
-            self._record(result)
+            self._record(result, sink)
         sink.emit(events.RunFinished(status=result.status, summary=summary))
         return result
 
@@ -521,14 +521,20 @@ class _Evaluation:
             robust = robustness(scores, roles, req.score_settings)
         return EvaluationResult(scores=scores, robustness=robust, protocol=main.settings())
 
-    def _record(self, result: EvaluationResult) -> None:
-        if self.ports.record is None:
-            raise ConfigError("this build cannot record evaluations in a store: pass --no-record")
+    def _record(self, result: EvaluationResult, sink: EventSink) -> None:
+        """The results into the set's provenance; a store that refuses (read-only, remote
+        without write access) costs a warning, not the results already measured."""
         record = {"protocol": result.protocol, "evaluate": to_dict(self.req.cfg),
                   "data": to_dict(self.data_cfg), "results": [s.to_json() for s in result.scores]}
         if result.robustness:
             record["scores"] = [r.to_json() for r in result.robustness]
-        self.ports.record(self.req.synthetic, record)
+        try:
+            if self.ports.record is None:
+                raise ConfigError("this build cannot write evaluation records")
+            self.ports.record(self.req.synthetic, record)
+        except UserError as e:
+            sink.emit(events.Warning(message=f"results not recorded in {redact_url(self.req.synthetic)}: {e} "
+                                             f"(pass --no-record to skip)"))
 
 
 def prepare_evaluation(req: EvaluateRequest, ports: EvaluatePorts) -> PreparedEvaluation:

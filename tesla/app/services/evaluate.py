@@ -3,8 +3,9 @@
 A set is judged by training fresh, randomly initialised networks on it and measuring top-1
 on the real test set: mean +- std over ``num_models`` networks, for each architecture asked
 for. *How* the networks train is a protocol, a small value chosen once
-(:class:`MTTProtocol`, :class:`RelabelProtocol`, and :class:`FullRealProtocol` for the
-whole training set), so the loop that trains, reports and scores never asks which:
+(:mod:`tesla.app.services.protocols`: ``MTTProtocol``, ``RelabelProtocol``, and
+``FullRealProtocol`` for the whole training set), so the loop that trains, reports and
+scores never asks which:
 
 - ``mtt`` (the default): the MTT/TESLA protocol: SGD momentum 0.9, weight decay 5e-4,
   lr = the learned lr unless given, x0.1 at half time, DSA on every batch, cross-entropy

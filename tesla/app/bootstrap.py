@@ -372,28 +372,47 @@ def distill_in_process(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Data
     return service.distill(run, sink, cancel)
 
 
-def evaluation_training(device: Any = "cpu") -> Any:
-    """The evaluation networks' training on torch and ``device``."""
+def evaluation_training(device: Any = "cpu", parallel: Optional[int] = None) -> Any:
+    """The evaluation networks' training on torch and ``device`` (groups of ``parallel``)."""
     from tesla.adapters.torch.trainers import TorchEvaluationTraining
 
-    return TorchEvaluationTraining(device)
+    return TorchEvaluationTraining(device, parallel)
 
 
-def prepare_evaluation(request: "EvaluateRequest", *, device: str = "auto",
-                       storage_options: Optional[dict] = None) -> "PreparedEvaluation":
-    """:func:`tesla.app.services.evaluate.prepare_evaluation` on torch and the real stores."""
+def record_evaluation(url: str, record: dict, storage_options: Optional[dict] = None) -> None:
+    """Append an evaluation's record to the provenance of the set at ``url``."""
+    from tesla.adapters.stores.evaluations import record_evaluation as record_in
+
+    with open_synthetic(url, "a", options_for(url, storage_options)) as store:
+        record_in(store, record)
+
+
+def prepare_evaluation(request: "EvaluateRequest", *, device: str = "auto", storage_options: Optional[dict] = None,
+                       parallel: Optional[int] = None, cache_dir: Optional[str] = None) -> "PreparedEvaluation":
+    """:func:`tesla.app.services.evaluate.prepare_evaluation` on torch and the real stores:
+    relabel teachers from trajectory stores or trained on the real data and cached under
+    ``cache_dir`` (default ``default_cache_dir()/teachers``)."""
     import functools
 
+    from tesla.adapters.torch.teachers import TorchTeachers
+    from tesla.adapters.torch.trainers import TorchRelabelTraining
     from tesla.app.services.evaluate import EvaluatePorts
     from tesla.app.services.evaluate import prepare_evaluation as prepare
 
-    training = evaluation_training(resolve_device(device))
+    dev = resolve_device(device)
 
     def read_set(url: str) -> Any:
         return open_synthetic(url, "r", storage_options).read_set()
 
-    return prepare(request, EvaluatePorts(read_set=read_set, training=training,
-                                          load_data=functools.partial(load_data, storage_options=storage_options)))
+    def open_store(url: str) -> Any:
+        return open_trajectories(url, "r", options_for(url, storage_options))
+
+    teachers = TorchTeachers(dev, cache_dir or default_cache_dir() / "teachers", open_store)
+    return prepare(request, EvaluatePorts(
+        read_set=read_set, training=evaluation_training(dev, parallel),
+        load_data=functools.partial(load_data, storage_options=storage_options),
+        relabel=TorchRelabelTraining(dev), teachers=teachers,
+        record=functools.partial(record_evaluation, storage_options=storage_options)))
 
 
 def evaluate_set(images: Any, labels: Any, learned_lr: Optional[float], data: Any, *, device: Any = "cpu",

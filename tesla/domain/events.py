@@ -95,7 +95,10 @@ class Evaluation:
     """Accuracy of networks trained on a set: mean and std (percent) over ``n`` networks.
 
     ``subject`` says what was trained on: ``synthetic``, ``random-real`` (same IPC) or
-    ``full-real``.
+    ``full-real``, with a variant after a space where the evaluation trains the same
+    subject more than one way (``synthetic hard``, ``random-real no-aug``).
+    ``protocol`` names how the networks were trained (``mtt``, ``relabel``; None in logs
+    written before it was recorded).
     """
 
     model: str
@@ -105,6 +108,7 @@ class Evaluation:
     n: int
     iteration: Optional[int] = None
     accuracies: tuple = attrs.field(default=(), converter=tuple)
+    protocol: Optional[str] = None
     time: float = attrs.field(factory=_now)
     type: str = "evaluation"
 

@@ -499,6 +499,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, TypeVar  # noqa: E402
 if TYPE_CHECKING:  # only for the annotations: the domain modules below import this one
     from tesla.domain.bench import BenchSettings, MemoryPoint, MemoryResult, SpeedResult
     from tesla.domain.config import DataConfig, DistillConfig, EvalConfig, ExpertConfig, ModelConfig
+    from tesla.domain.relabel import RelabelConfig
 
 
 # on_snapshot(epoch, flat parameters (P,), test accuracy or None): after init and every epoch
@@ -626,16 +627,24 @@ class ExpertTraining(Protocol):
         """
 
 
+# on_network_epoch(network, epoch): network ``network`` (its index in the call's seeds)
+# finished epoch ``epoch`` (1-based); evaluation training reports through it as it goes
+NetworkEpochFn = Callable[[int, int], None]
+
+
 class EvaluationTraining(Protocol):
     """Trains fresh evaluation networks and measures top-1 (%) on the real test set."""
 
     def train_on(self, model: "ModelConfig", images: Images, labels: Labels, data: RealData, *,
-                 seeds: Sequence[int], epochs: int, lr: float, cfg: "EvalConfig") -> list[float]:
+                 seeds: Sequence[int], epochs: int, lr: float, cfg: "EvalConfig",
+                 on_epoch: Optional[NetworkEpochFn] = None) -> list[float]:
         """One network per seed on (images, labels) with ``cfg``'s protocol (momentum,
         weight decay, batch, DSA, lr x0.1 at half time); their test accuracies."""
 
-    def train_on_real(self, model: "ModelConfig", data: RealData, recipe: "ExpertConfig", seed: int) -> float:
-        """One network on the whole real training set with ``recipe``; its test accuracy."""
+    def train_on_real(self, model: "ModelConfig", data: RealData, recipe: "ExpertConfig", seed: int,
+                      on_epoch: Optional[NetworkEpochFn] = None) -> float:
+        """One network on the whole real training set with ``recipe``; its test accuracy
+        (``on_epoch(0, epoch)`` after each epoch)."""
 
     def random_real(self, data: RealData, ipc: int, seeds: Sequence[int]) -> tuple[Images, Labels]:
         """``ipc`` random real images of each class c (drawn with ``seeds[c]``) and their
@@ -643,6 +652,43 @@ class EvaluationTraining(Protocol):
 
     def count(self, images: Images) -> int:
         """Number of images in a set."""
+
+
+Teacher = Any  # a network mapping images (B, C, H, W) to logits (B, K), opaque to the services
+
+
+class RelabelTraining(Protocol):
+    """Trains students under the teacher-relabel protocol (:mod:`tesla.domain.relabel`):
+    the teacher's softmax at a temperature on every augmented batch is the target."""
+
+    def train_relabel(self, model: "ModelConfig", images: Images, teacher: Teacher, data: RealData, *,
+                      seeds: Sequence[int], cfg: "RelabelConfig",
+                      on_epoch: Optional[NetworkEpochFn] = None) -> list[float]:
+        """One fresh student per seed on ``images`` (stored labels are not used); their
+        test accuracies (%)."""
+
+
+class Teachers(Protocol):
+    """Where a relabel teacher comes from: an expert snapshot, or a network trained on
+    the real data (cached, so it is trained once for a data/model/recipe/seed)."""
+
+    def from_expert(self, url: str, expert: int, epoch: Optional[int], num_classes: int) -> tuple[Teacher, dict]:
+        """Expert ``expert`` of the trajectory store at ``url`` after ``epoch`` epochs
+        (None: its last snapshot), and facts to record (``model``, ``epoch``); refuses
+        (UserError) a missing store, expert or epoch, or a model of another class count."""
+
+    def from_real(self, model: "ModelConfig", data: RealData, recipe: "ExpertConfig", key: Mapping[str, Any], *,
+                  on_epoch: Optional[NetworkEpochFn] = None) -> tuple[Teacher, dict]:
+        """A network trained on the real training set with ``recipe`` (loaded when ``key``
+        was trained before), and facts to record (``test_accuracy``, ``cached``)."""
+
+
+class RecordEvaluation(Protocol):
+    """Adds an evaluation's record to a synthetic set's provenance (checksummed with the
+    set's other attributes; the arrays are unchanged)."""
+
+    def __call__(self, url: str, record: Mapping[str, Any]) -> None: ...
+
 
 
 class FreeMemory(Protocol):
@@ -841,13 +887,16 @@ class ExportImages(Protocol):
 
 
 class SetExporter(Protocol):
-    """Writes a stored set for other tools (the published ``.pt`` layout) and for people
-    (PNG grids per class, un-whitened); each returns the paths written."""
+    """Writes a stored set for other tools (the published ``.pt`` layout, DD-Ranking's
+    files) and for people (PNG grids per class, un-whitened); each returns the paths written."""
 
     def published(self, syn: StoredSet, folder: str) -> list[str]: ...
 
     def png_grid(self, syn: StoredSet, folder: str, per_row: int) -> list[str]: ...
 
+    def ddranking(self, syn: StoredSet, folder: str, dataset: Optional[str]) -> list[str]:
+        """``images.pt``, ``labels.pt``, ``lr.pt``, ``meta.json`` and ``README.md`` as
+        DD-Ranking's evaluators load them (``dataset``: its name; None: the set's)."""
 
 class QualityPlot(Protocol):
     """Draws ``tesla bench quality``'s table (:class:`~tesla.domain.quality.TableRow` per

@@ -98,8 +98,14 @@ def _row(dataset: str, ipc: int) -> Preset:
         labels="teacher-target" if imagenet else "hard",
     )
     return Preset(name=f"{dataset.replace('imagenet64', 'imagenet1k')}-ipc{ipc}", dataset=dataset, zca=zca,
-                  model=model, experts=ExpertConfig(), distill=distill, evaluate=EvalConfig(),
+                  model=model, experts=ExpertConfig(), distill=distill, evaluate=_evaluation(imagenet),
                   published_lr_img=published_lr_img)
+
+
+def _evaluation(imagenet: bool) -> EvalConfig:
+    """The published protocol; ImageNet rows also train ResNet-18 at the same 64 px (the
+    cross-architecture row the field reports beside ConvNetD4, with instance norm)."""
+    return EvalConfig(models=("convnet", "resnet18")) if imagenet else EvalConfig()
 
 
 def demo() -> Preset:

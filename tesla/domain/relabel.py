@@ -119,3 +119,45 @@ def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
     if schedule == "constant":
         return 1.0
     raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)} (got {schedule!r})")
+
+
+# --- where the teacher comes from --------------------------------------------------------
+
+TEACHER_KINDS = ("real", "expert")
+TEACHER_EPOCHS = 50  # a real-data teacher's epochs unless given (DC-bench's full-data recipe)
+
+
+@attrs.frozen
+class TeacherChoice:
+    """The relabel protocol's teacher, as ``--teacher`` names it.
+
+    ``real`` (or ``real:ARCH``): a network trained on the whole real training set (the
+    set's model, or architecture ARCH at the same input size), cached on disk. ``expert:I``
+    (or ``expert:I@E``): expert I of the trajectory store, after its last (or E-th) epoch.
+    """
+
+    kind: str = "real"
+    arch: Any = None
+    expert: Any = None
+    epoch: Any = None
+
+    @classmethod
+    def parse(cls, text: str) -> "TeacherChoice":
+        """``real``, ``real:resnet18``, ``expert:0``, ``expert:0@20``; ConfigError otherwise."""
+        fix = "use real, real:ARCH (convnet, resnet18, vit), expert:I or expert:I@EPOCH"
+        raw = str(text).strip()
+        kind, _, rest = raw.partition(":")
+        if kind == "real":
+            if rest and rest not in ("convnet", "resnet18", "vit"):
+                raise ConfigError(f"--teacher {raw!r}: unknown architecture {rest!r}; {fix}")
+            return cls(kind="real", arch=rest or None)
+        if kind == "expert" and rest:
+            idx, at, epoch = rest.partition("@")
+            if idx.isdigit() and (not at or epoch.isdigit()):
+                return cls(kind="expert", expert=int(idx), epoch=int(epoch) if epoch else None)
+        raise ConfigError(f"--teacher {raw!r} is not a teacher: {fix}")
+
+    def __str__(self) -> str:
+        if self.kind == "real":
+            return "real" + (f":{self.arch}" if self.arch else "")
+        return f"expert:{self.expert}" + (f"@{self.epoch}" if self.epoch is not None else "")

@@ -59,7 +59,8 @@ _LOW = math.exp(-1.0)
 _SPAN = math.e - _LOW
 
 
-def _check_weight(name: str, w: float) -> float:
+def check_weight(name: str, w: float) -> float:
+    """``w`` as a float when it is a number in [0, 1]; ConfigError naming ``name`` otherwise."""
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= float(w) <= 1.0:
         raise ConfigError(f"{name} must be a number in [0, 1] (got {w!r}); DD-Ranking's default is 0.5")
     return float(w)
@@ -106,7 +107,7 @@ def label_robust_score(hlr: float, ior: float, *, weight: float = DEFAULT_WEIGHT
             are within [-100, 100] points) or ``ddranking-0.2.0`` (alpha from percentage
             points, as the package computes it).
     """
-    w = _check_weight("weight", weight)
+    w = check_weight("weight", weight)
     alpha = (w * _finite("IOR", ior) - (1.0 - w) * _finite("HLR", hlr)) / _unit(convention)
     return exp_normalise(alpha)
 
@@ -121,7 +122,7 @@ def augmentation_robust_score(aug_gain: float, naug_gain: float, *, weight: floa
         weight: ``g`` in [0, 1] (DD-Ranking's ``ars_lambda``).
         convention: as in :func:`label_robust_score`.
     """
-    g = _check_weight("weight", weight)
+    g = check_weight("weight", weight)
     beta = (g * _finite("augmented gain", aug_gain) + (1.0 - g) * _finite("unaugmented gain", naug_gain))
     return exp_normalise(beta / _unit(convention))
 

@@ -52,6 +52,22 @@ def _implementations():
         (ports.RunFiles, LocalRunFiles), (ports.RunFiles, fakes.FakeRunFiles),
         (ports.DistillParts, TorchParts), (ports.DistillParts, fakes.FakeParts),
         (ports.Evaluator, RunEvaluator), (ports.Cancel, AgreedCancel), (ports.Cancel, fakes.StopAfter),
+        *_evaluation_ports(),
+    ]
+
+
+def _evaluation_ports():
+    """The evaluation and export ports: torch adapters, stores and the services' fakes."""
+    from tesla.adapters.stores.export import SetExportOnDisk
+    from tesla.adapters.torch.teachers import TorchTeachers
+    from tesla.adapters.torch.trainers import TorchEvaluationTraining, TorchRelabelTraining
+    from tests.unit import service_fakes as sf
+
+    return [
+        (ports.EvaluationTraining, TorchEvaluationTraining), (ports.EvaluationTraining, sf.FakeEvaluationTraining),
+        (ports.RelabelTraining, TorchRelabelTraining), (ports.RelabelTraining, sf.FakeRelabelTraining),
+        (ports.Teachers, TorchTeachers), (ports.Teachers, sf.FakeTeachers),
+        (ports.RecordEvaluation, sf.FakeRecord), (ports.SetExporter, SetExportOnDisk),
     ]
 
 

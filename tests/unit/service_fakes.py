@@ -211,16 +211,26 @@ def accuracy_of(arch: str, seed: int, lr: float) -> float:
 class FakeEvaluationTraining:
     """Evaluation networks whose accuracy is :func:`accuracy_of`; records every call."""
 
-    def __init__(self) -> None:
+    def __init__(self, report: bool = True) -> None:
         self.calls: list = []
+        self.cfgs: list = []
+        self.report = report  # call on_epoch as a real adapter does (False: an adapter that reports nothing)
 
     def train_on(self, model: Any, images: Any, labels: Any, data: Any, *, seeds: Sequence[int], epochs: int,
-                 lr: float, cfg: Any) -> list[float]:
+                 lr: float, cfg: Any, on_epoch: Optional[Callable] = None) -> list[float]:
         self.calls.append(("train_on", model.name, tuple(images), tuple(labels), tuple(seeds), epochs, lr))
-        return [accuracy_of(model.name, s, lr) for s in seeds]
+        self.cfgs.append(cfg)
+        for i in range(len(seeds) if on_epoch is not None and self.report else 0):
+            for e in range(1, epochs + 1):
+                on_epoch(i, e)
+        # without DSA the fake networks lose 5 points: augmentation scores have two sides
+        return [accuracy_of(model.name, s, lr) - (0.0 if cfg.dsa else 5.0) for s in seeds]
 
-    def train_on_real(self, model: Any, data: Any, recipe: Any, seed: int) -> float:
+    def train_on_real(self, model: Any, data: Any, recipe: Any, seed: int,
+                      on_epoch: Optional[Callable] = None) -> float:
         self.calls.append(("train_on_real", model.name, recipe, seed))
+        for e in range(1, recipe.epochs + 1 if on_epoch is not None and self.report else 1):
+            on_epoch(0, e)
         return accuracy_of(model.name, seed, recipe.lr) + 50.0
 
     def random_real(self, data: Any, ipc: int, seeds: Sequence[int]) -> tuple:
@@ -230,6 +240,66 @@ class FakeEvaluationTraining:
 
     def count(self, images: Any) -> int:
         return len(images)
+
+
+class FakeTeacher:
+    """A teacher the tests can name; ``bonus`` is what it adds to a student's accuracy."""
+
+    def __init__(self, name: str, bonus: float) -> None:
+        self.name, self.bonus = name, bonus
+
+    def __repr__(self) -> str:
+        return f"FakeTeacher({self.name})"
+
+
+class FakeRelabelTraining:
+    """Relabel students: accuracy :func:`accuracy_of` at the AdamW lr, plus the teacher's
+    bonus, minus 3 points without augmentation; records every call."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def train_relabel(self, model: Any, images: Any, teacher: Any, data: Any, *, seeds: Sequence[int], cfg: Any,
+                      on_epoch: Optional[Callable] = None) -> list[float]:
+        self.calls.append(("train_relabel", model.name, tuple(images), teacher, tuple(seeds), cfg))
+        for i in range(len(seeds) if on_epoch is not None else 0):
+            for e in range(1, cfg.epochs + 1):
+                on_epoch(i, e)
+        return [accuracy_of(model.name, s, cfg.lr) + teacher.bonus - (0.0 if cfg.augments else 3.0) for s in seeds]
+
+
+class FakeTeachers:
+    """Teachers by name: ``expert`` snapshots and a ``real`` network (its training
+    reports ``epochs`` epochs); records every request."""
+
+    def __init__(self, experts: Optional[dict] = None) -> None:
+        self.experts = experts if experts is not None else {"mem://experts": {0: 4, 1: 4}, "mem://other": {0: 2}}
+        self.calls: list = []
+
+    def from_expert(self, url: str, expert: int, epoch: Optional[int], num_classes: int) -> tuple:
+        from tesla.domain.errors import ConfigError
+
+        self.calls.append(("from_expert", url, expert, epoch, num_classes))
+        if url not in self.experts or expert not in self.experts[url]:
+            raise ConfigError(f"{url} has no complete expert {expert}")
+        at = self.experts[url][expert] if epoch is None else epoch
+        return FakeTeacher(f"expert{expert}@{at}", 7.0), {"model": "ConvNetD2", "epoch": at, "test_accuracy": 55.0}
+
+    def from_real(self, model: Any, data: Any, recipe: Any, key: Any, *, on_epoch: Optional[Callable] = None) -> tuple:
+        self.calls.append(("from_real", model.name, recipe, dict(key)))
+        for e in range(1, recipe.epochs + 1 if on_epoch is not None else 1):
+            on_epoch(0, e)
+        return FakeTeacher(f"real-{model.name}", 11.0), {"test_accuracy": 66.0, "cached": False}
+
+
+class FakeRecord:
+    """Evaluation records by store url."""
+
+    def __init__(self) -> None:
+        self.records: dict = {}
+
+    def __call__(self, url: str, record: Any) -> None:
+        self.records.setdefault(url, []).append(record)
 
 
 # --- run directories and data ------------------------------------------------------------------

@@ -122,10 +122,16 @@ def _overview(images: torch.Tensor, labels: np.ndarray, decode: Callable, *, max
 
 
 class SetExportOnDisk:
-    """The :class:`~tesla.domain.ports.SetExporter` port: the two exports above, into folders."""
+    """The :class:`~tesla.domain.ports.SetExporter` port: the two exports above and
+    DD-Ranking's files (:mod:`.export_ddranking`), into folders."""
 
     def published(self, syn: SyntheticSet, folder: str) -> list[str]:
         return export_published(syn, str(folder))
 
     def png_grid(self, syn: SyntheticSet, folder: str, per_row: int) -> list[str]:
         return export_png_grid(syn, str(folder), decode=default_decode(syn), per_row=per_row)
+
+    def ddranking(self, syn: SyntheticSet, folder: str, dataset: Optional[str]) -> list[str]:
+        from .export_ddranking import export_ddranking
+
+        return export_ddranking(syn, str(folder), dataset=dataset)

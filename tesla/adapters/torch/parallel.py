@@ -229,12 +229,14 @@ def train_and_evaluate_parallel(
     device: torch.device | str = "cpu",
     lr_decay_epoch: Optional[int] = None,
     mode: str = "auto",
+    on_epoch: Optional[Callable[[int, int], None]] = None,
 ) -> list[float]:
     """:func:`~tesla.adapters.torch.training.train_and_evaluate` for M networks at once.
 
     Every member trains on the same ``(images, labels)`` with its own seed (batch order
     and augmentation as ``train_and_evaluate(..., seed=seeds[m])``). ``mode`` as in
-    :func:`train_experts_parallel`.
+    :func:`train_experts_parallel`. ``on_epoch(member, epoch)`` follows each member's
+    epochs (1-based), for progress.
 
     Returns:
         top-1 test accuracy (%) per member.
@@ -249,7 +251,8 @@ def train_and_evaluate_parallel(
     if not _use_vmap(mode, models, device):
         return [train_and_evaluate(models[i], images, labels, data, epochs=epochs, lr=lr, momentum=momentum,
                                    weight_decay=weight_decay, batch_size=batch_size, augment=augment,
-                                   seed=seeds[i], device=device, lr_decay_epoch=lr_decay_epoch)
+                                   seed=seeds[i], device=device, lr_decay_epoch=lr_decay_epoch,
+                                   on_epoch=None if on_epoch is None else (lambda e, i=i: on_epoch(i, e)))
                 for i in range(m)]
     stack = _Stack(models, device)
     x_all = images.detach().to(device, dtype=torch.float32).clone()
@@ -274,5 +277,7 @@ def train_and_evaluate_parallel(
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
             optimizer.step()
+        for i in range(m if on_epoch is not None else 0):
+            on_epoch(i, epoch + 1)
     stack.write_back()
     return [accuracy(model, data.test_batches(EVAL_BATCH), device) for model in stack.models]

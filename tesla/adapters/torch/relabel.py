@@ -163,6 +163,7 @@ def train_relabel(
     seed: int = 0,
     device: torch.device | str = "cpu",
     on_step: Optional[StepFn] = None,
+    on_epoch: Optional[Callable[[int], None]] = None,
 ) -> float:
     """Train a fresh ``model`` on ``images`` relabelled by ``teacher``; return its test accuracy.
 
@@ -180,6 +181,7 @@ def train_relabel(
         seed: batch order and augmentation.
         device: where to train.
         on_step: ``on_step(epoch, step, loss)`` after every optimiser step.
+        on_epoch: ``on_epoch(epoch)`` after every epoch (1-based), for progress.
 
     Returns:
         Top-1 accuracy (%) on ``data.test_batches`` after the last epoch.
@@ -213,6 +215,8 @@ def train_relabel(
             if on_step is not None:
                 on_step(epoch, step, float(loss.detach()))
         scheduler.step()
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
     return accuracy(model, data.test_batches(EVAL_BATCH), device)
 
 
@@ -225,6 +229,10 @@ def evaluate_relabel(
     *,
     seeds: list[int],
     device: torch.device | str = "cpu",
+    on_epoch: Optional[Callable[[int, int], None]] = None,
 ) -> list[float]:
-    """Accuracy of one fresh student per seed: ``build(seed)`` makes each network."""
-    return [train_relabel(build(s), images, teacher, data, cfg, seed=s, device=device) for s in seeds]
+    """Accuracy of one fresh student per seed: ``build(seed)`` makes each network;
+    ``on_epoch(i, epoch)`` follows student i's epochs (1-based)."""
+    return [train_relabel(build(s), images, teacher, data, cfg, seed=s, device=device,
+                          on_epoch=None if on_epoch is None else (lambda e, i=i: on_epoch(i, e)))
+            for i, s in enumerate(seeds)]

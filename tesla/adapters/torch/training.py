@@ -187,6 +187,7 @@ def train_and_evaluate(
     seed: int = 0,
     device: torch.device | str = "cpu",
     lr_decay_epoch: Optional[int] = None,
+    on_epoch: Optional[Callable[[int], None]] = None,
 ) -> float:
     """Train a fresh network on ``(images, labels)`` and return its test accuracy.
 
@@ -201,6 +202,7 @@ def train_and_evaluate(
         augment: None, or a DSA applied to every batch as ``augment(x, generator)``.
         seed: batch order and augmentation.
         device: where to train.
+        on_epoch: ``on_epoch(epoch)`` after each epoch (1-based), for progress.
 
     Returns:
         Top-1 accuracy (%) on ``data.test_batches``.
@@ -232,4 +234,6 @@ def train_and_evaluate(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
     return accuracy(model, data.test_batches(EVAL_BATCH), device)

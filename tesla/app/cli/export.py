@@ -1,4 +1,4 @@
-"""``tesla export``: a stored set to the published layout (.pt files) and PNG grids."""
+"""``tesla export``: a stored set to the published layout (.pt files) and PNG grids, or DD-Ranking's files."""
 
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ def export(
     png: bool = typer.Option(True, "--png/--no-png", help="One PNG grid per class (un-whitened)."),
     per_row: int = typer.Option(10, help="Images per grid row."),
     storage_option: Optional[list[str]] = typer.Option(None, "--storage-option", help="key=value for fsspec URLs."),
+    layout: str = typer.Option("mtt", help="mtt (the published .pt files and PNG grids) | ddranking (images.pt, "
+                               "labels.pt, lr.pt for DD-Ranking's evaluators, with a README of the call)."),
+    dataset: Optional[str] = typer.Option(None, help="--layout ddranking: DD-Ranking's dataset (CIFAR10, "
+                                          "CIFAR100, TinyImageNet, ImageNet1K ...; default: the set's)."),
 ) -> None:
     """Export a synthetic set for other tools and for looking at."""
     with errors():
@@ -27,7 +31,8 @@ def export(
         if out.exists() and not out.is_dir():
             raise ConfigError(f"{out} exists and is not a folder: choose another output folder")
         written = bootstrap.export_set(synthetic, out, storage_options=storage_options(storage_option),
-                                       published=published, png=png, per_row=per_row)
+                                       published=published, png=png, per_row=per_row, layout=layout,
+                                       dataset=dataset)
         typer.echo(f"wrote {len(written)} file(s) to {out}")
 
 

@@ -72,3 +72,10 @@ def _check_recorded(files: RunFiles, run_dir: Path, config: dict, *, resume: boo
         if old.get(key) != config.get(key):
             raise RunDirError(f"{run_dir} holds a run with a different {key} config: "
                               "resume with the same settings or choose another --out")
+
+
+def record_config(files: RunFiles, run_dir: Path, config: dict) -> None:
+    """Record ``config`` as the run's, replacing what was there: a resumed run whose
+    resumable settings changed (more iterations, another lr) is continued with them next
+    time."""
+    files.write_atomic(Path(run_dir) / RUN_CONFIG, json.dumps(config, indent=2, sort_keys=True))

@@ -6,6 +6,8 @@ import importlib
 
 import typer
 
+from tesla.app.cli.common import plain_flags
+
 app = typer.Typer(
     name="tesla",
     help="Dataset distillation by trajectory matching at constant memory (TESLA, exact and MTT gradients).",
@@ -26,6 +28,8 @@ for _name in COMMANDS:
             raise
         continue
     _module.register(app)
+
+plain_flags(app)  # flags take no value: --help shows no "<bool>" beside them
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -30,27 +30,40 @@ iteration and the checkpoint is consistent.
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
 import attrs
 
-from tesla.app.services.distill import Cadence, DistillRun, check_inputs, check_resumable, distill, no_evaluation
+from tesla.app.services.distill import (RESUMABLE_CHANGES, Cadence, DistillRun, check_inputs, check_resumable, distill,
+                                        no_evaluation)
 from tesla.domain.config import DataConfig, DistillConfig, EvalConfig, ModelConfig, from_dict, to_dict
 from tesla.domain.data import recorded_data_config as data_config_from_store
 from tesla.domain.engines import from_config
-from tesla.domain.errors import DistillError, StoreError
+from tesla.domain.errors import DistillError, RunDirError, StoreError
 from tesla.domain.ports import (Cancel, DataSource, DistillParts, EventSink, Evaluator, Gauges, NoGauges, NullSink,
-                                Ranks, SetStore, Student, Trajectories)
+                                Ranks, RunFiles, SetStore, Student, Trajectories)
 from tesla.domain.records import Checkpoint, FinalSet
-from tesla.domain.rundir import IMAGES, prepare_run_dir
-from tesla.domain.urls import redact_url
+from tesla.domain.resume import resumed_distill, resumed_value
+from tesla.domain.rundir import IMAGES, RUN_CONFIG, prepare_run_dir, record_config
+from tesla.domain.urls import is_remote, local_path, redact_url
 
 
 @attrs.frozen
 class DistillRequest:
-    trajectories: str
+    """A distillation as asked for.
+
+    On ``resume`` with a run recorded in ``out`` the run's settings are used
+    (:func:`resumed_request`): ``typed`` names what the user typed (DistillConfig fields,
+    and ``trajectories``, ``dataset``, ``data``, ``set_name``, ``store_url``; None: all
+    of it, as a script that builds the whole request means it), ``preset`` the preset
+    typed; ``trajectories`` may then be None.
+    """
+
+    trajectories: Optional[str]
     out: Path
     cfg: DistillConfig
     dataset: Optional[str] = None
@@ -64,6 +77,8 @@ class DistillRequest:
     preview_every: int = 10
     storage_options: Optional[dict] = None
     store_url: Optional[str] = None  # synthetic store URL; default: out / set_name
+    typed: Optional[frozenset] = None
+    preset: Optional[str] = None
 
     @property
     def set_url(self) -> str:
@@ -199,6 +214,75 @@ class Follower:
         return None
 
 
+def resumed_request(req: DistillRequest, files: RunFiles) -> DistillRequest:
+    """The request as it runs: on ``--resume`` of a run recorded in ``req.out``, the run's
+    settings (``config.json``) with the typed resumable changes (:mod:`tesla.domain.resume`);
+    otherwise the request as it is, which must name the trajectories."""
+    recorded = _recorded_config(files, Path(req.out)) if req.resume else None
+    if recorded is None:
+        if req.trajectories is None:
+            where = f"{req.out} holds no run to resume (no {RUN_CONFIG}): " if req.resume else ""
+            raise DistillError(f"{where}pass --trajectories (-t), the trajectory store made by `tesla experts`")
+        return req
+    typed = req.typed
+    given = (lambda name: getattr(req, name)) if typed is None else (
+        lambda name: getattr(req, name) if name in typed else None)
+    distill_fields = None if typed is None else {k for k in typed if k in DISTILL_FIELDS}
+    cfg = from_dict(DistillConfig, resumed_distill(recorded.get("distill", {}), to_dict(req.cfg), distill_fields,
+                                                   resumable=RESUMABLE_CHANGES, preset=req.preset))
+    data = recorded.get("data") or {}
+    trajectories = resumed_value("--trajectories", recorded.get("trajectories"), given("trajectories"),
+                                 same=_same_place(recorded.get("trajectories"), given("trajectories")))
+    if trajectories is None:
+        raise DistillError(f"{req.out}/{RUN_CONFIG} records no trajectory store: pass --trajectories (-t)")
+    store_url = resumed_value("--store", recorded.get("store"), given("store_url"),
+                              same=_same_place(recorded.get("store"), given("store_url")))
+    set_name = resumed_value("--format", recorded.get("set") or _existing_set(files, Path(req.out)),
+                             given("set_name"))
+    return attrs.evolve(req, cfg=cfg, trajectories=trajectories, store_url=store_url,
+                        set_name=set_name or req.set_name,
+                        dataset=resumed_value("--dataset", data.get("name"), given("dataset")),
+                        data=resumed_value("--data", data.get("root"), given("data"),
+                                           same=_same_place(data.get("root"), given("data"))))
+
+
+DISTILL_FIELDS = frozenset(a.name for a in attrs.fields(DistillConfig))
+SET_FILES = ("synthetic.zarr", "synthetic.h5")
+
+
+def _recorded_config(files: RunFiles, out: Path) -> Optional[dict]:
+    """The run's ``config.json`` (None when there is none: a new run)."""
+    path = out / RUN_CONFIG
+    if files.kind(path) == "missing":
+        return None
+    try:
+        recorded = json.loads(files.read_text(path))
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"{path} is unreadable ({e}): choose another --out") from None
+    if not isinstance(recorded, dict):
+        raise RunDirError(f"{path} is not a run's config: choose another --out")
+    return recorded
+
+
+def _existing_set(files: RunFiles, out: Path) -> Optional[str]:
+    """The synthetic store an older run directory holds (its config did not name it)."""
+    found = [name for name in SET_FILES if files.kind(out / name) != "missing"]
+    return found[0] if len(found) == 1 else None
+
+
+def _same_place(recorded: Optional[str], given: Optional[str]) -> bool:
+    """``given`` names the recorded store or folder: the same URL once its credentials
+    are left out (the record never holds them), or one local path spelt two ways."""
+    if recorded is None or given is None:
+        return False
+    if redact_url(given) == recorded:
+        return True
+    if is_remote(recorded) or is_remote(given):
+        return False
+    return os.path.normpath(os.path.abspath(local_path(recorded))) == os.path.normpath(
+        os.path.abspath(local_path(given)))
+
+
 def open_inputs(req: DistillRequest, parts: DistillParts) -> Inputs:
     """Open the trajectories and the data, build the student, and check that they fit."""
     cfg = req.cfg
@@ -219,6 +303,8 @@ def run_config(req: DistillRequest, inputs: Inputs, world: int) -> dict:
               "trajectories": redact_url(req.trajectories)}
     if req.store_url:
         config["store"] = redact_url(req.set_url)
+    else:
+        config["set"] = req.set_name
     if world > 1:
         config["distributed"] = {"world": world}
     return config
@@ -240,6 +326,8 @@ def open_output(req: DistillRequest, parts: DistillParts, config: dict) -> tuple
     last = store.last_checkpoint()
     if req.resume and last is not None:
         check_resumable(req.cfg, last.attrs)  # before any work or log line
+    if req.resume:  # what a later --resume continues with (a longer run, a changed lr ...)
+        record_config(parts.files, run_dir, config)
     if not req.resume and last is not None:
         store.close()
         raise DistillError(f"{redact_url(req.set_url)} already holds checkpoints: pass --resume or choose another "
@@ -256,6 +344,7 @@ def prepare_distillation(req: DistillRequest, parts: DistillParts) -> PreparedRu
             storage options).
     """
     ranks = parts.ranks
+    req = ranks.agree(lambda: resumed_request(req, parts.files))
     inputs = ranks.agree(lambda: open_inputs(req, parts))
     config = run_config(req, inputs, ranks.shard[1])
     opened = ranks.agree(lambda: open_output(req, parts, config), only_writer=True)
@@ -286,5 +375,5 @@ def prepare_distillation(req: DistillRequest, parts: DistillParts) -> PreparedRu
 
 __all__ = [
     "AgreedCancel", "DistillRequest", "Follower", "FollowerStore", "PreparedRun", "Writer", "data_config_from_store",
-    "prepare_distillation",
+    "prepare_distillation", "resumed_request",
 ]

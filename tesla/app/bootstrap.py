@@ -500,3 +500,25 @@ def import_mtt(src_dir: str, url: str, model: Optional[dict], **kwargs: Any) -> 
     from tesla.adapters.stores.mtt import import_mtt as run
 
     return run(src_dir, url, model, **kwargs)
+
+
+# --- the process's CPU threads ------------------------------------------------------------------
+
+
+def configure_threads(threads: Optional[int]) -> int:
+    """torch's CPU threads for this process (intra- and inter-op): ``threads`` (a
+    command's ``--threads``) when given; otherwise the count the entry point gave torch
+    through the environment before it started (:mod:`tesla.app.threads`), left as it is.
+    Returns the count in use."""
+    from tesla.app.threads import usable_cpus
+    from tesla.domain.threads import threads_for
+
+    if threads is None:
+        return torch.get_num_threads()
+    n = threads_for(threads, os.environ, usable_cpus())
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:  # fixed once inter-op work has started (a second job in this process)
+        pass
+    return n

@@ -280,3 +280,12 @@ def _plain_classes() -> tuple:
 
 
 PLAIN_COMMAND, PLAIN_GROUP = _plain_classes()
+
+
+def threads_option() -> Any:
+    """The ``--threads`` option every compute command takes (tesla.domain.threads)."""
+    from tesla.domain.threads import MAX_DEFAULT_THREADS
+
+    return typer.Option(None, "--threads", help="torch CPU threads for this job.",
+                        show_default=f"$TESLA_THREADS or $OMP_NUM_THREADS, else the CPUs this process may use, "
+                                     f"at most {MAX_DEFAULT_THREADS}")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from tesla.app.cli.common import errors, run_job
+from tesla.app.cli.common import errors, run_job, threads_option
 
 
 def demo(
@@ -16,12 +17,15 @@ def demo(
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the results table."),
     json_mode: bool = typer.Option(False, "--json", help="Print events as JSON lines."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Experts, TESLA distillation and evaluation on embedded real images; prints a results table."""
     with errors():
         from tesla.app import bootstrap
         from tesla.domain.config import ConfigError
         from tesla.domain.engines import NAMES as ENGINE_NAMES
+
+        bootstrap.configure_threads(threads)
 
         if engine not in ENGINE_NAMES:
             raise ConfigError(f"engine must be tesla, exact or unrolled (got {engine!r})")

@@ -8,7 +8,8 @@ from typing import Optional
 import attrs
 import typer
 
-from tesla.app.cli.common import config_defaults, errors, run_job, show_defaults, storage_options, typed_options
+from tesla.app.cli.common import (config_defaults, errors, run_job, show_defaults, storage_options, threads_option,
+                                   typed_options)
 
 SET_NAMES = {"zarr": "synthetic.zarr", "h5": "synthetic.h5"}
 
@@ -75,11 +76,14 @@ def distill(
                                         "instead of OUT/synthetic.zarr; --storage-option applies to it."),
     distributed: bool = typer.Option(False, "--distributed", help="One rank of a torchrun job: pass 2 is split "
                                      "across ranks (tesla engine; see docs/DISTRIBUTED.md)."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Distil a synthetic set by trajectory matching (TESLA, exact or MTT gradients)."""
     with errors():
         from tesla.app import bootstrap
         from tesla.app.services.run import DistillRequest
+
+        bootstrap.configure_threads(threads)
 
         if tensorboard:
             bootstrap.check_tensorboard()

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import typer
 
-from tesla.app.cli.common import errors, run_on_ranks, storage_options
+from tesla.app.cli.common import errors, run_on_ranks, storage_options, threads_option
 
 
 def experts(
@@ -38,6 +38,7 @@ def experts(
     json_mode: bool = typer.Option(False, "--json", help="Print events as JSON lines."),
     distributed: bool = typer.Option(False, "--distributed", help="One rank of a torchrun job: ranks split the "
                                      "experts (see docs/DISTRIBUTED.md)."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Train expert trajectories (the MTT/TESLA buffer step) into a store.
 
@@ -48,6 +49,8 @@ def experts(
         from tesla.app import bootstrap
         from tesla.app.services.experts import ExpertsRequest
         from tesla.domain.experts import experts_configs
+
+        bootstrap.configure_threads(threads)
 
         data_cfg, model_cfg, expert_cfg = experts_configs(
             preset, dataset, data, zca,

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import importlib
 
-import typer
+from tesla.app.threads import prepare_process
 
-from tesla.app.cli.common import plain_flags
+# before any command imports torch: its OpenMP runtime reads the wait policy and the thread
+# count once, when it starts (tesla.domain.threads says why these defaults)
+prepare_process()
+
+import typer  # noqa: E402
+
+from tesla.app.cli.common import plain_flags  # noqa: E402
 
 app = typer.Typer(
     name="tesla",

@@ -159,15 +159,15 @@ def experts_ports(device: Any = "cpu", storage_options: Optional[dict] = None) -
 
 
 def prepare_experts(request: "ExpertsRequest", *, device: str = "auto", storage_options: Optional[dict] = None,
-                    ctx: Any = None) -> "PreparedExperts":
+                    ctx: Any = None, sink: Optional[EventSink] = None) -> "PreparedExperts":
     """:func:`tesla.app.services.experts.prepare_experts` on torch (one process on
     ``device``, or the torchrun rank ``ctx``, a DistContext, on its own device) and the
-    real stores."""
+    real stores; the set-up's steps are said on ``sink``."""
     from tesla.adapters.torch.ranks import ranks_of
     from tesla.app.services.experts import prepare_experts as prepare
 
     dev = ctx.device if ctx is not None else resolve_device(device)
-    return prepare(request, experts_ports(dev, storage_options), None if ctx is None else ranks_of(ctx))
+    return prepare(request, experts_ports(dev, storage_options), None if ctx is None else ranks_of(ctx), sink=sink)
 
 
 def train_experts(*, device: Any = "cpu", **kwargs: Any) -> "ExpertsResult":

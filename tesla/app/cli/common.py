@@ -154,14 +154,16 @@ class RankedRun:
     world: int
 
 
-def run_on_ranks(prepare: Callable[[Any], Any], *, device: str, distributed: bool, run_dir: Optional[Path],
+def run_on_ranks(prepare: Callable[..., Any], *, device: str, distributed: bool, run_dir: Optional[Path],
                  quiet: bool = False, json_mode: bool = False, tui: bool = False,
-                 tensorboard: Optional[str] = None) -> RankedRun:
+                 tensorboard: Optional[str] = None, setup: bool = False) -> RankedRun:
     """Prepare and run a job in this process, or as one rank of a ``torchrun`` job.
 
     ``prepare(ctx)`` checks and opens everything for this process's context (a
     DistContext: one plain process on ``device``, or this rank with ``distributed``) and
-    returns a prepared job. Rank 0 (or the only process) runs it under the terminal
+    returns a prepared job; with ``setup`` it is ``prepare(ctx, sink)`` and says what it
+    does on ``sink`` (the terminal display or ``--json``, before the job's own log
+    exists; nothing on other ranks or under the TUI). Rank 0 (or the only process) runs it under the terminal
     display or the TUI; the other ranks run it silently. An error every rank saw alike (a
     failed check, a NaN stop) is printed by rank 0 alone: the others exit with its code.
     """
@@ -175,7 +177,8 @@ def run_on_ranks(prepare: Callable[[Any], Any], *, device: str, distributed: boo
     with bootstrap.process_context(device, distributed) as ctx:
         writer = ctx.is_writer
         try:
-            prepared = prepare(ctx)  # validates before any work
+            # validates before any work
+            prepared = _shown_setup(prepare, ctx, writer and not tui, quiet, json_mode) if setup else prepare(ctx)
             if writer:
                 result = run_job(prepared.job, run_dir=run_dir, quiet=quiet, json_mode=json_mode, tui=tui,
                                  tensorboard=tensorboard)
@@ -189,6 +192,21 @@ def run_on_ranks(prepare: Callable[[Any], Any], *, device: str, distributed: boo
                 raise typer.Exit(EXIT_BAD_INPUT) from None
             raise
         return RankedRun(result=result, is_writer=writer, world=ctx.world)
+
+
+def _shown_setup(prepare: Callable[[Any, Any], Any], ctx: Any, show: bool, quiet: bool, json_mode: bool) -> Any:
+    """``prepare(ctx, sink)`` with its set-up events on the terminal (or as JSON lines)."""
+    from tesla.app import bootstrap
+    from tesla.domain.ports import NullSink
+
+    if not show:
+        return prepare(ctx, NullSink())
+    sink, closers = bootstrap.event_sinks(None, quiet=quiet, json_mode=json_mode)
+    try:
+        return prepare(ctx, sink)
+    finally:
+        for close in closers:
+            close()
 
 
 # --- what the user typed, and what --help shows ------------------------------------------------

@@ -59,10 +59,10 @@ def experts(
         request = ExpertsRequest(out=out, data=data_cfg, model=model_cfg, experts=expert_cfg, fit_model=not preset,
                                  depth=depth, run_dir=run_dir)
         opts = storage_options(storage_option)
-        ran = run_on_ranks(lambda ctx: bootstrap.prepare_experts(request, device=device, storage_options=opts,
-                                                                 ctx=ctx if distributed else None),
+        ran = run_on_ranks(lambda ctx, sink: bootstrap.prepare_experts(request, device=device, storage_options=opts,
+                                                                       ctx=ctx if distributed else None, sink=sink),
                            device=device, distributed=distributed, run_dir=run_dir, quiet=quiet,
-                           json_mode=json_mode)
+                           json_mode=json_mode, setup=True)
         result = ran.result
         if ran.is_writer and not quiet and not json_mode:
             done = f"{ran.world} ranks trained" if distributed else "trained"

@@ -272,11 +272,8 @@ class TorchParts:
                   sink: EventSink) -> Evaluator:
         return RunEvaluator(data, model_cfg, cfg, ipc, self.device, sink)
 
-    def export_images(self, store: Any, folder: Path) -> None:
-        from tesla.adapters.stores.export import default_decode, export_png_grid
-
-        syn = store.read_set()
-        export_png_grid(syn, str(folder), decode=default_decode(syn))
+    def export_images(self, store: Any, folder: Path, data: Optional[DataSource] = None) -> None:
+        _export_images(store.read_set(), folder, data)
 
 
 def prepare_distillation(request: Any, ctx: Any = None) -> Any:
@@ -374,29 +371,39 @@ def evaluate_set(images: Any, labels: Any, learned_lr: Optional[float], data: An
 
 
 def _demo_distill(device: Any) -> Any:
-    """The demo's distillation stage: the distillation service on ``device`` into
-    ``run_dir/synthetic.zarr`` (resumed when there), previews for the display."""
+    """The demo's distillation stage: a run directory like any ``tesla distill`` makes
+    (config.json, synthetic.zarr, the pictures with real images beside them; resumed when
+    there, so ``tesla distill -o demo-run/run --resume`` continues it), previews for the
+    display."""
 
     def stage(cfg: Any, model: Any, data: Any, trajectories: str, run_dir: Path, sink: Any, cancel: Any) -> tuple:
-        from tesla.domain.config import to_dict
+        from tesla.adapters.torch.dist import single_process
+        from tesla.app.services.run import DistillRequest
+        from tesla.app.services.run import prepare_distillation as prepare
 
-        run_dir.mkdir(parents=True, exist_ok=True)
-        store = open_synthetic(str(run_dir / "synthetic.zarr"), "a")
-        with open_trajectories(trajectories, "r") as experts:
-            result = distill_in_process(
-                cfg=cfg, model_cfg=model, data=data, trajectories=experts, store=store, sink=sink, device=device,
-                cancel=cancel, resume=True, decode=data.normalizer.decode, preview_every=20,
-                provenance={"dataset": to_dict(DataConfig(name="demo")), "trajectories": trajectories,
-                            "class_names": list(data.class_names), "normalizer_state": data.normalizer.to_state()})
-        return result, (store.read_set() if result.status == "completed" else None)
+        request = DistillRequest(trajectories=trajectories, out=run_dir, cfg=cfg, dataset="demo", resume=True,
+                                 preview_every=20)
+        prepared = prepare(request, TorchParts(single_process(resolve_device(str(device)))))
+        if prepared.model != model:
+            raise ConfigError(f"{trajectories} holds experts of another model than the demo's: remove it")
+        result = prepared.job(sink, cancel)
+        syn = open_synthetic(request.set_url, "r").read_set() if result.status == "completed" else None
+        return result, syn
 
     return stage
 
 
-def _export_images(syn: Any, folder: Path) -> None:
+REAL_SAMPLE_SEED = 0  # the real images shown beside a set: the same ones every time
+
+
+def _export_images(syn: Any, folder: Path, data: Optional[DataSource] = None) -> None:
+    """The set's pictures (:func:`~tesla.adapters.stores.export.export_png_grid`), with
+    real images of each class from ``data`` beside the distilled ones when given."""
     from tesla.adapters.stores.export import default_decode, export_png_grid
 
-    export_png_grid(syn, str(folder), decode=default_decode(syn))
+    real = None if data is None else (lambda c, n: data.sample_class(c, n, REAL_SAMPLE_SEED))
+    names = list(data.class_names) if data is not None and data.class_names else None
+    export_png_grid(syn, str(folder), decode=default_decode(syn), real=real, class_names=names)
 
 
 def run_demo(out: Path, *, device: Any = "cpu", **kwargs: Any) -> Any:
@@ -406,9 +413,11 @@ def run_demo(out: Path, *, device: Any = "cpu", **kwargs: Any) -> Any:
     from tesla.app.services.demo import DemoPorts
     from tesla.app.services.demo import run_demo as run
 
+    from tesla.adapters.results_chart import plot_results
+
     ports = DemoPorts(load_data=load_data, stores=TrajectoryStoreOpener(), experts=TorchExpertTraining(device),
-                      distill=_demo_distill(device), export_images=_export_images,
-                      evaluation=evaluation_training(device))
+                      distill=_demo_distill(device), evaluation=evaluation_training(device),
+                      results_chart=plot_results, files=LocalRunFiles())
     return run(out, ports=ports, **kwargs)
 
 

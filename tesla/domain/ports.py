@@ -391,8 +391,9 @@ class DistillParts(Protocol):
                   sink: "EventSink") -> Evaluator:
         """Scores of the set during the run beside random real images at ``ipc``."""
 
-    def export_images(self, store: SetStore, folder: Path) -> None:
-        """PNG grids per class of the store's finished set (un-whitened)."""
+    def export_images(self, store: SetStore, folder: Path, data: Optional[DataSource] = None) -> None:
+        """Pictures per class of the store's finished set (un-whitened, upscaled, named),
+        with real images of each class from ``data`` beside them when it is given."""
 
 
 # --- events ---------------------------------------------------------------------------
@@ -751,9 +752,10 @@ class DistillStage(Protocol):
 
 
 class ExportImages(Protocol):
-    """Writes one PNG grid per class of a set (un-whitened) into a folder."""
+    """Writes one picture per class of a set (un-whitened, upscaled, named) and an
+    overview into a folder, with real images of each class from ``data`` when given."""
 
-    def __call__(self, syn: StoredSet, folder: Path) -> None: ...
+    def __call__(self, syn: StoredSet, folder: Path, data: Optional[DataSource] = None) -> None: ...
 
 
 class SetExporter(Protocol):
@@ -763,3 +765,9 @@ class SetExporter(Protocol):
     def published(self, syn: StoredSet, folder: str) -> list[str]: ...
 
     def png_grid(self, syn: StoredSet, folder: str, per_row: int) -> list[str]: ...
+
+
+class ResultsChart(Protocol):
+    """Draws evaluation scores as a bar chart into a picture file; returns its path."""
+
+    def __call__(self, scores: Sequence[Any], path: Path, *, title: str, chance: Optional[float] = None) -> Path: ...

@@ -168,8 +168,9 @@ class Role(Protocol):
     def evaluator(self, inputs: Inputs, sink: EventSink) -> Evaluator:
         """What scores the set during the run on this rank."""
 
-    def completed(self) -> None:
-        """What this rank does after a completed run (the images of the set)."""
+    def completed(self, data: Optional[DataSource] = None) -> None:
+        """What this rank does after a completed run (the pictures of the set, with real
+        images of ``data`` beside them)."""
 
 
 @attrs.frozen
@@ -192,8 +193,8 @@ class Writer:
         cfg = EvalConfig(num_models=self.req.eval_models, epochs=self.req.eval_epochs)
         return self.parts.evaluator(inputs.data, inputs.model, cfg, self.req.cfg.ipc, sink)
 
-    def completed(self) -> None:
-        self.parts.export_images(self.store, Path(self.run_dir) / IMAGES)
+    def completed(self, data: Optional[DataSource] = None) -> None:
+        self.parts.export_images(self.store, Path(self.run_dir) / IMAGES, data)
 
 
 @attrs.frozen
@@ -210,7 +211,7 @@ class Follower:
     def evaluator(self, inputs: Inputs, sink: EventSink) -> Evaluator:
         return no_evaluation  # the others wait for rank 0 in the next collective
 
-    def completed(self) -> None:
+    def completed(self, data: Optional[DataSource] = None) -> None:
         return None
 
 
@@ -367,7 +368,7 @@ def prepare_distillation(req: DistillRequest, parts: DistillParts) -> PreparedRu
                          run_config=config, provenance=found)
         result = distill(run, sink, AgreedCancel(cancel, ranks))
         if result.status == "completed":
-            role.completed()
+            role.completed(inputs.data)
         return result
 
     return PreparedRun(job=job, run_dir=role.run_dir, model=inputs.model, data=inputs.data_cfg, config=config)

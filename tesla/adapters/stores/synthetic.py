@@ -681,6 +681,7 @@ class SyntheticStore:
                 "labels": kind,
                 "lr": attrs_.pop("lr", None),
                 "normalizer": sorted(norm),
+                "normalizer_values": _small_values(norm),  # what `tesla info` prints: values, not names
                 "arrays": names,
                 "provenance": attrs_,
             }
@@ -688,6 +689,23 @@ class SyntheticStore:
 
     def size_bytes(self) -> int:
         return self._commits.size_bytes()
+
+
+def _small_values(state: Mapping[str, Any], most: int = 16) -> dict:
+    """A normaliser's state for a summary: its small values as plain JSON (kind, mean,
+    std, eps) and ``{"shape": [...]}`` for each big array (the ZCA matrices)."""
+    out = {}
+    for key, value in state.items():
+        arr = np.asarray(value)
+        if arr.dtype.kind in "OSU" or arr.ndim == 0:
+            out[key] = value.item() if isinstance(value, np.generic) else (
+                value.decode() if isinstance(value, bytes) else value if not isinstance(value, np.ndarray)
+                else arr.item())
+        elif arr.size <= most and arr.ndim == 1:
+            out[key] = arr.tolist()
+        else:
+            out[key] = {"shape": list(arr.shape)}
+    return out
 
     def close(self) -> None:
         self._commits.close()

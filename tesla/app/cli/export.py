@@ -15,7 +15,8 @@ def export(
     out: Path = typer.Argument(..., help="Folder to write into."),
     published: bool = typer.Option(True, "--published/--no-published",
                                    help="images_best.pt, labels_best.pt, lr_best.pt (MTT/TESLA layout)."),
-    png: bool = typer.Option(True, "--png/--no-png", help="One PNG grid per class (un-whitened)."),
+    png: bool = typer.Option(True, "--png/--no-png", help="Pictures in OUT/images/: overview.png and one per class "
+                             "(un-whitened, upscaled, named)."),
     per_row: int = typer.Option(10, help="Images per grid row."),
     storage_option: Optional[list[str]] = typer.Option(None, "--storage-option", help="key=value for fsspec URLs."),
 ) -> None:
@@ -25,7 +26,13 @@ def export(
 
         written = bootstrap.export_set(synthetic, out, storage_options=storage_options(storage_option),
                                        published=published, png=png, per_row=per_row)
-        typer.echo(f"wrote {len(written)} file(s) to {out}")
+        # the layout of a run directory: the set's files in OUT, its pictures in OUT/images/
+        tensors = [Path(p).name for p in written if p.endswith(".pt")]
+        pictures = [p for p in written if p.endswith(".png")]
+        if tensors:
+            typer.echo(f"wrote {', '.join(tensors)} to {out}")
+        if pictures:
+            typer.echo(f"wrote {len(pictures)} pictures to {Path(pictures[0]).parent} (overview.png, class_*.png)")
 
 
 def register(app: typer.Typer) -> None:

@@ -531,3 +531,31 @@ def configure_threads(threads: Optional[int]) -> int:
     except RuntimeError:  # fixed once inter-op work has started (a second job in this process)
         pass
     return n
+
+
+# --- a whole run from one's own data (``tesla run``) ------------------------------------------------
+
+
+def prepare_pipeline(request: Any, *, device: str = "auto", sink: Optional[EventSink] = None,
+                     cancel: Any = None) -> Any:
+    """:func:`tesla.app.services.pipeline.prepare_pipeline` on torch and ``device``, the
+    data finder and preparation of :mod:`tesla.adapters.data.sources`, the stores, and
+    the results chart."""
+    from tesla.adapters.data.sources import find_data
+    from tesla.adapters.results_chart import plot_results
+    from tesla.adapters.torch.dist import single_process
+    from tesla.adapters.torch.speed import TorchSpeed
+    from tesla.app.services import pipeline
+
+    dev = resolve_device(device)
+
+    def prepare_data(src: str, dest: str, *, fmt: Optional[str], image_size: int, sink: EventSink,
+                     should_stop: Callable[[], bool]) -> Any:
+        return prepare(src, dest, fmt=fmt, image_size=image_size, sink=sink, should_stop=should_stop)
+
+    ports = pipeline.PipelinePorts(
+        find_data=find_data, prepare_data=prepare_data, load_data=load_data, speed=TorchSpeed(dev),
+        experts=experts_ports(dev), distill=TorchParts(single_process(dev)), evaluation=evaluation_training(dev),
+        read_set=lambda url: open_synthetic(url, "r").read_set(), files=LocalRunFiles(), results_chart=plot_results,
+        gpu=dev.type == "cuda")
+    return pipeline.prepare_pipeline(request, ports, sink, cancel)

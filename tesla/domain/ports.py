@@ -771,3 +771,36 @@ class ResultsChart(Protocol):
     """Draws evaluation scores as a bar chart into a picture file; returns its path."""
 
     def __call__(self, scores: Sequence[Any], path: Path, *, title: str, chance: Optional[float] = None) -> Path: ...
+
+
+# --- a whole run (``tesla run``) -----------------------------------------------------------------
+
+
+class SizedData(DataSource, Protocol):
+    """Real images that say how many there are (what a run is sized by)."""
+
+    num_train: int
+    num_test: int
+
+
+class MachineSpeed(Protocol):
+    """How fast this machine trains a network."""
+
+    def seconds_per_image(self, model: "ModelConfig") -> float:
+        """Seconds of one image's forward and backward pass (with DSA) through ``model``."""
+
+
+class FindData(Protocol):
+    """Says what a data argument names: ``(kind, path)``, kind ``demo``, ``cifar10``,
+    ``cifar100``, ``prepared`` or a source to prepare (``imagefolder``, ``tiny-imagenet``,
+    ``imagenet64``); DataError when it names nothing readable."""
+
+    def __call__(self, data: str) -> tuple[str, str]: ...
+
+
+class PrepareData(Protocol):
+    """Converts a source folder into a prepared store (resumable); returns a summary
+    with ``complete`` (False when ``should_stop`` stopped it)."""
+
+    def __call__(self, src: str, dest: str, *, fmt: Optional[str], image_size: int, sink: EventSink,
+                 should_stop: Callable[[], bool]) -> Any: ...

@@ -24,7 +24,8 @@ app = typer.Typer(
 
 # each module defines register(app); a module that is missing is skipped so that a
 # partial install still offers the rest
-COMMANDS = ("demo", "experts", "distill", "evaluate", "export", "info", "import_mtt", "merge", "monitor", "data", "bench")
+COMMANDS = ("demo", "run", "experts", "distill", "evaluate", "export", "info", "import_mtt", "merge", "monitor", "data",
+            "bench")
 
 for _name in COMMANDS:
     try:

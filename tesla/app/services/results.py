@@ -7,8 +7,11 @@ quote a file a command wrote (``results.md``) and show its picture (``results.pn
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
+
+import attrs
 
 from tesla.domain.ports import ResultsChart, RunFiles
 from tesla.domain.report import results_json, results_markdown
@@ -16,6 +19,27 @@ from tesla.domain.report import results_json, results_markdown
 RESULTS_CHART = "results.png"
 RESULTS_MD = "results.md"
 RESULTS_JSON = "results.json"
+
+
+@attrs.frozen
+class KeptScore:
+    """A score as ``results.json`` keeps it."""
+
+    model: str
+    subject: str
+    mean: float
+    std: float
+    accuracies: tuple
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f} +- {self.std:.2f}"
+
+
+def read_results(files: RunFiles, run_dir: Path) -> tuple:
+    """The scores ``results.json`` in ``run_dir`` keeps."""
+    data = json.loads(files.read_text(Path(run_dir) / RESULTS_JSON))
+    return tuple(KeptScore(model=s["model"], subject=s["subject"], mean=s["mean"], std=s["std"],
+                           accuracies=tuple(s["accuracies"])) for s in data["scores"])
 
 
 def keep_results(scores: Sequence[Any], run_dir: Path, *, chart: Optional[ResultsChart], files: Optional[RunFiles],
@@ -34,4 +58,4 @@ def keep_results(scores: Sequence[Any], run_dir: Path, *, chart: Optional[Result
     return tuple(written)
 
 
-__all__ = ["RESULTS_CHART", "RESULTS_JSON", "RESULTS_MD", "keep_results"]
+__all__ = ["KeptScore", "RESULTS_CHART", "RESULTS_JSON", "RESULTS_MD", "keep_results", "read_results"]

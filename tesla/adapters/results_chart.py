@@ -29,7 +29,7 @@ def plot_results(scores: Sequence[Any], path: Path, *, title: str, chance: Optio
     subjects = [k for k in SUBJECTS if any(s.subject == k for s in scores)]
     subjects += [k for k in dict.fromkeys(s.subject for s in scores) if k not in subjects]
     width = 0.8 / max(1, len(subjects))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 2.2 * len(models)), 4.2))
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.2 + 2.2 * len(models)), 4.4))
     top = 0.0
     labelled: set = set()
     for j, subject in enumerate(subjects):
@@ -42,16 +42,18 @@ def plot_results(scores: Sequence[Any], path: Path, *, title: str, chance: Optio
             ax.bar(x, s.mean, width * 0.92, yerr=s.std, capsize=4, color=COLOURS.get(subject, "#ff7f0e"),
                    label=None if subject in labelled else SUBJECTS.get(subject, subject))
             labelled.add(subject)
-            ax.text(x, s.mean + s.std + 0.8, f"{s.mean:.1f}", ha="center", va="bottom", fontsize=9)
+            ax.text(x, s.mean + s.std + 0.8, f"{s.mean:.1f} ± {s.std:.1f}", ha="center", va="bottom", fontsize=9)
             top = max(top, s.mean + s.std)
     if chance is not None:
         ax.axhline(chance, color="#d62728", linestyle="--", linewidth=1, label=f"chance ({chance:g} %)")
     ax.set_xticks(range(len(models)), [f"{m}\n(n={_networks(scores, m)})" for m in models])
     ax.set_ylabel("top-1 test accuracy, %")
-    ax.set_ylim(0, max(10.0, top * 1.2 + 2))
+    ax.set_ylim(0, max(10.0, top * 1.15 + 3))
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    # below the axes: a legend inside would sit on the tallest bar's label
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(subjects) + (chance is not None),
+              fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

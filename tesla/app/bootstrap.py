@@ -496,7 +496,7 @@ def store_inspector(storage_options: Optional[dict] = None) -> Any:
 
 def export_set(url: str, out: Path, *, storage_options: Optional[dict] = None, **kwargs: Any) -> list:
     """:func:`tesla.app.services.export.export_set` from the real store (torch ``.pt``
-    files, torchvision PNG grids)."""
+    files, the pictures in OUT/images/)."""
     from tesla.adapters.stores.export import SetExportOnDisk
     from tesla.app.services.export import export_set as export
 

@@ -760,7 +760,7 @@ class ExportImages(Protocol):
 
 class SetExporter(Protocol):
     """Writes a stored set for other tools (the published ``.pt`` layout) and for people
-    (PNG grids per class, un-whitened); each returns the paths written."""
+    (pictures per class, un-whitened, upscaled and named); each returns the paths written."""
 
     def published(self, syn: StoredSet, folder: str) -> list[str]: ...
 

@@ -6,7 +6,7 @@
       config.json        the configs that made the run (RUN_CONFIG)
       events.jsonl       the event log the TUI and scripts follow (EVENTS)
       synthetic.zarr|h5  checkpoints and the final set (distillation)
-      images/            PNG grids of the final set (IMAGES)
+      images/            pictures of the final set, real images beside them (IMAGES)
 
 The policy is here, the file operations behind :class:`~tesla.domain.ports.RunFiles`:
 a directory that already holds a run is refused unless the command resumes it, and a

@@ -18,8 +18,9 @@ The recipe, from the paper's table (docs/MATHS.md §9) and what the budget allow
 
 * experts: ``num_experts`` (10 on a GPU, 5 on a CPU) trained ``max_start_epoch +
   expert_epochs`` epochs, the shortest that every start epoch can use; the paper's start
-  epochs grow with the IPC (up to 3 at IPC 1, 20 at IPC 10, 40 at IPC 50: about 2 x IPC),
-  lowered until the experts fit their share;
+  epochs grow with the IPC (up to 3 at IPC 1, 20 at IPC 10, 40 at IPC 50: about 2 x IPC);
+  when the experts do not fit their share there are fewer of them (down to 2) first, and
+  only then shorter ones;
 * distillation: M = 2 expert epochs per target; N student steps about an eighth of the
   SGD steps an expert takes in M epochs (CIFAR-10, 50,000 images at batch 256: 392 -> 49;
   the paper uses 30-50), at least 10, at most 50, lowered (to 5) only when fewer than
@@ -47,6 +48,7 @@ MATCH_COST = 4.0  # a distillation step on one image, in training passes of one 
 TEST_COST = 1.0 / 3.0  # a test image (forward only), in training passes
 EXPERT_EPOCHS = 2  # M, the paper's usual
 EXPERT_BATCH = 256
+MIN_EXPERTS = 2
 MIN_ITERATIONS = 50
 MAX_ITERATIONS = 5000
 STEPS = (10, 50)  # N's range when the budget allows it
@@ -189,11 +191,11 @@ def _experts(facts: DataFacts, wishes: Wishes, t: float, share: float, gpu: bool
     if wishes.max_start_epoch:
         start, why = wishes.max_start_epoch, "asked for"
     else:
+        if wishes.num_experts is None:  # fewer experts before shorter ones: the start epochs are the recipe
+            while count > MIN_EXPERTS and count * (target + EXPERT_EPOCHS) * epoch > share:
+                count -= 1
         fits = int(share // max(epoch * count, 1e-12)) - EXPERT_EPOCHS
         start = max(2, min(target, fits))
-        if wishes.num_experts is None:
-            while count > 2 and count * (start + EXPERT_EPOCHS) * epoch > share:
-                count -= 1
         why = (f"the paper's start epochs grow with the IPC (about 2 x IPC, 3 to 40): {target}"
                + ("" if start == target else f", lowered to fit {share / 60:.1f} min"))
     epochs = start + EXPERT_EPOCHS
@@ -201,7 +203,8 @@ def _experts(facts: DataFacts, wishes: Wishes, t: float, share: float, gpu: bool
                        seed=wishes.seed)
     rows.append(Choice("experts", f"{count} x {epochs} epochs",
                        ("asked for" if wishes.num_experts else f"{'10 on a GPU' if gpu else '5 on a CPU'}"
-                        + ("" if wishes.num_experts or count == (10 if gpu else 5) else f", {count} fit the budget"))
+                        + ("" if wishes.num_experts or count == (10 if gpu else 5)
+                           else f"; {count} fit the budget (fewer experts before shorter ones)"))
                        + f"; epochs = max start epoch {start} + M {EXPERT_EPOCHS}, the shortest every start can use"))
     rows.append(Choice("max start epoch", str(start), why))
     return cfg, count * epochs * epoch

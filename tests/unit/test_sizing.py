@@ -120,3 +120,12 @@ def test_a_rerun_must_agree_with_the_recorded_wishes_it_typed():
     assert wishes_differ(recorded, Wishes(ipc=1, minutes=5), {"ipc", "minutes"}) is None
     assert wishes_differ(recorded, Wishes(ipc=2, minutes=9), set()) is None  # not typed: the record's
     assert wishes_differ(recorded, Wishes(ipc=2, minutes=5), {"ipc"}) == "--ipc 2 (the run was planned with 1)"
+
+
+def test_a_tight_budget_trains_fewer_experts_before_shorter_ones():
+    p = _plan(SUBSET, SLOW, ipc=10, minutes=15)
+    roomy = _plan(SUBSET, FAST, ipc=10, minutes=15)
+    assert roomy.experts.num_experts == 5 and roomy.distill.max_start_epoch == 20
+    assert p.experts.num_experts == 2 and 2 <= p.distill.max_start_epoch < 20
+    assert "fewer experts before shorter ones" in {c.setting: c.why for c in p.choices}["experts"]
+    assert _plan(SUBSET, SLOW, ipc=10, minutes=15, num_experts=4).experts.num_experts == 4  # asked for: kept

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import typer
 
-from tesla.app.cli.common import errors, run_on_ranks, storage_options, threads_option
+from tesla.app.cli.common import config_defaults, errors, run_on_ranks, show_defaults, storage_options, threads_option
 
 
 def experts(
@@ -20,16 +20,16 @@ def experts(
     dataset: Optional[str] = typer.Option(None, help="cifar10 | cifar100 | demo | prepared."),
     data: Optional[str] = typer.Option(None, help="Folder (or prepared store) of the real data."),
     preset: Optional[str] = typer.Option(None, help="A row of the paper's table, e.g. cifar10-ipc10."),
-    num_experts: Optional[int] = typer.Option(None, "--num-experts", "-n", help="Experts to train (default 10)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs per expert (default 50)."),
-    lr: Optional[float] = typer.Option(None, help="Expert SGD lr (default 0.01)."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size (default 256)."),
+    num_experts: Optional[int] = typer.Option(None, "--num-experts", "-n", help="Experts to train."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per expert."),
+    lr: Optional[float] = typer.Option(None, help="Expert SGD lr."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size."),
     seed: Optional[int] = typer.Option(None, help="Expert i uses seed + i."),
     parallel: Optional[int] = typer.Option(None, help="Experts trained together in one process (vmap on CUDA)."),
     zca: Optional[bool] = typer.Option(None, "--zca/--no-zca", help="ZCA-whiten the images (kornia, eps 0.1)."),
     arch: Optional[str] = typer.Option(None, help="convnet | resnet18 | vit."),
     depth: Optional[int] = typer.Option(None, help="ConvNet depth (3 for 32 px, 4 for 64 px)."),
-    width: Optional[int] = typer.Option(None, help="ConvNet width (default 128)."),
+    width: Optional[int] = typer.Option(None, help="ConvNet width."),
     norm: Optional[str] = typer.Option(None, help="instancenorm | batchnorm | layernorm | groupnorm | none."),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
     run_dir: Optional[Path] = typer.Option(None, help="Where to write events.jsonl (follow it with `tesla monitor`)."),
@@ -78,4 +78,12 @@ def _summary(result: Any, out: str, done: str, accuracies: Any) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("experts")(experts)
+    from tesla.domain.config import ExpertConfig
+
+    texts = config_defaults(ExpertConfig)
+    texts.update(dataset="the preset's; cifar10 without", data="none: demo needs none", preset="none",
+                 zca="the preset's; off without", arch="the preset's; convnet without",
+                 depth="the preset's; without, fitted to the image side: 2 for 16 px, 3 for 32, 4 for 64",
+                 width="the preset's; 128 without", norm="the preset's; instancenorm without",
+                 run_dir="none: no event log", storage_option="none")
+    app.command("experts")(show_defaults(experts, texts))

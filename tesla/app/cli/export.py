@@ -1,4 +1,4 @@
-"""``tesla export``: a stored set to the published layout (.pt files) and PNG grids."""
+"""``tesla export``: a stored set to the published layout (.pt files) and pictures (OUT/images/)."""
 
 from __future__ import annotations
 

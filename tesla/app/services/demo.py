@@ -80,7 +80,8 @@ def run_demo(out: Path, *, ports: DemoPorts, sink: EventSink, cancel: Optional[C
                               random_real=True, sink=sink, iteration=result.iterations)
     settings = demo_settings(p, distill_cfg, seed)
     written = keep_results(scores, run_dir, chart=ports.results_chart, files=ports.files,
-                           title=f"tesla demo: {settings['data']}, {settings['model']}", engine=engine,
+                           title=f"tesla demo: {settings['data']}, {settings['model']}, IPC {distill_cfg.ipc}",
+                           engine=engine,
                            ipc=distill_cfg.ipc, settings=settings, chance=100.0 / data.num_classes)
     return DemoResult(scores=tuple(scores), distill_loss=result.loss, lr=result.lr, seconds=clock.seconds,
                       images_dir=images_dir, run_dir=run_dir, written=written)

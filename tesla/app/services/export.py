@@ -1,7 +1,7 @@
 """The export service: a stored synthetic set in the published layout and as pictures.
 
 ``images_best.pt``, ``labels_best.pt`` and ``lr_best.pt`` (what the MTT/TESLA code and
-its evaluation scripts load) in the output folder, and one PNG grid per class in its
+its evaluation scripts load) in the output folder, and its pictures (overview and one per class) in its
 ``images/`` folder, through the :class:`~tesla.domain.ports.SetExporter` port.
 """
 

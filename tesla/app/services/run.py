@@ -13,7 +13,7 @@ The run directory holds (:mod:`tesla.domain.rundir`)::
     config.json        the configs that made the run
     events.jsonl       the event log (the TUI and scripts follow it)
     synthetic.zarr|h5  checkpoints and the final set, with provenance
-    images/            PNG grids per class of the final set (un-whitened)
+    images/            pictures of the final set (un-whitened, upscaled, named, real images beside)
 
 Ranks (``tesla`` engine). Pass 1 of an iteration is cheap and deterministic, and every
 rank draws the same expert, start epoch, batches and augmentation seeds from the same

@@ -18,7 +18,8 @@ def export(
     png: bool = typer.Option(True, "--png/--no-png", help="Pictures in OUT/images/: overview.png and one per class "
                              "(un-whitened, upscaled, named)."),
     per_row: int = typer.Option(10, help="Images per grid row."),
-    storage_option: Optional[list[str]] = typer.Option(None, "--storage-option", help="key=value for fsspec URLs."),
+    storage_option: Optional[list[str]] = typer.Option(None, "--storage-option", help="key=value for fsspec URLs.",
+                                                       show_default="none"),
 ) -> None:
     """Export a synthetic set for other tools and for looking at."""
     with errors():

@@ -107,7 +107,7 @@ def _normaliser(values: dict, names: list) -> str:
 def info(
     store: str = typer.Argument(..., help="A trajectory or synthetic-set store: .h5 file, Zarr directory or fsspec URL."),
     storage_option: Optional[list[str]] = typer.Option(
-        None, "--storage-option", help="key=value fsspec option for remote URLs (repeatable)."
+        None, "--storage-option", help="key=value fsspec option for remote URLs (repeatable).", show_default="none"
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:

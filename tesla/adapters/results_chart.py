@@ -8,6 +8,7 @@ as a dashed line: the picture beside the table that ``tesla demo`` and ``tesla r
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -49,7 +50,7 @@ def plot_results(scores: Sequence[Any], path: Path, *, title: str, chance: Optio
     ax.set_xticks(range(len(models)), [f"{m}\n(n={_networks(scores, m)})" for m in models])
     ax.set_ylabel("top-1 test accuracy, %")
     ax.set_ylim(0, max(10.0, top * 1.15 + 3))
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, 72), fontsize=10)  # a long data path wraps instead of leaving the figure
     ax.grid(axis="y", alpha=0.3)
     # below the axes: a legend inside would sit on the tallest bar's label
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(subjects) + (chance is not None),

@@ -243,7 +243,8 @@ def _evaluate(req: RunRequest, ports: PipelinePorts, plan: Plan, data_cfg: DataC
                           training=ports.evaluation, ipc=plan.distill.ipc, random_real=True, sink=sink)
     settings = run_settings(req, plan)
     written = keep_results(scores, out, chart=ports.results_chart, files=ports.files,
-                           title=f"tesla run {req.data}: {plan.model.name} width {plan.model.width}, "
+                           title=f"tesla run {Path(req.data).name or req.data}: {plan.model.name} "
+                                 f"width {plan.model.width}, "
                                  f"IPC {plan.distill.ipc}, {plan.distill.iterations} iterations",
                            engine=plan.distill.engine, ipc=plan.distill.ipc, settings=settings,
                            chance=100.0 / plan.model.num_classes)

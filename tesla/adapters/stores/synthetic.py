@@ -690,23 +690,6 @@ class SyntheticStore:
     def size_bytes(self) -> int:
         return self._commits.size_bytes()
 
-
-def _small_values(state: Mapping[str, Any], most: int = 16) -> dict:
-    """A normaliser's state for a summary: its small values as plain JSON (kind, mean,
-    std, eps) and ``{"shape": [...]}`` for each big array (the ZCA matrices)."""
-    out = {}
-    for key, value in state.items():
-        arr = np.asarray(value)
-        if arr.dtype.kind in "OSU" or arr.ndim == 0:
-            out[key] = value.item() if isinstance(value, np.generic) else (
-                value.decode() if isinstance(value, bytes) else value if not isinstance(value, np.ndarray)
-                else arr.item())
-        elif arr.size <= most and arr.ndim == 1:
-            out[key] = arr.tolist()
-        else:
-            out[key] = {"shape": list(arr.shape)}
-    return out
-
     def close(self) -> None:
         self._commits.close()
         self._release()
@@ -727,3 +710,20 @@ def open_synthetic_store(url: str, mode: str = "r", *, storage_options: Optional
         storage_options: fsspec options for remote Zarr URLs.
     """
     return SyntheticStore(url, mode, storage_options)
+
+
+def _small_values(state: Mapping[str, Any], most: int = 16) -> dict:
+    """A normaliser's state for a summary: its small values as plain JSON (kind, mean,
+    std, eps) and ``{"shape": [...]}`` for each big array (the ZCA matrices)."""
+    out: dict = {}
+    for key, value in state.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        arr = np.asarray(value)
+        if isinstance(value, str) or arr.ndim == 0:
+            out[key] = value if isinstance(value, str) else arr.item()
+        elif arr.ndim == 1 and arr.size <= most:
+            out[key] = arr.tolist()
+        else:
+            out[key] = {"shape": list(arr.shape)}
+    return out

@@ -163,8 +163,8 @@ def run_on_ranks(prepare: Callable[..., Any], *, device: str, distributed: bool,
     DistContext: one plain process on ``device``, or this rank with ``distributed``) and
     returns a prepared job; with ``setup`` it is ``prepare(ctx, sink)`` and says what it
     does on ``sink`` (the terminal display or ``--json``, before the job's own log
-    exists; nothing on other ranks or under the TUI). Rank 0 (or the only process) runs it under the terminal
-    display or the TUI; the other ranks run it silently. An error every rank saw alike (a
+    exists; nothing on other ranks or under the TUI). Rank 0 (or the only process) runs
+    the job under the terminal display or the TUI; the other ranks run it silently. An error every rank saw alike (a
     failed check, a NaN stop) is printed by rank 0 alone: the others exit with its code.
     """
     from tesla.app import bootstrap

@@ -141,14 +141,13 @@ def run_ranked_distillation(request, distributed: bool, tui: bool, quiet: bool, 
 def register(app: typer.Typer) -> None:
     import inspect
 
+    from tesla.app.services.distill import RESUMABLE_CHANGES
     from tesla.domain.config import DistillConfig
     from tesla.domain.resume import option_name
 
     texts = config_defaults(DistillConfig, none={"batch_syn": "all", "max_grad_norm": "off", "label_epoch": "none"})
     texts.update(preset="none", dataset="the store's", data="the store's", store="OUT/synthetic.zarr|h5",
                  tensorboard="off", storage_option="none")
-    from tesla.app.services.distill import RESUMABLE_CHANGES
-
     resume = inspect.signature(distill).parameters["resume"].default
     if not resume.help.endswith("."):  # the changes a resumed run may make, named once (RESUMABLE_CHANGES)
         resume.help += " " + ", ".join(option_name(f) for f in sorted(RESUMABLE_CHANGES)) + "."

@@ -188,15 +188,15 @@ def experts_ports(device: Any = "cpu", storage_options: Optional[dict] = None) -
 
 
 def prepare_experts(request: "ExpertsRequest", *, device: str = "auto", storage_options: Optional[dict] = None,
-                    ctx: Any = None) -> "PreparedExperts":
+                    ctx: Any = None, sink: Optional[EventSink] = None) -> "PreparedExperts":
     """:func:`tesla.app.services.experts.prepare_experts` on torch (one process on
     ``device``, or the torchrun rank ``ctx``, a DistContext, on its own device) and the
-    real stores."""
+    real stores; the set-up's steps are said on ``sink``."""
     from tesla.adapters.torch.ranks import ranks_of
     from tesla.app.services.experts import prepare_experts as prepare
 
     dev = ctx.device if ctx is not None else resolve_device(device)
-    return prepare(request, experts_ports(dev, storage_options), None if ctx is None else ranks_of(ctx))
+    return prepare(request, experts_ports(dev, storage_options), None if ctx is None else ranks_of(ctx), sink=sink)
 
 
 def train_experts(*, device: Any = "cpu", **kwargs: Any) -> "ExpertsResult":
@@ -302,11 +302,8 @@ class TorchParts:
                   sink: EventSink) -> Evaluator:
         return RunEvaluator(data, model_cfg, cfg, ipc, self.device, sink)
 
-    def export_images(self, store: Any, folder: Path) -> None:
-        from tesla.adapters.stores.export import default_decode, export_png_grid
-
-        syn = store.read_set()
-        export_png_grid(syn, str(folder), decode=default_decode(syn))
+    def export_images(self, store: Any, folder: Path, data: Optional[DataSource] = None) -> None:
+        _export_images(store.read_set(), folder, data)
 
 
 def prepare_distillation(request: Any, ctx: Any = None) -> Any:
@@ -424,29 +421,39 @@ def evaluate_set(images: Any, labels: Any, learned_lr: Optional[float], data: An
 
 
 def _demo_distill(device: Any) -> Any:
-    """The demo's distillation stage: the distillation service on ``device`` into
-    ``run_dir/synthetic.zarr`` (resumed when there), previews for the display."""
+    """The demo's distillation stage: a run directory like any ``tesla distill`` makes
+    (config.json, synthetic.zarr, the pictures with real images beside them; resumed when
+    there, so ``tesla distill -o demo-run/run --resume`` continues it), previews for the
+    display."""
 
     def stage(cfg: Any, model: Any, data: Any, trajectories: str, run_dir: Path, sink: Any, cancel: Any) -> tuple:
-        from tesla.domain.config import to_dict
+        from tesla.adapters.torch.dist import single_process
+        from tesla.app.services.run import DistillRequest
+        from tesla.app.services.run import prepare_distillation as prepare
 
-        run_dir.mkdir(parents=True, exist_ok=True)
-        store = open_synthetic(str(run_dir / "synthetic.zarr"), "a")
-        with open_trajectories(trajectories, "r") as experts:
-            result = distill_in_process(
-                cfg=cfg, model_cfg=model, data=data, trajectories=experts, store=store, sink=sink, device=device,
-                cancel=cancel, resume=True, decode=data.normalizer.decode, preview_every=20,
-                provenance={"dataset": to_dict(DataConfig(name="demo")), "trajectories": trajectories,
-                            "class_names": list(data.class_names), "normalizer_state": data.normalizer.to_state()})
-        return result, (store.read_set() if result.status == "completed" else None)
+        request = DistillRequest(trajectories=trajectories, out=run_dir, cfg=cfg, dataset="demo", resume=True,
+                                 preview_every=20)
+        prepared = prepare(request, TorchParts(single_process(resolve_device(str(device)))))
+        if prepared.model != model:
+            raise ConfigError(f"{trajectories} holds experts of another model than the demo's: remove it")
+        result = prepared.job(sink, cancel)
+        syn = open_synthetic(request.set_url, "r").read_set() if result.status == "completed" else None
+        return result, syn
 
     return stage
 
 
-def _export_images(syn: Any, folder: Path) -> None:
+REAL_SAMPLE_SEED = 0  # the real images shown beside a set: the same ones every time
+
+
+def _export_images(syn: Any, folder: Path, data: Optional[DataSource] = None) -> None:
+    """The set's pictures (:func:`~tesla.adapters.stores.export.export_png_grid`), with
+    real images of each class from ``data`` beside the distilled ones when given."""
     from tesla.adapters.stores.export import default_decode, export_png_grid
 
-    export_png_grid(syn, str(folder), decode=default_decode(syn))
+    real = None if data is None else (lambda c, n: data.sample_class(c, n, REAL_SAMPLE_SEED))
+    names = list(data.class_names) if data is not None and data.class_names else None
+    export_png_grid(syn, str(folder), decode=default_decode(syn), real=real, class_names=names)
 
 
 def run_demo(out: Path, *, device: Any = "cpu", **kwargs: Any) -> Any:
@@ -456,9 +463,11 @@ def run_demo(out: Path, *, device: Any = "cpu", **kwargs: Any) -> Any:
     from tesla.app.services.demo import DemoPorts
     from tesla.app.services.demo import run_demo as run
 
+    from tesla.adapters.results_chart import plot_results
+
     ports = DemoPorts(load_data=load_data, stores=TrajectoryStoreOpener(), experts=TorchExpertTraining(device),
-                      distill=_demo_distill(device), export_images=_export_images,
-                      evaluation=evaluation_training(device))
+                      distill=_demo_distill(device), evaluation=evaluation_training(device),
+                      results_chart=plot_results, files=LocalRunFiles())
     return run(out, ports=ports, **kwargs)
 
 
@@ -553,7 +562,7 @@ def store_inspector(storage_options: Optional[dict] = None) -> Any:
 
 def export_set(url: str, out: Path, *, storage_options: Optional[dict] = None, **kwargs: Any) -> list:
     """:func:`tesla.app.services.export.export_set` from the real store (torch ``.pt``
-    files, torchvision PNG grids)."""
+    files, the pictures in OUT/images/)."""
     from tesla.adapters.stores.export import SetExportOnDisk
     from tesla.app.services.export import export_set as export
 
@@ -609,8 +618,7 @@ def prepare_quality(request: Any, *, device: str = "auto", threads: Optional[int
     from tesla.app.services.quality import QualityPorts
     from tesla.app.services.quality import prepare_quality as prepare
 
-    if threads:
-        torch.set_num_threads(threads)
+    configure_threads(threads)
     dev = resolve_device(device)
     ports = QualityPorts(stores=TrajectoryStoreOpener(storage_options),
                          load_data=functools.partial(load_data, storage_options=storage_options),
@@ -624,3 +632,53 @@ def quality_report(result: Any, out: Path) -> dict:
     from tesla.app.services.quality import quality_report as report
 
     return report(result, out, plot_quality)
+
+
+# --- the process's CPU threads ------------------------------------------------------------------
+
+
+def configure_threads(threads: Optional[int]) -> int:
+    """torch's CPU threads for this process (intra- and inter-op): ``threads`` (a
+    command's ``--threads``) when given; otherwise the count the entry point gave torch
+    through the environment before it started (:mod:`tesla.app.threads`), left as it is.
+    Returns the count in use."""
+    from tesla.app.threads import usable_cpus
+    from tesla.domain.threads import threads_for
+
+    if threads is None:
+        return torch.get_num_threads()
+    n = threads_for(threads, os.environ, usable_cpus())
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:  # fixed once inter-op work has started (a second job in this process)
+        pass
+    return n
+
+
+# --- a whole run from one's own data (``tesla run``) ------------------------------------------------
+
+
+def prepare_pipeline(request: Any, *, device: str = "auto", sink: Optional[EventSink] = None,
+                     cancel: Any = None) -> Any:
+    """:func:`tesla.app.services.pipeline.prepare_pipeline` on torch and ``device``, the
+    data finder and preparation of :mod:`tesla.adapters.data.sources`, the stores, and
+    the results chart."""
+    from tesla.adapters.data.sources import find_data
+    from tesla.adapters.results_chart import plot_results
+    from tesla.adapters.torch.dist import single_process
+    from tesla.adapters.torch.speed import TorchSpeed
+    from tesla.app.services import pipeline
+
+    dev = resolve_device(device)
+
+    def prepare_data(src: str, dest: str, *, fmt: Optional[str], image_size: int, sink: EventSink,
+                     should_stop: Callable[[], bool]) -> Any:
+        return prepare(src, dest, fmt=fmt, image_size=image_size, sink=sink, should_stop=should_stop)
+
+    ports = pipeline.PipelinePorts(
+        find_data=find_data, prepare_data=prepare_data, load_data=load_data, speed=TorchSpeed(dev),
+        experts=experts_ports(dev), distill=TorchParts(single_process(dev)), evaluation=evaluation_training(dev),
+        read_set=lambda url: open_synthetic(url, "r").read_set(), files=LocalRunFiles(), results_chart=plot_results,
+        gpu=dev.type == "cuda")
+    return pipeline.prepare_pipeline(request, ports, sink, cancel)

@@ -442,8 +442,9 @@ class DistillParts(Protocol):
                   sink: "EventSink") -> Evaluator:
         """Scores of the set during the run beside random real images at ``ipc``."""
 
-    def export_images(self, store: SetStore, folder: Path) -> None:
-        """PNG grids per class of the store's finished set (un-whitened)."""
+    def export_images(self, store: SetStore, folder: Path, data: Optional[DataSource] = None) -> None:
+        """Pictures per class of the store's finished set (un-whitened, upscaled, named),
+        with real images of each class from ``data`` beside them when it is given."""
 
 
 # --- events ---------------------------------------------------------------------------
@@ -881,14 +882,16 @@ class DistillStage(Protocol):
 
 
 class ExportImages(Protocol):
-    """Writes one PNG grid per class of a set (un-whitened) into a folder."""
+    """Writes one picture per class of a set (un-whitened, upscaled, named) and an
+    overview into a folder, with real images of each class from ``data`` when given."""
 
-    def __call__(self, syn: StoredSet, folder: Path) -> None: ...
+    def __call__(self, syn: StoredSet, folder: Path, data: Optional[DataSource] = None) -> None: ...
 
 
 class SetExporter(Protocol):
     """Writes a stored set for other tools (the published ``.pt`` layout, DD-Ranking's
-    files) and for people (PNG grids per class, un-whitened); each returns the paths written."""
+    files) and for people (pictures per class, un-whitened, upscaled and named); each
+    returns the paths written."""
 
     def published(self, syn: StoredSet, folder: str) -> list[str]: ...
 
@@ -898,8 +901,48 @@ class SetExporter(Protocol):
         """``images.pt``, ``labels.pt``, ``lr.pt``, ``meta.json`` and ``README.md`` as
         DD-Ranking's evaluators load them (``dataset``: its name; None: the set's)."""
 
+
 class QualityPlot(Protocol):
     """Draws ``tesla bench quality``'s table (:class:`~tesla.domain.quality.TableRow` per
     recipe and architecture) as bars, random real as the reference, into a PNG file."""
 
     def __call__(self, rows: Sequence[Any], baseline: str, title: str, path: Path) -> Path: ...
+
+
+class ResultsChart(Protocol):
+    """Draws evaluation scores as a bar chart into a picture file; returns its path."""
+
+    def __call__(self, scores: Sequence[Any], path: Path, *, title: str, chance: Optional[float] = None) -> Path: ...
+
+
+# --- a whole run (``tesla run``) -----------------------------------------------------------------
+
+
+class SizedData(DataSource, Protocol):
+    """Real images that say how many there are (what a run is sized by)."""
+
+    num_train: int
+    num_test: int
+
+
+class MachineSpeed(Protocol):
+    """How fast this machine trains a network."""
+
+    def seconds_per_image(self, model: "ModelConfig") -> float:
+        """Seconds of one image's forward and backward pass (with DSA) through ``model``."""
+
+
+class FindData(Protocol):
+    """Says what a data argument names: ``(kind, path)``, kind ``demo``, ``cifar10``,
+    ``cifar100``, ``prepared`` or a source to prepare (``imagefolder``, ``tiny-imagenet``,
+    ``imagenet64``); DataError when it names nothing readable."""
+
+    def __call__(self, data: str) -> tuple[str, str]: ...
+
+
+class PrepareData(Protocol):
+    """Converts a source folder into a prepared store (resumable); returns a summary
+    with ``complete`` (False when ``should_stop`` stopped it)."""
+
+    def __call__(self, src: str, dest: str, *, fmt: Optional[str], image_size: int, sink: EventSink,
+                 should_stop: Callable[[], bool]) -> Any: ...

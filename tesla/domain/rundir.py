@@ -6,7 +6,7 @@
       config.json        the configs that made the run (RUN_CONFIG)
       events.jsonl       the event log the TUI and scripts follow (EVENTS)
       synthetic.zarr|h5  checkpoints and the final set (distillation)
-      images/            PNG grids of the final set (IMAGES)
+      images/            pictures of the final set, real images beside them (IMAGES)
 
 The policy is here, the file operations behind :class:`~tesla.domain.ports.RunFiles`:
 a directory that already holds a run is refused unless the command resumes it, and a
@@ -80,8 +80,10 @@ def make_run_dir(files: RunFiles, run_dir: Path) -> Path:
 
 
 def record_config(files: RunFiles, run_dir: Path, config: dict) -> None:
-    """Write ``config.json`` (without credentials), atomically: a failed write (a full
-    disk) leaves no file and is one line."""
+    """Write ``config.json`` (without credentials), atomically, replacing what was there
+    (a resumed run whose resumable settings changed, more iterations or another lr, is
+    continued with them next time): a failed write (a full disk) leaves no file and is
+    one line."""
     path = Path(run_dir) / RUN_CONFIG
     try:
         files.write_atomic(path, json.dumps(redact_json(config), indent=2, sort_keys=True))

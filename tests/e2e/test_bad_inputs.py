@@ -127,13 +127,13 @@ def test_output_that_holds_another_run(traj, tmp_path):
     before = tree_snapshot(out)
     # the same output again without --resume
     _refused(invoke(distill_args(traj, out)), "--resume")
-    # --resume with other data (a different run)
+    # --resume with other inputs (a different run): the run's recorded trajectories are its own
     other = fake_trajectory_store(tmp_path / "other.zarr", experts=1)
     cfg = json.loads((out / "config.json").read_text())
     cfg["data"]["name"] = "cifar10"  # what a run on other data recorded
     (out / "config.json").write_text(json.dumps(cfg))
     before = tree_snapshot(out)
-    _refused(invoke(distill_args(other, out, "--resume")), "different data")
+    _refused(invoke(distill_args(other, out, "--resume")), f"--trajectories {other}: the run was made with")
     assert tree_snapshot(out) == before
 
 

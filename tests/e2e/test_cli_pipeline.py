@@ -100,16 +100,27 @@ def test_bad_distill_arguments_fail_fast_and_write_nothing(tmp_path, experts, ar
 
 def test_demo_beats_random_real(tmp_path):
     """The whole demo (the README's main job): the distilled IPC-1 set must beat random
-    real images at the same IPC under the same evaluation protocol."""
-    r = invoke("demo", "--out", tmp_path / "demo", "--device", "cpu")
+    real images at the same IPC under the same evaluation protocol; the run directory
+    holds its own event log (``tesla monitor demo/run``), its config, the pictures and
+    the results as a chart and a table."""
+    r = invoke("demo", "--out", tmp_path / "demo", "--device", "cpu", "--threads", "1")
     assert r.exit_code == 0, r.output
     assert "distilled (tesla)" in r.output and "random real" in r.output
-    evals = [e for e in read_events(tmp_path / "demo" / "events.jsonl")[0] if e.type == "evaluation"]
+    run = tmp_path / "demo" / "run"
+    assert not (tmp_path / "demo" / "events.jsonl").exists()
+    evals = [e for e in read_events(run / "events.jsonl")[0] if e.type == "evaluation"]
     by = {e.subject: e for e in evals}
     assert by["synthetic"].n == by["random-real"].n == 5
     assert by["synthetic"].mean > by["random-real"].mean + 3.0, (by["synthetic"], by["random-real"])
-    assert len(list((tmp_path / "demo" / "run" / "images").glob("class_*.png"))) == 10
-    assert np.isfinite([e.loss for e in read_events(tmp_path / "demo" / "events.jsonl")[0] if e.type == "iteration"]).all()
+    assert len(list((run / "images").glob("class_*.png"))) == 10 and (run / "images" / "overview.png").exists()
+    assert np.isfinite([e.loss for e in read_events(run / "events.jsonl")[0] if e.type == "iteration"]).all()
+    assert json.loads((run / "config.json").read_text())["distill"]["iterations"] == 300
+    assert (run / "results.png").stat().st_size > 0
+    table = (run / "results.md").read_text()
+    assert f"| distilled (tesla), IPC 1 | ConvNetD2 | {by['synthetic'].mean:.2f} +- {by['synthetic'].std:.2f} | 5 |" \
+        in table
+    kept = json.loads((run / "results.json").read_text())
+    assert {s["subject"]: s["mean"] for s in kept["scores"]} == {k: e.mean for k, e in by.items()}
 
 
 def test_tensorboard_without_the_package_is_a_one_line_error(tmp_path, experts):

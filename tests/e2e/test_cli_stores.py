@@ -76,9 +76,17 @@ def test_info_synthetic(app, tmp_path):
     out = result.stdout
     for text in ("synthetic set", "(4, 3, 4, 4)", "2 per class", "soft", "0.0123", "label_expert", "/x/experts.zarr", "50"):
         assert text in out, (text, out)
+    assert "normaliser   meanstd: mean (0.5, 0.5, 0.5), std (0.25, 0.25, 0.25)" in out, out  # values, not names
     d = json.loads(runner.invoke(app, ["info", url, "--json"]).stdout)
     assert d["kind"] == "synthetic" and d["set"]["ipc"] == 2 and d["set"]["provenance"]["label_epoch"] == 7
     assert d["checkpoints"] == [50]
+    zca = str(tmp_path / "z.zarr")
+    open_synthetic_store(zca, "a").write_set(
+        {"images": np.zeros((4, 3, 4, 4), np.float32), "labels": labels}, {"lr": 0.01},
+        normalizer_state={"kind": "zca", "zca_mean": np.zeros(48, np.float32), "zca_matrix": np.eye(48, dtype=np.float32),
+                          "zca_inverse": np.eye(48, dtype=np.float32), "zca_eps": [0.1]})
+    out = runner.invoke(app, ["info", zca]).stdout
+    assert "normaliser   zca: eps 0.1, inverse 48x48, matrix 48x48, mean 48" in out, out
 
 
 def test_info_on_bad_paths_is_one_line_and_exit_2(app, tmp_path):

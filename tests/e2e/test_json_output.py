@@ -52,3 +52,21 @@ def test_data_prepare_json(tmp_path):
     assert d["image_shape"] == [3, 8, 8] and d["per_class_min"] == d["per_class_max"] == 4
     text = runner.invoke(app, ["info", str(tmp_path / "p.zarr")], catch_exceptions=False)
     assert text.exit_code == 0 and "prepared real images" in text.output
+
+
+def test_experts_speak_from_the_start(tmp_path):
+    """``tesla experts --json``: the set-up (loading the data, checking the store) is said
+    before the training starts, and a finished expert is "saved", not a checkpoint."""
+    args = ["experts", "--dataset", "demo", "--out", str(tmp_path / "t.zarr"), "--num-experts", "1", "--epochs", "1",
+            "--width", "4", "--batch-size", "256", "--device", "cpu"]
+    r = runner.invoke(app, [*args, "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    objs = _objects(r.output)
+    assert [(o["type"], o["label"], o["done"]) for o in objs[:2]] == [("progress", "load demo data", 0),
+                                                                      ("progress", "load demo data", 1)]
+    assert objs[2]["type"] == "run_started" and objs[-1]["type"] == "run_finished"
+    again = runner.invoke(app, [*args, "--num-experts", "2"], catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    lines = again.output.splitlines()
+    assert any("already holds 1 complete expert(s) (0): kept; 1 to train" in line for line in lines)
+    assert any("expert 1 saved" in line for line in lines) and not any("checkpoint @" in line for line in lines)

@@ -10,6 +10,7 @@ import uuid
 import fsspec
 import numpy as np
 import pytest
+import torch
 
 from tesla.adapters.stores import StoreError, describe_store, open_synthetic_store
 from tesla.adapters.stores.backends import open_backend
@@ -232,27 +233,40 @@ def test_export_published_loads_with_weights_only(tmp_path):
 
 
 def test_export_png_grid(tmp_path):
-    pytest.importorskip("torchvision")
+    pytest.importorskip("PIL")
     from PIL import Image
 
-    from tesla.adapters.stores.export import export_png_grid
+    from tesla.adapters.stores.export import CLASS_SIDE, OVERVIEW_SIDE, export_png_grid, scale_for
 
     url = str(tmp_path / "s.h5")
     store = open_synthetic_store(url, "a")
-    store.write_set(_set_arrays(soft=False), {"lr": 0.01})
+    store.write_set(_set_arrays(soft=False), {"lr": 0.01, "class_names": ["cat", "dog", "emu"]})
     # no normaliser stored: per-image min-max scaling
     paths = export_png_grid(store.read_set(), str(tmp_path / "png"), per_row=2)
     assert [os.path.basename(p) for p in paths] == ["class_000.png", "class_001.png", "class_002.png", "overview.png"]
-    with Image.open(paths[0]) as im:
-        assert im.size == (2 * S + 3 * 2, S + 2 * 2)  # 2 images a row, padding 2
-    with Image.open(paths[-1]) as im:  # a row per class, IPC images a row, upsampled to >= 32 px
-        side = S * -(-32 // S) if S < 32 else S
-        assert im.size == (IPC * side + (IPC + 1) * 2, N_CLS * side + (N_CLS + 1) * 2)
+    cell, small = S * scale_for(S, CLASS_SIDE), S * scale_for(S, OVERVIEW_SIDE)
+    assert cell >= CLASS_SIDE and small >= OVERVIEW_SIDE  # upscaled to a readable size
+    with Image.open(paths[0]) as im:  # a header line, then 2 images a row (padding 2) after the class's name
+        assert im.size[1] == 22 + 2 + cell + 2 and im.size[0] > 2 * cell + 3 * 2
+    with Image.open(paths[-1]) as overview:  # a row per class, IPC images a row
+        assert overview.size[1] == 22 + 2 + N_CLS * (small + 2)
+        alone = overview.size[0]
+    # real images beside the distilled ones widen every picture by the same number of images
+    real_calls = []
+
+    def real(c, n):
+        real_calls.append((c, n))
+        return torch.zeros(n, C, S, S)
+
+    paths = export_png_grid(store.read_set(), str(tmp_path / "real"), per_row=2, real=real)
+    assert real_calls == [(0, IPC), (1, IPC), (2, IPC)]  # once per class, the overview reuses them
+    with Image.open(paths[-1]) as overview:
+        assert overview.size[0] >= alone + IPC * (small + 2)
     # a stored normaliser decodes (through helper A's Normalizer when it is there)
     store.write_set(_set_arrays(soft=False), {"lr": 0.01}, normalizer_state=NORM)
     paths = export_png_grid(store.read_set(), str(tmp_path / "png2"))
     assert len(paths) == N_CLS + 1 and all(os.path.getsize(p) > 0 for p in paths)
-    # an explicit decode wins
+    # an explicit decode wins: each class's images, for its picture and for the overview
     calls = []
 
     def decode(x):
@@ -260,4 +274,27 @@ def test_export_png_grid(tmp_path):
         return x.sigmoid()
 
     export_png_grid(store.read_set(), str(tmp_path / "png3"), decode=decode)
-    assert calls == [(IPC, C, S, S)] * N_CLS + [(N_CLS * IPC, C, S, S)]
+    assert calls == [(IPC, C, S, S)] * (2 * N_CLS)
+
+
+def test_a_labelled_sheet_puts_each_image_upscaled_where_its_layout_says():
+    pytest.importorskip("PIL")
+    import numpy as np
+
+    from tesla.adapters.stores.export import labelled_sheet
+
+    rng = np.random.default_rng(0)
+    rows = [torch.from_numpy(rng.random((k, 3, 4, 4)).astype(np.float32)) for k in (3, 2)]
+    real = [torch.from_numpy(rng.random((k, 3, 4, 4)).astype(np.float32)) for k in (3, 2)]
+    picture, sheet = labelled_sheet(rows, real, scale=5, row_labels=["0 cat", "1 dog"])
+    assert picture.size == sheet.size and sheet.cell == 20 and sheet.left > 0 and sheet.real_columns == 3
+    pixels = np.asarray(picture)
+    for r in range(2):
+        for block, is_real in ((rows[r], False), (real[r], True)):
+            for c in range(block.shape[0]):
+                x, y = sheet.position(r, c, real=is_real)
+                want = (block[c] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+                want = want.repeat(5, axis=0).repeat(5, axis=1)  # nearest: each pixel a 5x5 block
+                assert np.array_equal(pixels[y:y + 20, x:x + 20], want), (r, c, is_real)
+    # the real block starts after the distilled one, past its header however narrow the block
+    assert sheet.position(0, 0, real=True)[0] >= sheet.position(0, 2)[0] + 20 + sheet.gap

@@ -557,5 +557,6 @@ class FakeParts:
     def evaluator(self, data, model_cfg, cfg, ipc, sink):
         return lambda state, iteration: None
 
-    def export_images(self, store, folder) -> None:
+    def export_images(self, store, folder, data=None) -> None:
         self.exported.append(str(folder))
+        self.exported_with = data

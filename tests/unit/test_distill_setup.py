@@ -13,6 +13,7 @@ import json
 import threading
 from pathlib import Path
 
+import attrs
 import pytest
 
 from tesla.app.services.distill import DistillRun, distill, no_evaluation
@@ -280,3 +281,46 @@ def test_a_set_that_cannot_fit_is_refused_before_the_student_is_built():
     with pytest.raises(ResourceError, match=r"the largest part is .*: lower --"):
         prepare_distillation(_request(cfg=huge), parts)
     assert parts.students == [] and parts.opened == [] and parts.files.files == {}
+
+
+# --- resuming from the run's record ------------------------------------------------------------
+
+
+def test_resume_takes_the_recorded_settings_and_only_the_typed_resumable_changes():
+    parts = FakeParts(_traj())
+    prepare_distillation(_request(set_name="synthetic.h5"), parts).job(None, StopAfter(1))
+    # what the command line builds from `-o /runs/a --resume --iterations 6`: defaults elsewhere
+    typed = DistillRequest(trajectories=None, out=Path("/runs/a"), cfg=DistillConfig(iterations=6), resume=True,
+                           typed=frozenset({"iterations"}), preview_every=0)
+    again = FakeParts(_traj(), store=parts.store, files=parts.files)
+    prepared = prepare_distillation(typed, again)
+    assert prepared.config["distill"] == to_dict(attrs.evolve(CFG, iterations=6))
+    assert prepared.config["trajectories"] == "experts.zarr" and prepared.config["set"] == "synthetic.h5"
+    assert again.opened == [("/runs/a/synthetic.h5", True)]
+    # the record now says 6: a later plain --resume continues to 6
+    assert json.loads(parts.files.files["/runs/a/config.json"])["distill"]["iterations"] == 6
+    assert prepared.job(None, threading.Event()).iterations == 6
+
+
+def test_resume_refuses_a_typed_change_that_is_not_resumable_and_writes_nothing():
+    parts = FakeParts(_traj())
+    prepare_distillation(_request(), parts).job(None, StopAfter(1))
+    before = dict(parts.files.files)
+    typed = DistillRequest(trajectories=None, out=Path("/runs/a"), cfg=DistillConfig(syn_steps=5), resume=True,
+                           typed=frozenset({"syn_steps"}))
+    with pytest.raises(DistillError, match="--syn-steps 5: the run was made with different syn_steps"):
+        prepare_distillation(typed, FakeParts(_traj(), store=parts.store, files=parts.files))
+    # another store is taken when it holds the same experts (a copy), refused when it does not
+    other = DistillRequest(trajectories="other.zarr", out=Path("/runs/a"), cfg=DistillConfig(), resume=True,
+                           typed=frozenset({"trajectories"}))
+    elsewhere = FakeTrajectories.random(seed=7, model=to_dict(MODEL), dataset={"name": "demo"})
+    with pytest.raises(DistillError, match=r"made from the experts of experts.zarr \(2 experts"):
+        prepare_distillation(other, FakeParts(elsewhere, store=parts.store, files=parts.files))
+    assert parts.files.files == before
+
+
+def test_a_request_without_trajectories_needs_a_run_to_resume():
+    with pytest.raises(DistillError, match="pass --trajectories"):
+        prepare_distillation(_request(trajectories=None), FakeParts(_traj()))
+    with pytest.raises(DistillError, match=r"/runs/a holds no run to resume \(no config.json\): pass --trajectories"):
+        prepare_distillation(_request(trajectories=None, resume=True), FakeParts(_traj()))

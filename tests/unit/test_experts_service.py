@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tesla.app.services.experts import ExpertsRequest, ExpertsPorts, distributed_experts, prepare_experts, train_experts
+from tesla.app.services.experts import (ExpertsPorts, ExpertsRequest, data_label, distributed_experts, prepare_experts,
+                                        train_experts)
 from tesla.app.services.merge import merge_trajectory_stores
 from tesla.domain.config import DataConfig, ExpertConfig, ModelConfig, to_dict
 from tesla.domain.errors import DataMismatchError, ExpertsError, RunDirError, StoreError
@@ -266,3 +267,42 @@ def test_a_store_that_cannot_be_made_leaves_no_run_directory():
         prepare_experts(_request(), ports)
     assert ports.run_dirs.checks == [(Path("/runs/r"), ports.run_dirs.checks[0][1], True, ("model", "data"))]
     assert ports.run_dirs.calls == []  # checked, never made
+
+
+def test_the_set_up_says_each_step_as_it_starts_so_loading_data_is_not_silent():
+    sink = ListSink()
+    seen_while_loading: list = []
+
+    class Loading(FakeLoadData):
+        def __call__(self, cfg):
+            seen_while_loading.extend(sink.events)  # what a watcher had seen when the load began
+            return super().__call__(cfg)
+
+    store = FakeTrajectoryStore("mem://t.zarr")
+    _train(store, ExpertConfig(num_experts=1, epochs=1))  # one expert already complete
+    stores = FakeStores(t=store)
+    ports = ExpertsPorts(load_data=Loading(FakeData()), stores=stores, training=FakeExpertTraining(),
+                         run_dirs=FakeRunDirs())
+    prepare_experts(_request(), ports, sink=sink)
+    load = "load demo data"
+    assert [(e.label, e.done, e.total) for e in seen_while_loading] == [(load, 0, 1)]
+    assert [(e.type, getattr(e, "label", None), getattr(e, "done", None)) for e in sink.events] == [
+        ("progress", load, 0), ("progress", load, 1),
+        ("progress", "check the trajectory store mem://t.zarr", 0),
+        ("progress", "check the trajectory store mem://t.zarr", 1), ("warning", None, None)]
+    assert sink.events[-1].message == "mem://t.zarr already holds 1 complete expert(s) (0): kept; 1 to train"
+    assert data_label(DataConfig(name="cifar10", root="/data/c10", zca=True)) == (
+        "load cifar10 data from /data/c10 and fit ZCA (cached after the first time)")
+
+
+def test_a_failed_set_up_step_is_not_reported_done():
+    sink = ListSink()
+    with pytest.raises(DataMismatchError):
+        prepare_experts(_request(), _ports(data=FakeData(num_classes=100)), sink=sink)
+    assert [(e.label, e.done) for e in sink.of("progress")] == [("load demo data", 0), ("load demo data", 1)]
+    other = FakeTrajectoryStore("mem://t.zarr")
+    other.initialize({"width": 64}, [("w", [9])], 9, DATA)
+    sink = ListSink()
+    with pytest.raises(StoreError):
+        prepare_experts(_request(), _ports(stores=FakeStores(t=other)), sink=sink)
+    assert [(e.label, e.done) for e in sink.of("progress")][-1] == ("check the trajectory store mem://t.zarr", 0)

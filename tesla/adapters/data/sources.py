@@ -71,3 +71,48 @@ class PrepareSourcesOnDisk:
 def _largest_split(source: Any) -> int:
     """Images of the source's largest split (a sort block or a chunk holds no more)."""
     return max(len(split) for split in (source.train, getattr(source, "test", None)) if split is not None)
+
+
+# --- what a `tesla run DATA` argument names -----------------------------------------------------
+
+
+def find_data(data: str) -> tuple[str, str]:
+    """What ``data`` is, as ``(kind, path)``: ``demo``; ``cifar10`` / ``cifar100`` (a folder
+    of the Python batches); ``prepared`` (a store ``tesla data prepare`` wrote); or a
+    source to prepare first, ``imagefolder`` / ``tiny-imagenet`` / ``imagenet64``. A source
+    must hold held-out images (val/ or test/): the evaluation is on them.
+
+    Raises:
+        DataError: nothing there, or nothing this can read (the message says what is).
+    """
+    from tesla.adapters.data.cifar import find_folder
+    from tesla.adapters.stores.summary import StoreInspectorOnDisk
+    from tesla.domain.errors import DataError, StoreError, UserError
+
+    if data == "demo":
+        return "demo", ""
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise DataError(f"{data}: no such file or folder: pass demo, a CIFAR folder, an ImageFolder tree "
+                        "(train/<class>/ and val/ or test/) or a store made by `tesla data prepare`")
+    try:
+        if StoreInspectorOnDisk().prepared(str(path)) is not None:
+            return "prepared", str(path)
+    except (StoreError, OSError, ValueError):
+        pass  # not a store: a folder of data
+    for name in ("cifar10", "cifar100"):
+        try:
+            find_folder(path, name)
+            return name, str(path)
+        except UserError:
+            continue
+    try:
+        fmt = detect_format(path)
+    except PrepareError:
+        raise DataError(f"{data}: cannot tell what it holds: expected CIFAR batch files, an ImageFolder tree "
+                        "(train/<class>/ and val/ or test/), Tiny-ImageNet, Downsampled-ImageNet batches or a "
+                        "store made by `tesla data prepare`") from None
+    if fmt == "imagefolder" and not any((path / split).is_dir() for split in ("val", "test")):
+        raise DataError(f"{data}: an ImageFolder tree needs held-out images to evaluate on: add {path}/val/<class>/ "
+                        f"(or test/) beside {path}/train/")
+    return fmt, str(path)

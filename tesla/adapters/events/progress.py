@@ -195,7 +195,10 @@ class RichProgressSink:
 
     def _on_checkpoint(self, e: Any) -> None:
         self.checkpoints += 1
-        self._line(f"[dim]checkpoint @ it {e.iteration}: {escape(e.path)}[/]")
+        if self.job == "experts":  # an expert's id, not an iteration
+            self._line(f"[dim]expert {e.iteration} saved: {escape(e.path)}[/]")
+        else:
+            self._line(f"[dim]checkpoint @ it {e.iteration}: {escape(e.path)}[/]")
 
     def _on_warning(self, e: Any) -> None:
         self.warnings += 1

@@ -681,6 +681,7 @@ class SyntheticStore:
                 "labels": kind,
                 "lr": attrs_.pop("lr", None),
                 "normalizer": sorted(norm),
+                "normalizer_values": _small_values(norm),  # what `tesla info` prints: values, not names
                 "arrays": names,
                 "provenance": attrs_,
             }
@@ -709,3 +710,20 @@ def open_synthetic_store(url: str, mode: str = "r", *, storage_options: Optional
         storage_options: fsspec options for remote Zarr URLs.
     """
     return SyntheticStore(url, mode, storage_options)
+
+
+def _small_values(state: Mapping[str, Any], most: int = 16) -> dict:
+    """A normaliser's state for a summary: its small values as plain JSON (kind, mean,
+    std, eps) and ``{"shape": [...]}`` for each big array (the ZCA matrices)."""
+    out: dict = {}
+    for key, value in state.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        arr = np.asarray(value)
+        if isinstance(value, str) or arr.ndim == 0:
+            out[key] = value if isinstance(value, str) else arr.item()
+        elif arr.ndim == 1 and arr.size <= most:
+            out[key] = arr.tolist()
+        else:
+            out[key] = {"shape": list(arr.shape)}
+    return out

@@ -7,7 +7,7 @@ import contextlib
 import signal
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import attrs
 import typer
@@ -195,15 +195,17 @@ class RankedRun:
     world: int
 
 
-def run_on_ranks(prepare: Callable[[Any], Any], *, device: str, distributed: bool, run_dir: Optional[Path],
+def run_on_ranks(prepare: Callable[..., Any], *, device: str, distributed: bool, run_dir: Optional[Path],
                  quiet: bool = False, json_mode: bool = False, tui: bool = False,
-                 tensorboard: Optional[str] = None) -> RankedRun:
+                 tensorboard: Optional[str] = None, setup: bool = False) -> RankedRun:
     """Prepare and run a job in this process, or as one rank of a ``torchrun`` job.
 
     ``prepare(ctx)`` checks and opens everything for this process's context (a
     DistContext: one plain process on ``device``, or this rank with ``distributed``) and
-    returns a prepared job. Rank 0 (or the only process) runs it under the terminal
-    display or the TUI; the other ranks run it silently. An error every rank saw alike (a
+    returns a prepared job; with ``setup`` it is ``prepare(ctx, sink)`` and says what it
+    does on ``sink`` (the terminal display or ``--json``, before the job's own log
+    exists; nothing on other ranks or under the TUI). Rank 0 (or the only process) runs
+    the job under the terminal display or the TUI; the other ranks run it silently. An error every rank saw alike (a
     failed check, a NaN stop) is printed by rank 0 alone: the others exit with its code.
     """
     from tesla.app import bootstrap
@@ -216,7 +218,8 @@ def run_on_ranks(prepare: Callable[[Any], Any], *, device: str, distributed: boo
     with bootstrap.process_context(device, distributed) as ctx:
         writer = ctx.is_writer
         try:
-            prepared = prepare(ctx)  # validates before any work
+            # validates before any work
+            prepared = _shown_setup(prepare, ctx, writer and not tui, quiet, json_mode) if setup else prepare(ctx)
             if writer:
                 result = run_job(prepared.job, run_dir=run_dir, quiet=quiet, json_mode=json_mode, tui=tui,
                                  tensorboard=tensorboard)
@@ -230,3 +233,118 @@ def run_on_ranks(prepare: Callable[[Any], Any], *, device: str, distributed: boo
                 raise typer.Exit(EXIT_BAD_INPUT) from None
             raise
         return RankedRun(result=result, is_writer=writer, world=ctx.world)
+
+
+def _shown_setup(prepare: Callable[[Any, Any], Any], ctx: Any, show: bool, quiet: bool, json_mode: bool) -> Any:
+    """``prepare(ctx, sink)`` with its set-up events on the terminal (or as JSON lines)."""
+    from tesla.app import bootstrap
+    from tesla.domain.ports import NullSink
+
+    if not show:
+        return prepare(ctx, NullSink())
+    sink, closers = bootstrap.event_sinks(None, quiet=quiet, json_mode=json_mode)
+    try:
+        return prepare(ctx, sink)
+    finally:
+        for close in closers:
+            close()
+
+
+# --- what the user typed, and what --help shows ------------------------------------------------
+
+
+def typed_options(names: Iterable[str]) -> frozenset:
+    """The parameters among ``names`` that the user set (on the command line or through
+    the environment), as opposed to left at their defaults: what a resumed run may take
+    as a change (:func:`tesla.app.services.run.resumed_request`). Outside a command (a
+    direct call) every parameter counts as set."""
+    from typer._click.core import ParameterSource
+
+    ctx = _click_context()
+    if ctx is None:
+        return frozenset(names)
+    defaults = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+    return frozenset(n for n in names if ctx.get_parameter_source(n) not in defaults)
+
+
+def _click_context() -> Any:
+    from typer._click.globals import get_current_context
+
+    return get_current_context(silent=True)
+
+
+def show_defaults(command: Callable, texts: dict) -> Callable:
+    """Show ``texts[name]`` as the default of each named option of ``command`` in its
+    ``--help`` (options whose default is None otherwise show none: a preset's value, the
+    store's, or one sized to the data)."""
+    import inspect
+
+    for name, param in inspect.signature(command).parameters.items():
+        if name in texts and hasattr(param.default, "show_default"):
+            param.default.show_default = texts[name]
+    return command
+
+
+def config_defaults(cls: type, *, preset: bool = True, none: Optional[dict] = None) -> dict:
+    """``--help`` default texts for options that override ``cls``'s fields: "preset's, X
+    without" (``preset``) or "X"; ``none`` names what a None default means per field."""
+    import attrs as _attrs
+
+    none = none or {}
+    texts = {}
+    for a in _attrs.fields(cls):
+        value = a.default.factory() if isinstance(a.default, _attrs.Factory) else a.default
+        shown = none.get(a.name, "none") if value is None else (
+            ("on" if value else "off") if isinstance(value, bool) else f"{value:g}" if isinstance(value, float)
+            else str(value))
+        texts[a.name] = f"preset's; {shown} without" if preset else shown
+    return texts
+
+
+def _plain(cls: type) -> type:
+    """``cls`` (a typer command or group) whose flags show no ``<bool>`` type in ``--help``."""
+
+    class Plain(cls):  # type: ignore[misc, valid-type]
+        def get_params(self, ctx: Any) -> list:
+            from typer.core import TyperOption
+
+            params = super().get_params(ctx)
+            for p in params:
+                if isinstance(p, TyperOption) and p.is_flag and p.metavar is None:
+                    p.metavar = ""  # a flag takes no value: no type to show
+            return params
+
+    Plain.__name__ = f"Plain{cls.__name__}"
+    return Plain
+
+
+def plain_flags(app: typer.Typer) -> None:
+    """Every command and group of ``app`` shows its flags without a ``<bool>`` type."""
+    from typer.core import TyperCommand, TyperGroup
+
+    if app.info.cls in (None, TyperGroup) or isinstance(app.info.cls, typer.models.DefaultPlaceholder):
+        app.info.cls = PLAIN_GROUP
+    for info in app.registered_commands:
+        if info.cls in (None, TyperCommand):
+            info.cls = PLAIN_COMMAND
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            plain_flags(group.typer_instance)
+
+
+def _plain_classes() -> tuple:
+    from typer.core import TyperCommand, TyperGroup
+
+    return _plain(TyperCommand), _plain(TyperGroup)
+
+
+PLAIN_COMMAND, PLAIN_GROUP = _plain_classes()
+
+
+def threads_option() -> Any:
+    """The ``--threads`` option every compute command takes (tesla.domain.threads)."""
+    from tesla.domain.threads import MAX_DEFAULT_THREADS
+
+    return typer.Option(None, "--threads", help="torch CPU threads for this job.",
+                        show_default=f"$TESLA_THREADS or $OMP_NUM_THREADS, else the CPUs this process may use, "
+                                     f"at most {MAX_DEFAULT_THREADS}")

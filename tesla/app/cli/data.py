@@ -47,12 +47,14 @@ def register(app: typer.Typer) -> None:
         src: str = typer.Argument(
             ..., help="Source folder: Downsampled-ImageNet batches, an ImageFolder tree or Tiny-ImageNet."),
         dest: str = typer.Argument(..., help="Store to write: DIR.zarr or a URL (Zarr v3), or FILE.h5 (HDF5)."),
-        fmt: Optional[SourceFormat] = typer.Option(None, "--format", help="Source layout (detected by default)."),
+        fmt: Optional[SourceFormat] = typer.Option(None, "--format", help="Source layout.",
+                                                   show_default="detected from what SRC holds"),
         image_size: int = typer.Option(64, "--image-size", min=1, help="Side of the stored images in pixels."),
         chunk: int = typer.Option(
             1024, "--chunk", min=1, help="Images per stored chunk (smaller mixes classes better when training)."),
         storage_option: Optional[list[str]] = typer.Option(
-            None, "--storage-option", help="fsspec option key=value for a remote DEST (repeatable)."),
+            None, "--storage-option", help="fsspec option key=value for a remote DEST (repeatable).",
+            show_default="none"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
         json_mode: bool = typer.Option(False, "--json", help="Events as JSON lines, then the summary as JSON."),
     ) -> None:

@@ -8,7 +8,8 @@ from typing import Optional
 import attrs
 import typer
 
-from tesla.app.cli.common import errors, run_job, storage_options
+from tesla.app.cli.common import (config_defaults, errors, show_defaults, storage_options, threads_option,
+                                   typed_options)
 
 SET_NAMES = {"zarr": "synthetic.zarr", "h5": "synthetic.h5"}
 
@@ -22,7 +23,8 @@ def distill_config(preset: Optional[str], overrides: dict):
 
 
 def distill(
-    trajectories: str = typer.Option(..., "--trajectories", "-t", help="Trajectory store made by `tesla experts`."),
+    trajectories: Optional[str] = typer.Option(None, "--trajectories", "-t", help="Trajectory store made by "
+                                               "`tesla experts` (required, except with --resume: the run's)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (config, events, synthetic set, images)."),
     preset: Optional[str] = typer.Option(None, help="A row of the paper's table, e.g. cifar10-ipc10."),
     dataset: Optional[str] = typer.Option(None, help="Override the dataset recorded in the store."),
@@ -63,7 +65,8 @@ def distill(
     eval_epochs: int = typer.Option(300, help="Epochs per evaluation network during the run."),
     preview_every: int = typer.Option(10, help="Send an image preview every k iterations."),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint with the "
+                                "settings it recorded (config.json); options typed must be the run's, except"),
     tui: bool = typer.Option(False, "--tui", help="Show the run in the terminal UI (c: cancel, q: quit)."),
     tensorboard: Optional[str] = typer.Option(None, "--tensorboard", help="Also log events to TensorBoard in this "
                                               "folder (needs the tensorboard package)."),
@@ -110,11 +113,14 @@ def distill(
                                                    "[100; 0: never]."),
     stall_tolerance: Optional[float] = typer.Option(None, help="Run health: a loss above 1 - this is 'near 1' "
                                                     "[0.05]."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Distil a synthetic set by trajectory matching (TESLA, exact or MTT gradients)."""
     with errors():
         from tesla.app import bootstrap
         from tesla.app.services.run import DistillRequest
+
+        bootstrap.configure_threads(threads)
 
         if tensorboard:
             bootstrap.check_tensorboard()
@@ -138,9 +144,19 @@ def distill(
                                  set_name=SET_NAMES[store_format], device=device, resume=resume,
                                  eval_every=eval_every, eval_models=eval_models, eval_epochs=eval_epochs,
                                  preview_every=preview_every, storage_options=storage_options(storage_option),
-                                 store_url=store)
+                                 store_url=store, typed=typed_request_fields(), preset=preset)
         note_set_on(cfg.set_on, device, quiet or json_mode)
         run_ranked_distillation(request, distributed, tui, quiet, json_mode, tensorboard)
+
+
+def typed_request_fields() -> frozenset:
+    """The DistillConfig and request fields the user typed: on --resume these alone may
+    differ from the run's recorded settings (the rest are taken from config.json)."""
+    from tesla.app.services.run import DISTILL_FIELDS
+
+    renamed = {"store_format": "set_name", "store": "store_url"}
+    names = [*DISTILL_FIELDS, "trajectories", "dataset", "data", *renamed]
+    return frozenset(renamed.get(n, n) for n in typed_options(names))
 
 
 def run_ranked_distillation(request, distributed: bool, tui: bool, quiet: bool, json_mode: bool,
@@ -169,7 +185,23 @@ def run_ranked_distillation(request, distributed: bool, tui: bool, quiet: bool, 
 
 
 def register(app: typer.Typer) -> None:
-    app.command("distill")(distill)
+    import inspect
+
+    from tesla.app.services.distill import RESUMABLE_CHANGES
+    from tesla.domain.config import DistillConfig
+    from tesla.domain.resume import option_name
+
+    texts = config_defaults(DistillConfig, none={
+        "batch_syn": "all", "max_grad_norm": "off", "label_epoch": "none", "ema_decay": "off",
+        "micro_batch": "from --memory-budget, else whole batches", "memory_budget": "no budget",
+        "label_momentum": "the images' momentum", "initial_max_start_epoch": "halfway from min to max",
+        "window_iterations": "a tenth of --iterations", "min_label_agreement": "2/classes, at most 0.75"})
+    texts.update(preset="none", dataset="the store's", data="the store's", store="OUT/synthetic.zarr|h5",
+                 tensorboard="off", storage_option="none")
+    resume = inspect.signature(distill).parameters["resume"].default
+    if not resume.help.endswith("."):  # the changes a resumed run may make, named once (RESUMABLE_CHANGES)
+        resume.help += " " + ", ".join(option_name(f) for f in sorted(RESUMABLE_CHANGES)) + "."
+    app.command("distill")(show_defaults(distill, texts))
 
 
 def note_set_on(set_on: str, device: str, quiet: bool) -> None:

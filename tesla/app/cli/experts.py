@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import typer
 
-from tesla.app.cli.common import errors, run_on_ranks, storage_options
+from tesla.app.cli.common import config_defaults, errors, run_on_ranks, show_defaults, storage_options, threads_option
 
 
 def experts(
@@ -20,16 +20,16 @@ def experts(
     dataset: Optional[str] = typer.Option(None, help="cifar10 | cifar100 | demo | prepared."),
     data: Optional[str] = typer.Option(None, help="Folder (or prepared store) of the real data."),
     preset: Optional[str] = typer.Option(None, help="A row of the paper's table, e.g. cifar10-ipc10."),
-    num_experts: Optional[int] = typer.Option(None, "--num-experts", "-n", help="Experts to train (default 10)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs per expert (default 50)."),
-    lr: Optional[float] = typer.Option(None, help="Expert SGD lr (default 0.01)."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size (default 256)."),
+    num_experts: Optional[int] = typer.Option(None, "--num-experts", "-n", help="Experts to train."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per expert."),
+    lr: Optional[float] = typer.Option(None, help="Expert SGD lr."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size."),
     seed: Optional[int] = typer.Option(None, help="Expert i uses seed + i."),
     parallel: Optional[int] = typer.Option(None, help="Experts trained together in one process (vmap on CUDA)."),
     zca: Optional[bool] = typer.Option(None, "--zca/--no-zca", help="ZCA-whiten the images (kornia, eps 0.1)."),
     arch: Optional[str] = typer.Option(None, help="convnet | resnet18 | vit."),
     depth: Optional[int] = typer.Option(None, help="ConvNet depth (3 for 32 px, 4 for 64 px)."),
-    width: Optional[int] = typer.Option(None, help="ConvNet width (default 128)."),
+    width: Optional[int] = typer.Option(None, help="ConvNet width."),
     norm: Optional[str] = typer.Option(None, help="instancenorm | batchnorm | layernorm | groupnorm | none."),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
     run_dir: Optional[Path] = typer.Option(None, help="Where to write events.jsonl (follow it with `tesla monitor`)."),
@@ -38,6 +38,7 @@ def experts(
     json_mode: bool = typer.Option(False, "--json", help="Print events as JSON lines."),
     distributed: bool = typer.Option(False, "--distributed", help="One rank of a torchrun job: ranks split the "
                                      "experts (see docs/DISTRIBUTED.md)."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Train expert trajectories (the MTT/TESLA buffer step) into a store.
 
@@ -49,6 +50,8 @@ def experts(
         from tesla.app.services.experts import ExpertsRequest
         from tesla.domain.experts import experts_configs
 
+        bootstrap.configure_threads(threads)
+
         data_cfg, model_cfg, expert_cfg = experts_configs(
             preset, dataset, data, zca,
             dict(num_experts=num_experts, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, parallel=parallel),
@@ -56,10 +59,10 @@ def experts(
         request = ExpertsRequest(out=out, data=data_cfg, model=model_cfg, experts=expert_cfg, fit_model=not preset,
                                  depth=depth, run_dir=run_dir)
         opts = storage_options(storage_option)
-        ran = run_on_ranks(lambda ctx: bootstrap.prepare_experts(request, device=device, storage_options=opts,
-                                                                 ctx=ctx if distributed else None),
+        ran = run_on_ranks(lambda ctx, sink: bootstrap.prepare_experts(request, device=device, storage_options=opts,
+                                                                       ctx=ctx if distributed else None, sink=sink),
                            device=device, distributed=distributed, run_dir=run_dir, quiet=quiet,
-                           json_mode=json_mode)
+                           json_mode=json_mode, setup=True)
         result = ran.result
         if ran.is_writer and not quiet and not json_mode:
             done = f"{ran.world} ranks trained" if distributed else "trained"
@@ -77,4 +80,12 @@ def _summary(result: Any, out: str, done: str, accuracies: Any) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("experts")(experts)
+    from tesla.domain.config import ExpertConfig
+
+    texts = config_defaults(ExpertConfig)
+    texts.update(dataset="the preset's; cifar10 without", data="none: demo needs none", preset="none",
+                 zca="the preset's; off without", arch="the preset's; convnet without",
+                 depth="the preset's; without, fitted to the image side: 2 for 16 px, 3 for 32, 4 for 64",
+                 width="the preset's; 128 without", norm="the preset's; instancenorm without",
+                 run_dir="none: no event log", storage_option="none")
+    app.command("experts")(show_defaults(experts, texts))

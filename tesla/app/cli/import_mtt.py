@@ -22,12 +22,15 @@ def import_mtt_command(
     src_dir: str = typer.Argument(..., help="Folder holding replay_buffer_<N>.pt files."),
     store: str = typer.Argument(..., help="Trajectory store to write: .h5 file, Zarr directory or fsspec URL."),
     model: Optional[str] = typer.Option(
-        None, "--model", help='ModelConfig fields as JSON, e.g. \'{"arch": "convnet", "num_classes": 10}\'.'
+        None, "--model", help='ModelConfig fields as JSON, e.g. \'{"arch": "convnet", "num_classes": 10}\'.',
+        show_default="none: the store records no model"
     ),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Name of the data the experts were trained on."),
-    zca: Optional[bool] = typer.Option(None, "--zca/--no-zca", help="Whether the experts saw ZCA-whitened data."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Name of the data the experts were trained on.",
+                                          show_default="none: not recorded"),
+    zca: Optional[bool] = typer.Option(None, "--zca/--no-zca", help="Whether the experts saw ZCA-whitened data.",
+                                       show_default="not recorded"),
     storage_option: Optional[list[str]] = typer.Option(
-        None, "--storage-option", help="key=value fsspec option for remote URLs (repeatable)."
+        None, "--storage-option", help="key=value fsspec option for remote URLs (repeatable).", show_default="none"
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
 ) -> None:

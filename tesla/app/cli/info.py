@@ -68,7 +68,7 @@ def _print_synthetic(console: Console, d: dict) -> None:
     console.print(f"  labels       {s['labels']}")
     console.print(f"  lr           {lr:.6g}" if isinstance(lr, (int, float)) else "  lr           -")
     if s["normalizer"]:
-        console.print(f"  normaliser   {', '.join(s['normalizer'])}")
+        console.print(f"  normaliser   {_normaliser(s.get('normalizer_values') or {}, s['normalizer'])}")
     for key in ("iteration", "seed", "trajectory_store", "label_expert", "label_epoch"):
         if key in prov:
             console.print(f"  {key:<12} {prov.pop(key)}")
@@ -81,10 +81,33 @@ def _print_synthetic(console: Console, d: dict) -> None:
         console.print(f"  {key:<12} {text if len(text) <= 200 else text[:197] + '...'}")
 
 
+def _numbers(values: Any) -> str:
+    if isinstance(values, (list, tuple)):
+        return "(" + ", ".join(_numbers(v) for v in values) + ")"
+    return f"{values:.4g}" if isinstance(values, float) else str(values)
+
+
+def _normaliser(values: dict, names: list) -> str:
+    """``meanstd: mean (0.4914, 0.4822, 0.4465), std (...)`` or ``zca: eps 0.1, matrix 3072x3072``."""
+    if not values:  # an older summary: the names only
+        return ", ".join(names)
+    kind = values.get("kind", "?")
+    parts = []
+    for key, value in values.items():
+        if key == "kind":
+            continue
+        if isinstance(value, dict) and "shape" in value:  # a big array: its shape, not 9 million numbers
+            parts.append(f"{key.removeprefix('zca_')} {'x'.join(map(str, value['shape']))}")
+        else:
+            shown = value[0] if key == "zca_eps" and isinstance(value, list) and len(value) == 1 else value
+            parts.append(f"{key.removeprefix('zca_')} {_numbers(shown)}")
+    return f"{kind}: " + ", ".join(parts) if parts else str(kind)
+
+
 def info(
     store: str = typer.Argument(..., help="A trajectory or synthetic-set store: .h5 file, Zarr directory or fsspec URL."),
     storage_option: Optional[list[str]] = typer.Option(
-        None, "--storage-option", help="key=value fsspec option for remote URLs (repeatable)."
+        None, "--storage-option", help="key=value fsspec option for remote URLs (repeatable).", show_default="none"
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:

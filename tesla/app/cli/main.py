@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import importlib
 
-import typer
+from tesla.app.threads import prepare_process
+
+# before any command imports torch: its OpenMP runtime reads the wait policy and the thread
+# count once, when it starts (tesla.domain.threads says why these defaults)
+prepare_process()
+
+import typer  # noqa: E402
+
+from tesla.app.cli.common import plain_flags  # noqa: E402
 
 app = typer.Typer(
     name="tesla",
@@ -16,7 +24,8 @@ app = typer.Typer(
 
 # each module defines register(app); a module that is missing is skipped so that a
 # partial install still offers the rest
-COMMANDS = ("demo", "experts", "distill", "evaluate", "export", "info", "import_mtt", "merge", "monitor", "data", "bench")
+COMMANDS = ("demo", "run", "experts", "distill", "evaluate", "export", "info", "import_mtt", "merge", "monitor", "data",
+            "bench")
 
 for _name in COMMANDS:
     try:
@@ -26,6 +35,8 @@ for _name in COMMANDS:
             raise
         continue
     _module.register(app)
+
+plain_flags(app)  # flags take no value: --help shows no "<bool>" beside them
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -19,7 +19,8 @@ from tesla.app.cli.common import errors, storage_options
 def merge_trajectories(
     stores: list[str] = typer.Argument(..., metavar="SRC... DEST",
                                        help="Source trajectory stores, then the destination (created if missing)."),
-    storage_option: Optional[list[str]] = typer.Option(None, "--storage-option", help="key=value for fsspec URLs."),
+    storage_option: Optional[list[str]] = typer.Option(None, "--storage-option", help="key=value for fsspec URLs.",
+                                                       show_default="none"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
 ) -> None:
     """Copy every complete expert of SRC... into DEST, keeping expert ids (checksums verified)."""

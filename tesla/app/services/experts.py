@@ -25,8 +25,9 @@ would have written.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import attrs
 
@@ -101,7 +102,8 @@ class PreparedExperts:
 # --- request -> prepared job ---------------------------------------------------------------
 
 
-def prepare_experts(req: ExpertsRequest, ports: ExpertsPorts, ranks: Optional[Ranks] = None) -> PreparedExperts:
+def prepare_experts(req: ExpertsRequest, ports: ExpertsPorts, ranks: Optional[Ranks] = None,
+                    sink: Optional[EventSink] = None) -> PreparedExperts:
     """Check and open everything for ``req``; nothing is written when a check fails.
 
     Order: the data (and the model fitted to it, within the machine's memory), an
@@ -109,18 +111,23 @@ def prepare_experts(req: ExpertsRequest, ports: ExpertsPorts, ranks: Optional[Ra
     the store is opened (a new one created) and, last, the run directory made and its
     config recorded, so a store that cannot be made leaves no config behind. With
     ``ranks`` this is one rank of a distributed run (every rank calls it with the same
-    request).
+    request). Each step is announced to ``sink`` as it starts and ends (Progress events,
+    and a Warning naming the experts a store already holds), so the minutes of loading
+    data and fitting ZCA are not silent.
     """
+    sink = sink or NullSink()
     if ranks is not None:
-        return _prepare_ranked(req, ports, ranks)
-    data = ports.load_data(req.data)
+        return _prepare_ranked(req, ports, ranks, sink)
+    data = _load(req, ports, sink)
     model = _fitted_model(req, data)
     check_fits(experts_footprint(model, req.experts), ports.memory)  # before the model is built
     layout = ports.training.layout(model)
     dataset = to_dict(req.data)
     store = None
     if ports.stores.exists(req.out):
-        store = _checked(ports.stores.open(req.out), model, layout, dataset, req.experts)
+        with _step(sink, f"check the trajectory store {redact_url(req.out)}"):
+            store = _checked(ports.stores.open(req.out), model, layout, dataset, req.experts)
+        _say_kept(sink, store, req)
     config = _run_config(req, model)
     try:
         if req.run_dir is not None:  # every refusal first; the directory is made once the store is open
@@ -142,8 +149,8 @@ def prepare_experts(req: ExpertsRequest, ports: ExpertsPorts, ranks: Optional[Ra
     return PreparedExperts(job=job, model=model, config=config)
 
 
-def _prepare_ranked(req: ExpertsRequest, ports: ExpertsPorts, ranks: Ranks) -> PreparedExperts:
-    data = ranks.agree(lambda: ports.load_data(req.data))
+def _prepare_ranked(req: ExpertsRequest, ports: ExpertsPorts, ranks: Ranks, sink: EventSink) -> PreparedExperts:
+    data = ranks.agree(lambda: _load(req, ports, sink if ranks.is_writer else NullSink()))
     model = _fitted_model(req, data)
     ranks.agree(lambda: check_fits(experts_footprint(model, req.experts), ports.memory))
     config = _run_config(req, model)
@@ -157,6 +164,34 @@ def _prepare_ranked(req: ExpertsRequest, ports: ExpertsPorts, ranks: Ranks) -> P
                                    sink=sink, cancel=cancel, run_config=config)
 
     return PreparedExperts(job=job, model=model, config=config)
+
+
+@contextlib.contextmanager
+def _step(sink: EventSink, label: str) -> Iterator[None]:
+    """``label`` started (0 of 1) and, when the block ends without an error, done (1 of 1)."""
+    sink.emit(events.Progress(label=label, done=0, total=1))
+    yield
+    sink.emit(events.Progress(label=label, done=1, total=1))
+
+
+def data_label(cfg: DataConfig) -> str:
+    """What loading ``cfg`` does, in words (the set-up's first step)."""
+    where = f" from {redact_url(cfg.root)}" if cfg.root else ""
+    zca = " and fit ZCA (cached after the first time)" if cfg.zca else ""
+    return f"load {cfg.name} data{where}{zca}"
+
+
+def _load(req: ExpertsRequest, ports: ExpertsPorts, sink: EventSink) -> RealData:
+    with _step(sink, data_label(req.data)):
+        return ports.load_data(req.data)
+
+
+def _say_kept(sink: EventSink, store: TrajectoryOutput, req: ExpertsRequest) -> None:
+    kept = sorted(set(store.expert_ids()) & set(range(req.experts.num_experts)))
+    if kept:
+        left = req.experts.num_experts - len(kept)
+        sink.emit(events.Warning(message=f"{redact_url(req.out)} already holds {len(kept)} complete expert(s) "
+                                         f"({', '.join(map(str, kept))}): kept; {left} to train"))
 
 
 def _fitted_model(req: ExpertsRequest, data: RealData) -> ModelConfig:

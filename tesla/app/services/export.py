@@ -3,8 +3,8 @@
 Two layouts, through the :class:`~tesla.domain.ports.SetExporter` port:
 
 - ``mtt`` (the default): ``images_best.pt``, ``labels_best.pt`` and ``lr_best.pt`` (what
-  the MTT/TESLA code and its evaluation scripts load) in the output folder, and one PNG
-  grid per class in its ``images/`` folder;
+  the MTT/TESLA code and its evaluation scripts load) in the output folder, and its pictures
+  (overview and one per class) in its ``images/`` folder;
 - ``ddranking``: ``images.pt``, ``labels.pt``, ``lr.pt``, ``meta.json`` and a
   ``README.md`` with the call to run, as DD-Ranking's evaluators load them (class-sorted,
   in its input space for the dataset; see ``docs/EVALUATION.md``).

@@ -13,7 +13,7 @@ The run directory holds (:mod:`tesla.domain.rundir`)::
     config.json        the configs that made the run
     events.jsonl       the event log (the TUI and scripts follow it)
     synthetic.zarr|h5  checkpoints and the final set, with provenance
-    images/            PNG grids per class of the final set (un-whitened)
+    images/            pictures of the final set (un-whitened, upscaled, named, real images beside)
 
 Ranks (``tesla`` engine). Pass 1 of an iteration is cheap and deterministic, and every
 rank draws the same expert, start epoch, batches and augmentation seeds from the same
@@ -30,29 +30,42 @@ iteration and the checkpoint is consistent.
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
 import attrs
 
-from tesla.app.services.distill import Cadence, DistillRun, check_inputs, check_resumable, distill, no_evaluation
+from tesla.app.services.distill import (RESUMABLE_CHANGES, Cadence, DistillRun, check_inputs, check_resumable, distill,
+                                        no_evaluation)
 from tesla.domain.config import ConfigError, DataConfig, DistillConfig, EvalConfig, ModelConfig, from_dict, to_dict
 from tesla.domain.data import recorded_data_config as data_config_from_store
 from tesla.domain.engines import from_config
-from tesla.domain.errors import DistillError, StoreError
-from tesla.domain.ports import (Cancel, DataSource, DistillParts, EventSink, Evaluator, Gauges, Held, NoGauges,
-                                NullSink, Ranks, SetStore, Student, Trajectories)
-from tesla.domain.records import Checkpoint, FinalSet
+from tesla.domain.errors import DistillError, RunDirError, StoreError
 from tesla.domain.footprint import check_fits, distill_footprint
 from tesla.domain.identity import check_same_trajectories, trajectory_identity
+from tesla.domain.ports import (Cancel, DataSource, DistillParts, EventSink, Evaluator, Gauges, Held, NoGauges,
+                                NullSink, Ranks, RunFiles, SetStore, Student, Trajectories)
+from tesla.domain.records import Checkpoint, FinalSet
+from tesla.domain.resume import resumed_distill, resumed_value
 from tesla.domain.rundir import IMAGES, RUN_CONFIG, check_run_dir, check_set_format, make_run_dir, record_config
-from tesla.domain.urls import redact_json, redact_url
+from tesla.domain.urls import is_remote, local_path, redact_json, redact_url
 
 
 @attrs.frozen
 class DistillRequest:
-    trajectories: str
+    """A distillation as asked for.
+
+    On ``resume`` with a run recorded in ``out`` the run's settings are used
+    (:func:`resumed_request`): ``typed`` names what the user typed (DistillConfig fields,
+    and ``trajectories``, ``dataset``, ``data``, ``set_name``, ``store_url``; None: all
+    of it, as a script that builds the whole request means it), ``preset`` the preset
+    typed; ``trajectories`` may then be None.
+    """
+
+    trajectories: Optional[str]
     out: Path
     cfg: DistillConfig
     dataset: Optional[str] = None
@@ -66,6 +79,8 @@ class DistillRequest:
     preview_every: int = 10
     storage_options: Optional[dict] = None
     store_url: Optional[str] = None  # synthetic store URL; default: out / set_name
+    typed: Optional[frozenset] = None
+    preset: Optional[str] = None
 
     @property
     def set_url(self) -> str:
@@ -163,8 +178,9 @@ class Role(Protocol):
     def evaluator(self, inputs: Inputs, sink: EventSink) -> Evaluator:
         """What scores the set during the run on this rank."""
 
-    def completed(self) -> None:
-        """What this rank does after a completed run (the images of the set)."""
+    def completed(self, data: Optional[DataSource] = None) -> None:
+        """What this rank does after a completed run (the pictures of the set, with real
+        images of ``data`` beside them)."""
 
 
 @attrs.frozen
@@ -187,8 +203,8 @@ class Writer:
         cfg = EvalConfig(num_models=self.req.eval_models, epochs=self.req.eval_epochs)
         return self.parts.evaluator(inputs.data, inputs.model, cfg, self.req.cfg.ipc, sink)
 
-    def completed(self) -> None:
-        self.parts.export_images(self.store, Path(self.run_dir) / IMAGES)
+    def completed(self, data: Optional[DataSource] = None) -> None:
+        self.parts.export_images(self.store, Path(self.run_dir) / IMAGES, data)
 
 
 @attrs.frozen
@@ -205,8 +221,80 @@ class Follower:
     def evaluator(self, inputs: Inputs, sink: EventSink) -> Evaluator:
         return no_evaluation  # the others wait for rank 0 in the next collective
 
-    def completed(self) -> None:
+    def completed(self, data: Optional[DataSource] = None) -> None:
         return None
+
+
+def resumed_request(req: DistillRequest, files: RunFiles) -> DistillRequest:
+    """The request as it runs: on ``--resume`` of a run recorded in ``req.out``, the run's
+    settings (``config.json``) with the typed resumable changes (:mod:`tesla.domain.resume`);
+    otherwise the request as it is, which must name the trajectories."""
+    recorded = _recorded_config(files, Path(req.out)) if req.resume else None
+    if recorded is None:
+        if req.trajectories is None:
+            where = f"{req.out} holds no run to resume (no {RUN_CONFIG}): " if req.resume else ""
+            raise DistillError(f"{where}pass --trajectories (-t), the trajectory store made by `tesla experts`")
+        return req
+    typed = req.typed
+    given = (lambda name: getattr(req, name)) if typed is None else (
+        lambda name: getattr(req, name) if name in typed else None)
+    distill_fields = None if typed is None else {k for k in typed if k in DISTILL_FIELDS}
+    cfg = from_dict(DistillConfig, resumed_distill(recorded.get("distill", {}), to_dict(req.cfg), distill_fields,
+                                                   resumable=RESUMABLE_CHANGES, preset=req.preset))
+    data = recorded.get("data") or {}
+    # experts given from another place resume when they are the same experts: the recorded
+    # identity (fingerprint) is checked against the store once it is open
+    trajectories = resumed_value("--trajectories", recorded.get("trajectories"), given("trajectories"),
+                                 same=_same_place(recorded.get("trajectories"), given("trajectories"))
+                                 or bool(recorded.get("trajectory_identity")))
+    if trajectories is None:
+        raise DistillError(f"{req.out}/{RUN_CONFIG} records no trajectory store: pass --trajectories (-t)")
+    store_url = resumed_value("--store", recorded.get("store"), given("store_url"),
+                              same=_same_place(recorded.get("store"), given("store_url")))
+    set_name = resumed_value("--format", recorded.get("set") or _existing_set(files, Path(req.out)),
+                             given("set_name"))
+    return attrs.evolve(req, cfg=cfg, trajectories=trajectories, store_url=store_url,
+                        set_name=set_name or req.set_name,
+                        dataset=resumed_value("--dataset", data.get("name"), given("dataset")),
+                        data=resumed_value("--data", data.get("root"), given("data"),
+                                           same=_same_place(data.get("root"), given("data"))))
+
+
+DISTILL_FIELDS = frozenset(a.name for a in attrs.fields(DistillConfig))
+SET_FILES = ("synthetic.zarr", "synthetic.h5")
+
+
+def _recorded_config(files: RunFiles, out: Path) -> Optional[dict]:
+    """The run's ``config.json`` (None when there is none: a new run)."""
+    path = out / RUN_CONFIG
+    if files.kind(path) == "missing":
+        return None
+    try:
+        recorded = json.loads(files.read_text(path))
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"{path} is unreadable ({e}): choose another --out") from None
+    if not isinstance(recorded, dict):
+        raise RunDirError(f"{path} is not a run's config: choose another --out")
+    return recorded
+
+
+def _existing_set(files: RunFiles, out: Path) -> Optional[str]:
+    """The synthetic store an older run directory holds (its config did not name it)."""
+    found = [name for name in SET_FILES if files.kind(out / name) != "missing"]
+    return found[0] if len(found) == 1 else None
+
+
+def _same_place(recorded: Optional[str], given: Optional[str]) -> bool:
+    """``given`` names the recorded store or folder: the same URL once its credentials
+    are left out (the record never holds them), or one local path spelt two ways."""
+    if recorded is None or given is None:
+        return False
+    if redact_url(given) == recorded:
+        return True
+    if is_remote(recorded) or is_remote(given):
+        return False
+    return os.path.normpath(os.path.abspath(local_path(recorded))) == os.path.normpath(
+        os.path.abspath(local_path(given)))
 
 
 def open_inputs(req: DistillRequest, parts: DistillParts) -> Inputs:
@@ -232,6 +320,8 @@ def run_config(req: DistillRequest, inputs: Inputs, world: int) -> dict:
               "trajectories": redact_url(req.trajectories)}
     if req.store_url:
         config["store"] = redact_url(req.set_url)
+    else:
+        config["set"] = req.set_name
     if inputs.identity:
         config["trajectory_identity"] = dict(inputs.identity)
     if world > 1:
@@ -283,8 +373,8 @@ def open_output(req: DistillRequest, parts: DistillParts, config: dict,
             raise
         if req.store_url:
             make_run_dir(files, run_dir)
-        if files.kind(run_dir / RUN_CONFIG) == "missing":
-            record_config(files, run_dir, config)
+        if req.resume or files.kind(run_dir / RUN_CONFIG) == "missing":
+            record_config(files, run_dir, config)  # on --resume: what a later --resume continues with
     except BaseException:
         lock.release()
         raise
@@ -313,6 +403,7 @@ def prepare_distillation(req: DistillRequest, parts: DistillParts) -> PreparedRu
             storage options).
     """
     ranks = parts.ranks
+    req = ranks.agree(lambda: resumed_request(req, parts.files))
     check_request(req)
     inputs = ranks.agree(lambda: open_inputs(req, parts))
     config = run_config(req, inputs, ranks.shard[1])
@@ -337,7 +428,7 @@ def prepare_distillation(req: DistillRequest, parts: DistillParts) -> PreparedRu
                          run_config=config, provenance=found, trajectory_identity=inputs.identity)
         result = distill(run, sink, AgreedCancel(cancel, ranks))
         if result.status == "completed":
-            role.completed()
+            role.completed(inputs.data)
         return result
 
     def locked_job(sink: Optional[EventSink], cancel: Optional[Cancel]) -> Any:
@@ -351,5 +442,5 @@ def prepare_distillation(req: DistillRequest, parts: DistillParts) -> PreparedRu
 
 __all__ = [
     "AgreedCancel", "DistillRequest", "Follower", "FollowerStore", "PreparedRun", "Writer", "data_config_from_store",
-    "prepare_distillation",
+    "prepare_distillation", "resumed_request",
 ]

@@ -144,7 +144,7 @@ class TeacherChoice:
     @classmethod
     def parse(cls, text: str) -> "TeacherChoice":
         """``real``, ``real:resnet18``, ``expert:0``, ``expert:0@20``; ConfigError otherwise."""
-        fix = "use real, real:ARCH (convnet, resnet18, vit), expert:I or expert:I@EPOCH"
+        fix = "use real, real:ARCH (convnet, resnet18, vit), expert:I[@EPOCH] (an expert, at an epoch)"
         raw = str(text).strip()
         kind, _, rest = raw.partition(":")
         if kind == "real":

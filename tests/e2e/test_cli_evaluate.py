@@ -127,7 +127,7 @@ def test_relabel_with_an_expert_teacher_from_the_recorded_store(run):
 @pytest.mark.parametrize("args,needle", [
     (["--protocol", "kd"], "--protocol 'kd'"),
     (["--protocol", "relabel", "--teacher", "expert:7"], "no complete expert 7"),
-    (["--protocol", "relabel", "--teacher", "teacher"], "expert:I@EPOCH"),
+    (["--protocol", "relabel", "--teacher", "teacher"], "expert:I[@EPOCH]"),
     (["--scores", "--score-weight", "2"], "--score-weight"),
     (["--scores", "--score-convention", "percent"], "--score-convention"),
 ])

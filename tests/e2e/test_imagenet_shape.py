@@ -50,6 +50,7 @@ def test_prepared_imagenet_shaped_pipeline(tmp_path):
     run = tmp_path / "run"
     invoke("distill", "-t", traj, "-o", run, "--ipc", "2", "--syn-steps", "3", "--expert-epochs", "1",
            "--max-start-epoch", "2", "--batch-syn", "4", "--labels", "teacher-target", "--iterations", "3",
+           "--min-label-agreement", "0",
            "--lr-img", "100", "--device", "cpu", "-q")
     syn = open_synthetic_store(str(run / "synthetic.zarr")).read_set()
     assert syn.images.shape == (K * 2, 3, 64, 64)

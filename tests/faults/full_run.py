@@ -5,8 +5,10 @@
 Run inside a private mount namespace (see ``tests/faults/full_disk.py``). Two scenarios,
 each through the real CLI in a child process:
 
-* ``resume on a full disk``: a run of 3 iterations finishes on the tmpfs; the disk is
-  then filled to the last byte and the run resumed for 12: the event log takes what
+* ``resume on a full disk``: a run of 3 iterations finishes on the tmpfs (its record then
+  says 12, as a resume that made it longer writes); the disk is filled to the last byte; a
+  resume typing another length cannot record it (one line, exit 2, the record unchanged);
+  the run resumed as recorded goes on: the event log takes what
   still fits in its last page, then cannot take a line (one warning, its earlier lines
   kept, whole lines only), the run goes on to its next
   checkpoint, which cannot be written (one ``no space left`` line, exit 2), and the
@@ -39,9 +41,16 @@ def _lines(text: str, prefix: str) -> list:
 def resume_on_a_full_disk(root: Path, traj: str) -> dict:
     out = root / "run"
     first = _cli(distill_args(traj, out, "--iterations", "3"))
+    # the record of a run made longer before (what `--resume --iterations 12` writes)
+    config = json.loads((out / "config.json").read_text())
+    config["distill"]["iterations"] = 12
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     log = (out / "events.jsonl").read_bytes()
     _fill(root, leave=0)
-    second = _cli(distill_args(traj, out, "--resume", "--iterations", "12"))
+    # a typed change must be recorded first: on a full disk that is one line, nothing changed
+    longer = _cli(distill_args(traj, out, "--resume", "--iterations", "24"))
+    unchanged = (out / "config.json").read_text() == json.dumps(config, indent=2, sort_keys=True)
+    second = _cli(distill_args(traj, out, "--resume"))  # the record unchanged: nothing written first
     from tesla.adapters.stores.synthetic import open_synthetic_store
 
     after = (out / "events.jsonl").read_bytes()
@@ -49,7 +58,9 @@ def resume_on_a_full_disk(root: Path, traj: str) -> dict:
     with open_synthetic_store(str(out / "synthetic.zarr"), "r") as s:
         checkpoints = s.checkpoints()
         latest = s.latest_checkpoint()
-    return {"first_rc": first.returncode, "rc": second.returncode, "stderr": second.stderr[-2000:],
+    return {"first_rc": first.returncode, "longer_rc": longer.returncode,
+            "longer_errors": _lines(longer.stderr, "error:"), "config_unchanged": unchanged,
+            "rc": second.returncode, "stderr": second.stderr[-2000:],
             "warnings": _lines(second.stderr, "warning:"), "errors": _lines(second.stderr, "error:"),
             "log_kept": after.startswith(log), "log_whole": whole, "checkpoints": checkpoints,
             "checkpoint_intact": latest is not None and latest[0] == 3 and latest[1]["images"].shape[0] == 10}

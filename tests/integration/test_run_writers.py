@@ -165,6 +165,8 @@ def test_a_real_full_disk_under_a_run_is_one_line_and_keeps_what_was_written(tra
     print(json.dumps(results, indent=1))
     r = results["resume on a full disk"]
     assert r["first_rc"] == 0 and r["rc"] == 2, r
+    assert r["longer_rc"] == 2 and r["config_unchanged"] and len(r["longer_errors"]) == 1, r
+    assert r["longer_errors"][0].startswith(f"error: cannot write {mnt}/run/config.json (no space left on device)"), r
     assert len(r["warnings"]) == 1 and "cannot write the event log" in r["warnings"][0], r
     assert "no space left on device" in r["warnings"][0] and "the run goes on without it" in r["warnings"][0]
     assert len(r["errors"]) == 1 and r["errors"][0].startswith(f"error: no space left on {mnt}/run/synthetic.zarr"), r

@@ -42,7 +42,7 @@ def evaluate(
     protocol: str = typer.Option("mtt", help="mtt (stored labels, SGD, DSA) | relabel (a teacher relabels every "
                                  "augmented batch: KL, AdamW, crop/flip/CutMix)."),
     teacher: str = typer.Option("real", help="relabel: real | real:ARCH (trained on the real data, cached) | "
-                                "expert:I | expert:I@EPOCH (a snapshot of the trajectory store)."),
+                                "expert:I\\[@EPOCH] (a snapshot of the trajectory store)."),
     trajectories: Optional[str] = typer.Option(None, help="relabel: the trajectory store of --teacher expert:... "
                                                "(default: the one the set records)."),
     teacher_epochs: int = typer.Option(50, help="relabel: epochs of a real-data teacher."),

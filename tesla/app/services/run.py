@@ -251,8 +251,9 @@ def resumed_request(req: DistillRequest, files: RunFiles) -> DistillRequest:
         raise DistillError(f"{req.out}/{RUN_CONFIG} records no trajectory store: pass --trajectories (-t)")
     store_url = resumed_value("--store", recorded.get("store"), given("store_url"),
                               same=_same_place(recorded.get("store"), given("store_url")))
-    set_name = resumed_value("--format", recorded.get("set") or _existing_set(files, Path(req.out)),
-                             given("set_name"))
+    # a typed --format that is not the run's is refused by the run directory's check
+    # (check_set_format: it names the format to resume with)
+    set_name = given("set_name") or recorded.get("set") or _existing_set(files, Path(req.out))
     return attrs.evolve(req, cfg=cfg, trajectories=trajectories, store_url=store_url,
                         set_name=set_name or req.set_name,
                         dataset=resumed_value("--dataset", data.get("name"), given("dataset")),
@@ -373,12 +374,19 @@ def open_output(req: DistillRequest, parts: DistillParts, config: dict,
             raise
         if req.store_url:
             make_run_dir(files, run_dir)
-        if req.resume or files.kind(run_dir / RUN_CONFIG) == "missing":
+        if files.kind(run_dir / RUN_CONFIG) == "missing" or (req.resume and _config_changed(files, run_dir, config)):
             record_config(files, run_dir, config)  # on --resume: what a later --resume continues with
     except BaseException:
         lock.release()
         raise
     return run_dir, store, lock
+
+
+def _config_changed(files: RunFiles, run_dir: Path, config: dict) -> bool:
+    """Whether ``config`` (as it would be written: redacted, through JSON) differs from
+    the recorded one; an unchanged record is not rewritten (a resume on a full disk then
+    writes nothing before its first checkpoint)."""
+    return _recorded_config(files, run_dir) != json.loads(json.dumps(redact_json(config)))
 
 
 def _check_store(req: DistillRequest, store: SetStore, identity: Optional[dict]) -> None:

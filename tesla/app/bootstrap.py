@@ -239,15 +239,16 @@ class RunEvaluator:
     the random-real reference once, on the first call."""
 
     def __init__(self, data: DataSource, model_cfg: ModelConfig, cfg: EvalConfig, ipc: int, device: Any,
-                 sink: EventSink) -> None:
+                 sink: EventSink, micro_batch: Optional[int] = None) -> None:
         self.data, self.model_cfg, self.cfg, self.ipc = data, model_cfg, cfg, ipc
         self.device, self.sink = device, sink
+        self.micro_batch = micro_batch  # the run's (its memory budget's): evaluation stays within it
         self.baseline_done = False
 
     def __call__(self, state: Any, iteration: int) -> None:
         from tesla.app.services.evaluate import random_real_scores, train_many
 
-        training = evaluation_training(self.device)
+        training = evaluation_training(self.device, micro_batch=self.micro_batch)
         train_many(state.images.detach(), state.current_labels(), self.data, model_cfg=self.model_cfg, cfg=self.cfg,
                    lr=state.lr_value, subject="synthetic", training=training, sink=self.sink, iteration=iteration)
         if not self.baseline_done:
@@ -275,6 +276,7 @@ class TorchParts:
         self.files = LocalRunFiles()
         self.storage_options = storage_options
         self.memory = free_memory(ctx.device)
+        self.micro_batch: Optional[int] = None  # set when the student is built (its memory plan)
 
     def open_trajectories(self, url: str) -> Trajectories:
         return open_trajectories(url, "r", options_for(url, self.storage_options))
@@ -285,7 +287,9 @@ class TorchParts:
     def student(self, model_cfg: ModelConfig, cfg: DistillConfig) -> Student:
         from tesla.adapters.torch.student import TorchStudent
 
-        return TorchStudent(model_cfg, cfg, self.device)
+        student = TorchStudent(model_cfg, cfg, self.device)
+        self.micro_batch = student.memory.micro_batch  # the in-run evaluation keeps to it
+        return student
 
     def gauges(self, data: DataSource, model_cfg: ModelConfig, cfg: DistillConfig) -> Gauges:
         from tesla.adapters.torch.student import TorchGauges
@@ -300,7 +304,7 @@ class TorchParts:
 
     def evaluator(self, data: DataSource, model_cfg: ModelConfig, cfg: EvalConfig, ipc: int,
                   sink: EventSink) -> Evaluator:
-        return RunEvaluator(data, model_cfg, cfg, ipc, self.device, sink)
+        return RunEvaluator(data, model_cfg, cfg, ipc, self.device, sink, self.micro_batch)
 
     def export_images(self, store: Any, folder: Path, data: Optional[DataSource] = None) -> None:
         _export_images(store.read_set(), folder, data)
@@ -369,11 +373,12 @@ def distill_in_process(*, cfg: DistillConfig, model_cfg: ModelConfig, data: Data
     return service.distill(run, sink, cancel)
 
 
-def evaluation_training(device: Any = "cpu", parallel: Optional[int] = None) -> Any:
-    """The evaluation networks' training on torch and ``device`` (groups of ``parallel``)."""
+def evaluation_training(device: Any = "cpu", parallel: Optional[int] = None, micro_batch: Optional[int] = None) -> Any:
+    """The evaluation networks' training on torch and ``device`` (groups of ``parallel``,
+    batches in pieces of ``micro_batch``)."""
     from tesla.adapters.torch.trainers import TorchEvaluationTraining
 
-    return TorchEvaluationTraining(device, parallel)
+    return TorchEvaluationTraining(device, parallel, micro_batch)
 
 
 def record_evaluation(url: str, record: dict, storage_options: Optional[dict] = None) -> None:
@@ -385,7 +390,8 @@ def record_evaluation(url: str, record: dict, storage_options: Optional[dict] = 
 
 
 def prepare_evaluation(request: "EvaluateRequest", *, device: str = "auto", storage_options: Optional[dict] = None,
-                       parallel: Optional[int] = None, cache_dir: Optional[str] = None) -> "PreparedEvaluation":
+                       parallel: Optional[int] = None, cache_dir: Optional[str] = None,
+                       micro_batch: Optional[int] = None) -> "PreparedEvaluation":
     """:func:`tesla.app.services.evaluate.prepare_evaluation` on torch and the real stores:
     relabel teachers from trajectory stores or trained on the real data and cached under
     ``cache_dir`` (default ``default_cache_dir()/teachers``)."""
@@ -406,7 +412,7 @@ def prepare_evaluation(request: "EvaluateRequest", *, device: str = "auto", stor
 
     teachers = TorchTeachers(dev, cache_dir or default_cache_dir() / "teachers", open_store)
     return prepare(request, EvaluatePorts(
-        read_set=read_set, training=evaluation_training(dev, parallel),
+        read_set=read_set, training=evaluation_training(dev, parallel, micro_batch),
         load_data=functools.partial(load_data, storage_options=storage_options),
         relabel=TorchRelabelTraining(dev), teachers=teachers,
         record=functools.partial(record_evaluation, storage_options=storage_options)))

@@ -130,6 +130,7 @@ def test_relabel_with_an_expert_teacher_from_the_recorded_store(run):
     (["--protocol", "relabel", "--teacher", "teacher"], "expert:I[@EPOCH]"),
     (["--scores", "--score-weight", "2"], "--score-weight"),
     (["--scores", "--score-convention", "percent"], "--score-convention"),
+    (["--micro-batch", "0"], "--micro-batch must be an integer >= 1"),
 ])
 def test_bad_evaluate_options_are_one_line_and_exit_2(run, args, needle):
     url = run / "run" / "synthetic.zarr"

@@ -43,7 +43,8 @@ from torch.func import functional_call, stack_module_state, vmap
 from tesla.adapters.torch.batched import vmappable
 from tesla.adapters.torch.functional import FlatView
 from tesla.adapters.torch.training import (EVAL_BATCH, EpochFn, SnapshotFn, TrainingStopped, _generator,
-                                           accuracy, derive_seed, train_and_evaluate, train_expert)
+                                           accuracy, derive_seed, eval_chunk, pieces, split_for, train_and_evaluate,
+                                           train_expert)
 
 
 MODES = ("auto", "vmap", "sequential")
@@ -230,8 +231,10 @@ def train_and_evaluate_parallel(
     lr_decay_epoch: Optional[int] = None,
     mode: str = "auto",
     on_epoch: Optional[Callable[[int, int], None]] = None,
+    micro_batch: Optional[int] = None,
 ) -> list[float]:
-    """:func:`~tesla.adapters.torch.training.train_and_evaluate` for M networks at once.
+    """:func:`~tesla.adapters.torch.training.train_and_evaluate` for M networks at once
+    (``micro_batch`` as there: each stacked batch in pieces of at most that many images).
 
     Every member trains on the same ``(images, labels)`` with its own seed (batch order
     and augmentation as ``train_and_evaluate(..., seed=seeds[m])``). ``mode`` as in
@@ -252,8 +255,10 @@ def train_and_evaluate_parallel(
         return [train_and_evaluate(models[i], images, labels, data, epochs=epochs, lr=lr, momentum=momentum,
                                    weight_decay=weight_decay, batch_size=batch_size, augment=augment,
                                    seed=seeds[i], device=device, lr_decay_epoch=lr_decay_epoch,
-                                   on_epoch=None if on_epoch is None else (lambda e, i=i: on_epoch(i, e)))
+                                   on_epoch=None if on_epoch is None else (lambda e, i=i: on_epoch(i, e)),
+                                   micro_batch=micro_batch)
                 for i in range(m)]
+    split = split_for(models[0], micro_batch)
     stack = _Stack(models, device)
     x_all = images.detach().to(device, dtype=torch.float32).clone()
     y_all = labels.detach().to(device)
@@ -273,11 +278,13 @@ def train_and_evaluate_parallel(
             for i, idx in enumerate(idxs):
                 x = x_all[idx]
                 xs.append(augment(x, aug_gens[i]) if augment is not None else x)
-            losses, _ = stack.losses(torch.stack(xs), torch.stack([y_all[idx] for idx in idxs]))
+            x, y = torch.stack(xs), torch.stack([y_all[idx] for idx in idxs])
             optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
+            for xp, yp in pieces(x, y, split, dim=1):
+                losses, _ = stack.losses(xp, yp)
+                (losses.sum() * (xp.shape[1] / x.shape[1])).backward()
             optimizer.step()
         for i in range(m if on_epoch is not None else 0):
             on_epoch(i, epoch + 1)
     stack.write_back()
-    return [accuracy(model, data.test_batches(EVAL_BATCH), device) for model in stack.models]
+    return [accuracy(model, data.test_batches(eval_chunk(micro_batch)), device) for model in stack.models]

@@ -68,11 +68,16 @@ def _shifted(on_epoch: Optional[NetworkEpochFn], first: int) -> Optional[Network
 class TorchEvaluationTraining:
     """Evaluation networks on ``device`` (the field's protocol), trained in groups of
     ``parallel`` seeds (all at once when None): a group is one vmapped network on CUDA,
-    so the group size bounds the device memory (e.g. ResNet-18 at 64 px)."""
+    so the group size bounds the device memory (e.g. ResNet-18 at 64 px); with
+    ``micro_batch`` each batch is computed in pieces of at most that many images (the
+    same gradient to rounding; not for networks with batch norm) and tested in chunks
+    of at most that many, so activation memory is bounded by it."""
 
-    def __init__(self, device: torch.device | str = "cpu", parallel: Optional[int] = None) -> None:
+    def __init__(self, device: torch.device | str = "cpu", parallel: Optional[int] = None,
+                 micro_batch: Optional[int] = None) -> None:
         self.device = device
         self.parallel = parallel
+        self.micro_batch = micro_batch
 
     def train_on(self, model: ModelConfig, images: torch.Tensor, labels: torch.Tensor, data: Any, *,
                  seeds: Sequence[int], epochs: int, lr: float, cfg: EvalConfig,
@@ -84,7 +89,7 @@ class TorchEvaluationTraining:
                                                 epochs=epochs, lr=lr, momentum=cfg.momentum,
                                                 weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
                                                 augment=DSA() if cfg.dsa else None, seeds=group, device=self.device,
-                                                on_epoch=_shifted(on_epoch, len(accs)))
+                                                on_epoch=_shifted(on_epoch, len(accs)), micro_batch=self.micro_batch)
         return accs
 
     def train_on_real(self, model: ModelConfig, data: Any, recipe: ExpertConfig, seed: int,

@@ -188,6 +188,7 @@ def train_and_evaluate(
     device: torch.device | str = "cpu",
     lr_decay_epoch: Optional[int] = None,
     on_epoch: Optional[Callable[[int], None]] = None,
+    micro_batch: Optional[int] = None,
 ) -> float:
     """Train a fresh network on ``(images, labels)`` and return its test accuracy.
 
@@ -203,6 +204,11 @@ def train_and_evaluate(
         seed: batch order and augmentation.
         device: where to train.
         on_epoch: ``on_epoch(epoch)`` after each epoch (1-based), for progress.
+        micro_batch: compute each batch's gradient in pieces of at most this many images
+            (activation memory bounded by it; the same gradient to rounding, since the
+            batch's loss is the size-weighted sum of the pieces' means) and test in
+            chunks of at most this many; None: whole batches. A network with batch norm
+            always trains on whole batches (a split would change its statistics).
 
     Returns:
         Top-1 accuracy (%) on ``data.test_batches``.
@@ -212,6 +218,7 @@ def train_and_evaluate(
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1 (got {epochs})")
     model.to(device)
+    split = split_for(model, micro_batch)
     x_all = images.detach().to(device, dtype=torch.float32).clone()
     # Class ids for hard labels, float probabilities for soft ones: cross_entropy takes both.
     y_all = labels.detach().to(device)
@@ -229,11 +236,33 @@ def train_and_evaluate(
         for idx in torch.split(order, min(batch_size, n)):
             x, y = x_all[idx], y_all[idx]
             if augment is not None:
-                x = augment(x, aug_gen)
-            loss = F.cross_entropy(model(x), y)
+                x = augment(x, aug_gen)  # the whole batch's augmentation, then its pieces
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            for xp, yp in pieces(x, y, split):
+                (F.cross_entropy(model(xp), yp) * (xp.shape[0] / x.shape[0])).backward()
             optimizer.step()
         if on_epoch is not None:
             on_epoch(epoch + 1)
-    return accuracy(model, data.test_batches(EVAL_BATCH), device)
+    return accuracy(model, data.test_batches(eval_chunk(micro_batch)), device)
+
+
+def eval_chunk(micro_batch: Optional[int]) -> int:
+    """Test images per forward: :data:`EVAL_BATCH`, or fewer under a micro-batch."""
+    return EVAL_BATCH if micro_batch is None else max(1, min(EVAL_BATCH, micro_batch))
+
+
+def split_for(model: nn.Module, micro_batch: Optional[int]) -> Optional[int]:
+    """The piece size a batch is trained in: None (whole) without a micro-batch or for a
+    network with batch norm."""
+    from tesla.adapters.torch.microbatch import has_batch_norm
+
+    if micro_batch is None or has_batch_norm(model):
+        return None
+    return max(1, int(micro_batch))
+
+
+def pieces(x: torch.Tensor, y: torch.Tensor, split: Optional[int], dim: int = 0):
+    """``(x, y)`` whole, or cut along ``dim`` into pieces of at most ``split``."""
+    if split is None or x.shape[dim] <= split:
+        return [(x, y)]
+    return list(zip(x.split(split, dim=dim), y.split(split, dim=dim)))

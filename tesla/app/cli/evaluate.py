@@ -57,6 +57,10 @@ def evaluate(
     record: Optional[bool] = typer.Option(None, "--record/--no-record", help="Write the results into the set's "
                                           "provenance (default: with --scores)."),
     parallel: Optional[int] = typer.Option(None, help="Networks trained together (vmap on CUDA; default all)."),
+    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="Train (mtt protocol) and test in pieces "
+                                              "of at most K images: activation memory bounded by K, the same "
+                                              "gradients to rounding (networks with batch norm keep whole "
+                                              "batches) [default: whole batches]."),
     preset: Optional[str] = typer.Option(None, help="Take models, networks, epochs, batch and lr from a preset's "
                                          "evaluation (e.g. imagenet1k-ipc10: ConvNetD4 and ResNet-18)."),
     run_dir: Optional[Path] = typer.Option(None, help="Where to write events.jsonl (follow it with `tesla monitor`)."),
@@ -66,8 +70,12 @@ def evaluate(
         from tesla.app import bootstrap
 
         request = build_request(**locals())
+        if micro_batch is not None and (isinstance(micro_batch, bool) or micro_batch < 1):
+            from tesla.domain.errors import ConfigError
+
+            raise ConfigError(f"--micro-batch must be an integer >= 1 (got {micro_batch})")
         prepared = bootstrap.prepare_evaluation(request, device=device, storage_options=storage_options(storage_option),
-                                                parallel=parallel)
+                                                parallel=parallel, micro_batch=micro_batch)
         result = run_job(prepared.job, run_dir=run_dir, quiet=quiet or json_mode, json_mode=json_mode)
         if json_mode:
             typer.echo(json.dumps(result.to_json()))

@@ -12,25 +12,32 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 from tesla.adapters.stores.lock import Lock, lock_path
 from tesla.domain.errors import RunDirError
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """``write(file)`` into a temporary file beside ``path`` (synced), then an atomic rename
+    over ``path``: a reader sees the old file or the whole new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+    atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 class LocalRunFiles:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -28,6 +26,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
+from tesla.adapters.files import atomic_write
 from tesla.adapters.torch.augment import DSA
 from tesla.adapters.torch.models import build_model
 from tesla.adapters.torch.relabel import module_teacher, snapshot_teacher
@@ -40,20 +39,6 @@ from tesla.domain.ports import NetworkEpochFn
 def cache_key(key: Mapping[str, Any]) -> str:
     """The hex SHA-256 of ``key`` as canonical JSON (sorted keys)."""
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode("utf-8")).hexdigest()
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """``write(file)`` into a temporary file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _crc(path: Path) -> int:
@@ -95,10 +80,10 @@ class TeacherCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         arrays_path, record_path = self.paths(key)
         arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-        _atomic_write(arrays_path, lambda f: np.savez(f, **arrays))
+        atomic_write(arrays_path, lambda f: np.savez(f, **arrays))
         record = {"key": json.loads(json.dumps(key, sort_keys=True, default=str)), "crc32": _crc(arrays_path),
                   **facts}
-        _atomic_write(record_path, lambda f: f.write((json.dumps(record, indent=1) + "\n").encode("utf-8")))
+        atomic_write(record_path, lambda f: f.write((json.dumps(record, indent=1) + "\n").encode("utf-8")))
         return arrays_path
 
 

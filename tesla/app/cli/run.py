@@ -52,8 +52,9 @@ def run(
     json_mode: bool = typer.Option(False, "--json", help="Print the plan, every event and the results as JSON lines."),
     threads: Optional[int] = threads_option(),
 ) -> None:
-    """Prepare, train experts, distil, evaluate: one command from one's own data, sized to it and to the
-    machine. It prints what it chose and why first; the same command continues a stopped run."""
+    """Prepare, train experts, distil, evaluate: one command from one's own data, sized to it and the machine.
+
+    It prints what it chose and why first; the same command continues a stopped run."""
     with errors():
         from tesla.app import bootstrap
         from tesla.app.services.pipeline import RunRequest

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from tesla.domain.errors import RunDirError
 from tesla.domain.ports import RunFiles
@@ -127,17 +127,29 @@ def _refuse_store(files: RunFiles, run_dir: Path) -> None:
                 raise RunDirError(f"{run_dir} {where}: choose another --out for the run directory")
 
 
+def read_config(files: RunFiles, run_dir: Path) -> Optional[dict]:
+    """The run's recorded ``config.json`` (None when there is none: a new run).
+
+    Raises:
+        RunDirError: it cannot be read, is not JSON, or is not a JSON object.
+    """
+    path = Path(run_dir) / RUN_CONFIG
+    if files.kind(path) == "missing":
+        return None
+    try:
+        recorded = json.loads(files.read_text(path))
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"{path} is unreadable ({e}): choose another --out") from None
+    if not isinstance(recorded, dict):
+        raise RunDirError(f"{path} is not a JSON object: choose another --out")
+    return recorded
+
+
 def _check_recorded(files: RunFiles, run_dir: Path, config: dict, *, resume: bool,
                     compare_keys: Sequence[str]) -> None:
-    cfg_path = run_dir / RUN_CONFIG
     if not resume:
         raise RunDirError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out")
-    try:
-        old = json.loads(files.read_text(cfg_path))
-    except (OSError, ValueError) as e:
-        raise RunDirError(f"{cfg_path} is unreadable ({e}): choose another --out") from None
-    if not isinstance(old, dict):
-        raise RunDirError(f"{cfg_path} is not a JSON object: choose another --out")
+    old = read_config(files, run_dir) or {}
     for key in compare_keys:
         if old.get(key) != config.get(key):
             raise RunDirError(f"{run_dir} holds a run with a different {key} config: "

@@ -43,14 +43,15 @@ from tesla.app.services.distill import (RESUMABLE_CHANGES, Cadence, DistillRun, 
 from tesla.domain.config import ConfigError, DataConfig, DistillConfig, EvalConfig, ModelConfig, from_dict, to_dict
 from tesla.domain.data import recorded_data_config as data_config_from_store
 from tesla.domain.engines import from_config
-from tesla.domain.errors import DistillError, RunDirError, StoreError
+from tesla.domain.errors import DistillError, StoreError
 from tesla.domain.footprint import check_fits, distill_footprint
 from tesla.domain.identity import check_same_trajectories, trajectory_identity
 from tesla.domain.ports import (Cancel, DataSource, DistillParts, EventSink, Evaluator, Gauges, Held, NoGauges,
                                 NullSink, Ranks, RunFiles, SetStore, Student, Trajectories)
 from tesla.domain.records import Checkpoint, FinalSet
 from tesla.domain.resume import resumed_distill, resumed_value
-from tesla.domain.rundir import IMAGES, RUN_CONFIG, check_run_dir, check_set_format, make_run_dir, record_config
+from tesla.domain.rundir import (IMAGES, RUN_CONFIG, check_run_dir, check_set_format, make_run_dir, read_config,
+                                 record_config)
 from tesla.domain.urls import is_remote, local_path, redact_json, redact_url
 
 
@@ -229,7 +230,7 @@ def resumed_request(req: DistillRequest, files: RunFiles) -> DistillRequest:
     """The request as it runs: on ``--resume`` of a run recorded in ``req.out``, the run's
     settings (``config.json``) with the typed resumable changes (:mod:`tesla.domain.resume`);
     otherwise the request as it is, which must name the trajectories."""
-    recorded = _recorded_config(files, Path(req.out)) if req.resume else None
+    recorded = read_config(files, Path(req.out)) if req.resume else None
     if recorded is None:
         if req.trajectories is None:
             where = f"{req.out} holds no run to resume (no {RUN_CONFIG}): " if req.resume else ""
@@ -263,20 +264,6 @@ def resumed_request(req: DistillRequest, files: RunFiles) -> DistillRequest:
 
 DISTILL_FIELDS = frozenset(a.name for a in attrs.fields(DistillConfig))
 SET_FILES = ("synthetic.zarr", "synthetic.h5")
-
-
-def _recorded_config(files: RunFiles, out: Path) -> Optional[dict]:
-    """The run's ``config.json`` (None when there is none: a new run)."""
-    path = out / RUN_CONFIG
-    if files.kind(path) == "missing":
-        return None
-    try:
-        recorded = json.loads(files.read_text(path))
-    except (OSError, ValueError) as e:
-        raise RunDirError(f"{path} is unreadable ({e}): choose another --out") from None
-    if not isinstance(recorded, dict):
-        raise RunDirError(f"{path} is not a run's config: choose another --out")
-    return recorded
 
 
 def _existing_set(files: RunFiles, out: Path) -> Optional[str]:
@@ -386,7 +373,7 @@ def _config_changed(files: RunFiles, run_dir: Path, config: dict) -> bool:
     """Whether ``config`` (as it would be written: redacted, through JSON) differs from
     the recorded one; an unchanged record is not rewritten (a resume on a full disk then
     writes nothing before its first checkpoint)."""
-    return _recorded_config(files, run_dir) != json.loads(json.dumps(redact_json(config)))
+    return read_config(files, run_dir) != json.loads(json.dumps(redact_json(config)))
 
 
 def _check_store(req: DistillRequest, store: SetStore, identity: Optional[dict]) -> None:

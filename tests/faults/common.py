@@ -177,3 +177,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def results_on_a_small_tmpfs(mnt: Path, *child: str, size: str = "3m") -> dict:
+    """Run ``python -m CHILD...`` in a private mount namespace with a tmpfs of ``size``
+    mounted at ``mnt`` (made here); its last stdout line is a JSON object of results,
+    returned (and printed). Skips where the machine cannot mount one (needs ``unshare``
+    with user namespaces)."""
+    import json
+    import shutil
+
+    mnt.mkdir()
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {mnt}"],
+                           capture_output=True) if shutil.which("unshare") and sys.platform.startswith("linux") else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("no tmpfs mount here (needs unshare with user namespaces); see the simulated tests")
+    script = f"mount -t tmpfs -o size={size} tmpfs {mnt} && exec {sys.executable} -m {' '.join(map(str, child))}"
+    res = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=REPO, env=CHILD_ENV, capture_output=True,
+                         text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = json.loads(res.stdout.strip().splitlines()[-1])
+    print(json.dumps(results, indent=1))
+    return results

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from tests.faults.common import (CHILD_ENV, REPO, count_lines, distill_args, fake_trajectory_store, invoke,
-                                 one_thread, spawn, tree_snapshot)  # noqa: F401 - one_thread: autouse fixture
+                                 one_thread, results_on_a_small_tmpfs, spawn, tree_snapshot)  # noqa: F401 - one_thread: autouse fixture
 
 # the first run pauses after each checkpoint until the test says "go": the second run is
 # then sure to meet it alive, however slowly either process starts
@@ -140,29 +140,11 @@ def test_the_run_lock_is_released_when_a_job_ends_or_is_refused(traj, tmp_path):
 
 # --- full disks ------------------------------------------------------------------------------
 
-def _can_mount_tmpfs(where: Path) -> bool:
-    import shutil
-
-    if shutil.which("unshare") is None or not sys.platform.startswith("linux"):
-        return False
-    res = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {where}"],
-                         capture_output=True)
-    return res.returncode == 0
-
-
 def test_a_real_full_disk_under_a_run_is_one_line_and_keeps_what_was_written(traj, tmp_path):
     """``tests/faults/full_run.py`` on a 3 MB tmpfs: a run resumed on a full disk, and a
     config.json that cannot be written."""
     mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if not _can_mount_tmpfs(mnt):
-        pytest.skip("no tmpfs mount here (needs unshare with user namespaces); see the simulated sink test")
-    script = f"mount -t tmpfs -o size=3m tmpfs {mnt} && exec {sys.executable} -m tests.faults.full_run {mnt} {traj}"
-    res = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=REPO, env=CHILD_ENV, capture_output=True,
-                         text=True, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    results = json.loads(res.stdout.strip().splitlines()[-1])
-    print(json.dumps(results, indent=1))
+    results = results_on_a_small_tmpfs(mnt, "tests.faults.full_run", mnt, traj)
     r = results["resume on a full disk"]
     assert r["first_rc"] == 0 and r["rc"] == 2, r
     assert r["longer_rc"] == 2 and r["config_unchanged"] and len(r["longer_errors"]) == 1, r

@@ -17,9 +17,7 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +30,7 @@ import pytest
 from tesla.adapters.stores import StoreError, open_synthetic_store, open_trajectory_store
 from tesla.adapters.stores.lock import Lock, exclusive, lock_path
 from tesla.domain.errors import RunDirError
-from tests.faults.common import CHILD_ENV, REPO, experts_args, one_thread, spawn  # noqa: F401 - autouse fixture
+from tests.faults.common import CHILD_ENV, REPO, experts_args, one_thread, results_on_a_small_tmpfs, spawn  # noqa: F401 - autouse fixture
 
 P = 12
 
@@ -279,26 +277,10 @@ def test_an_hdf5_store_killed_within_milliseconds_of_creation_resumes(tmp_path):
 
 # --- full disks ------------------------------------------------------------------------------
 
-def _can_mount_tmpfs(where: Path) -> bool:
-    if shutil.which("unshare") is None or not sys.platform.startswith("linux"):
-        return False
-    res = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {where}"],
-                         capture_output=True)
-    return res.returncode == 0
-
-
 def test_a_real_full_disk_is_one_line_and_keeps_what_was_written(tmp_path):
     """Every store kind and ``tesla experts`` on a 3 MB tmpfs (a private mount namespace)."""
     mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if not _can_mount_tmpfs(mnt):
-        pytest.skip("no tmpfs mount here (needs unshare with user namespaces); see the simulated tests")
-    script = f"mount -t tmpfs -o size=3m tmpfs {mnt} && exec {sys.executable} -m tests.faults.full_disk {mnt}"
-    res = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=REPO, env=CHILD_ENV, capture_output=True,
-                         text=True, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    results = json.loads(res.stdout.strip().splitlines()[-1])
-    print(json.dumps(results, indent=1))
+    results = results_on_a_small_tmpfs(mnt, "tests.faults.full_disk", mnt)
     no_space = f"no space left on {mnt}/"
     for kind in ("trajectories.h5", "trajectories.zarr", "synthetic.h5", "synthetic.zarr"):
         r = results[kind]

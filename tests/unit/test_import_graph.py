@@ -18,28 +18,12 @@ import pathlib
 import sys
 
 import tesla
+from tests.unit.import_scan import module_name, runtime_nodes
 
 PACKAGE = pathlib.Path(tesla.__file__).parent
 FRAMEWORKS = {"torch", "torchvision", "kornia", "h5py", "zarr", "numpy", "fsspec", "matplotlib", "textual",
               "textual_plotext", "typer", "rich", "PIL", "tensorboard"}
 DOMAIN_ALLOWED_THIRD_PARTY = {"attrs", "attr"}
-
-
-def _module_name(path: pathlib.Path) -> str:
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _runtime_nodes(tree: ast.AST):
-    todo = [tree]
-    while todo:
-        node = todo.pop()
-        yield node
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and ast.unparse(child.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
-                todo.extend(child.orelse)
-                continue
-            todo.append(child)
 
 
 def _imports(path: pathlib.Path, module: str) -> set[str]:
@@ -48,7 +32,7 @@ def _imports(path: pathlib.Path, module: str) -> set[str]:
     would make every package whose ``__init__`` re-exports its modules a cycle)."""
     out = set()
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
-    for node in _runtime_nodes(ast.parse(path.read_text(), filename=str(path))):
+    for node in runtime_nodes(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             out |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -63,8 +47,8 @@ def _imports(path: pathlib.Path, module: str) -> set[str]:
     return out
 
 
-_MODULE_NAMES = {_module_name(p) for p in PACKAGE.rglob("*.py")}
-MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+_MODULE_NAMES = {module_name(p) for p in PACKAGE.rglob("*.py")}
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
 IMPORTS = {name: _imports(path, name) for name, path in MODULES.items()}
 
 

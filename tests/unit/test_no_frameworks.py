@@ -17,6 +17,7 @@ import sys
 import textwrap
 
 import tesla
+from tests.unit.import_scan import module_name, runtime_nodes
 
 BLOCKED = ("torch", "torchvision", "numpy", "h5py", "zarr", "kornia")
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -63,31 +64,12 @@ def test_the_unit_suite_passes_with_the_frameworks_unimportable():
     assert " passed" in proc.stdout and "error" not in proc.stdout.splitlines()[-1]
 
 
-def _module_name(path: pathlib.Path) -> str:
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _runtime_nodes(tree: ast.AST):
-    """Every node of ``tree`` except those under ``if TYPE_CHECKING:`` (annotations only:
-    they never run, so they make no import cycle)."""
-    todo = [tree]
-    while todo:
-        node = todo.pop()
-        yield node
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and ast.unparse(child.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
-                todo.extend(child.orelse)
-                continue
-            todo.append(child)
-
-
 def _imports(path: pathlib.Path, module: str) -> set[str]:
     """Every module ``path`` imports at run time, at the top or inside a function (relative
     ones resolved; ``if TYPE_CHECKING:`` blocks left out)."""
     out = set()
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
-    for node in _runtime_nodes(ast.parse(path.read_text(), filename=str(path))):
+    for node in runtime_nodes(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             out |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -101,7 +83,7 @@ def _imports(path: pathlib.Path, module: str) -> set[str]:
 
 
 def _graph() -> dict[str, set[str]]:
-    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
     return {name: {m for m in _imports(path, name) if m in modules and m != name} for name, path in modules.items()}
 
 

@@ -27,16 +27,9 @@ from tesla.domain.config import ConfigError, EvalConfig, ModelConfig, to_dict
 from tesla.domain.errors import UserError
 from tesla.domain.ports import ListSink
 from tesla.domain.relabel import RelabelConfig, TeacherChoice
+from tests.faults.common import one_thread  # noqa: F401 - autouse fixture: torch on one thread
 
 SMALL = ModelConfig(width=8, image_size=16, depth=2, num_classes=10)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

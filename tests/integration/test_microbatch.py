@@ -34,18 +34,11 @@ from tesla.domain import engines, sampling
 from tesla.domain.config import DistillConfig, ModelConfig
 from tesla.domain.errors import ConfigError
 from tesla.domain.ports import Step
+from tests.faults.common import one_thread  # noqa: F401 - autouse fixture: torch on one thread
 
 N_IMG, K, SIZE, BATCH, STEPS = 12, 4, 8, 7, 4
 NORMS = ("instancenorm", "groupnorm", "layernorm", "none")
 MICROS = (1, 3, 5)  # 7 = 1+1+..., 3+3+1, 5+2
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _relerr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -16,16 +16,9 @@ from tesla.adapters.torch.relabel import (RelabelAugment, module_teacher, param_
 from tesla.adapters.torch.training import derive_seed, train_expert
 from tesla.domain.config import ExpertConfig, ModelConfig
 from tesla.domain.relabel import RelabelConfig
+from tests.faults.common import one_thread  # noqa: F401 - autouse fixture: torch on one thread
 
 SMALL = ModelConfig(width=16, image_size=16, depth=3, num_classes=10)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
